@@ -1,0 +1,105 @@
+"""Read what exists: partitions of the managed table, their bounds and sizes, detached leftovers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg import sql
+
+from callvault.config import Settings
+from callvault.db import Conn
+from callvault.plan import PartitionInfo
+
+_FAR = datetime.max.replace(tzinfo=UTC)
+_BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
+
+PARTITIONS_SQL = """
+SELECT c.relname,
+       pg_get_expr(c.relpartbound, c.oid) AS bound,
+       c.reltuples::bigint AS reltuples,
+       pg_total_relation_size(c.oid) AS bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = %s::regclass
+"""
+
+DETACHED_SQL = """
+SELECT c.relname, pg_total_relation_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind = 'r' AND NOT c.relispartition
+  AND left(c.relname, length(%s)) = %s
+ORDER BY c.relname
+"""
+
+
+@dataclass(frozen=True)
+class PartitionRow:
+    info: PartitionInfo
+    bytes: int
+
+
+def parse_bound(bound: str) -> tuple[datetime | None, datetime | None, bool]:
+    """``FOR VALUES FROM ('...') TO ('...')`` -> (start, end, is_default). Pure."""
+    if bound.strip().upper() == "DEFAULT":
+        return None, None, True
+    m = _BOUND.search(bound)
+    if m is None:  # MINVALUE/MAXVALUE bounds: not something callvault created
+        return None, None, False
+    return datetime.fromisoformat(m.group(1)), datetime.fromisoformat(m.group(2)), False
+
+
+def parent_regclass(settings: Settings) -> str:
+    return sql.Identifier(settings.schema, settings.table).as_string()
+
+
+def table_exists(conn: Conn, settings: Settings) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (parent_regclass(settings),)).fetchone()
+    return bool(row and row[0])
+
+
+def list_partitions(conn: Conn, settings: Settings) -> list[PartitionRow]:
+    """Attached partitions, oldest first, the default partition (if any) last."""
+    rows = conn.execute(PARTITIONS_SQL, (parent_regclass(settings),)).fetchall()
+    out = []
+    for name, bound, reltuples, size in rows:
+        start, end, is_default = parse_bound(str(bound))
+        est = int(reltuples) if reltuples >= 0 else None  # -1: never analysed
+        info = PartitionInfo(name=name, start=start, end=end, is_default=is_default, rows_estimate=est)
+        out.append(PartitionRow(info=info, bytes=int(size)))
+    return sorted(out, key=lambda r: (r.info.is_default, r.info.start or _FAR))
+
+
+NAMES_SQL = """
+SELECT c.relname, c.relispartition FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind = 'r' AND left(c.relname, length(%s)) = %s
+  AND (NOT c.relispartition OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %s::regclass))
+"""
+
+
+def partition_names(conn: Conn, settings: Settings) -> tuple[set[str], set[str]]:
+    """(attached, detached) partition names from the catalog alone: takes no table locks."""
+    prefix = f"{settings.table}_"
+    rows = conn.execute(NAMES_SQL, (settings.schema, prefix, prefix, parent_regclass(settings))).fetchall()
+    attached = {name for name, part in rows if part}
+    return attached, {name for name, part in rows if not part and name.startswith(f"{prefix}p")}
+
+
+def list_detached(conn: Conn, settings: Settings) -> list[tuple[str, int]]:
+    """Tables detached by retention (``retention_keep_table``) and not yet archived/dropped."""
+    prefix = f"{settings.table}_p"
+    rows = conn.execute(DETACHED_SQL, (settings.schema, prefix, prefix)).fetchall()
+    return [(name, int(size)) for name, size in rows]
+
+
+def default_rows(conn: Conn, settings: Settings, limit: int = 1_000_000) -> int:
+    """Exact row count of the default partition (capped), 0 when there is none."""
+    name = f"{settings.table}_default"
+    ident = sql.Identifier(settings.schema, name)
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(),)).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) s").format(ident)
+    row = conn.execute(query, (limit,)).fetchone()
+    return int(row[0]) if row else 0

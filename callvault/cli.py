@@ -1,0 +1,241 @@
+"""The ``callvault`` command: a thin shell over the library. Library errors become one clean line
+on stderr and the error's exit code (see docs/cli.md for the table)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from callvault import bootstrap, catalog, config, demo, monitor, render, schedule
+from callvault import maintain as maintenance
+from callvault.db import connect
+from callvault.embedded import Cluster
+from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting, Unhealthy
+from callvault.plan import Interval
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Cli(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CallvaultError as exc:
+            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+
+def target_options(f: F) -> F:
+    """--dsn/--schema/--table: which database and table (env: CALLVAULT_DSN, _SCHEMA, _TABLE)."""
+    f = click.option("--table", envvar="CALLVAULT_TABLE", default="call_logs", show_default=True,
+                     help="Partitioned table name.")(f)  # fmt: skip
+    f = click.option("--schema", envvar="CALLVAULT_SCHEMA", default="public", show_default=True,
+                     help="Schema of the table.")(f)  # fmt: skip
+    return click.option("--dsn", envvar="CALLVAULT_DSN", default=None,
+                        help="Postgres URL; default: the embedded cluster (started when needed).")(f)  # fmt: skip
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+
+
+def at_option(f: F) -> F:
+    return click.option("--at", "at", default=None, metavar="TS",
+                        help="Reference time, ISO 8601 (naive means UTC). Default: now.")(f)  # fmt: skip
+
+
+def parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(text.strip().replace(" ", "T") if "T" not in text else text.strip())
+    except ValueError:
+        raise InvalidSetting(f"--at {text!r} is not an ISO 8601 time; e.g. 2026-12-01T00:00:00Z") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def settings_of(dsn: str | None, schema: str, table: str, **more: Any) -> config.Settings:
+    return config.from_env({}, dsn=dsn, schema=schema, table=table, **more)
+
+
+def emit(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="callvault")
+def main() -> None:
+    """Keep AI voice-agent call logs in partitioned Postgres, fast for years."""
+
+
+@main.command()
+@target_options
+@click.option("--interval", default="weekly", show_default=True, help="Partition size: daily, weekly or monthly.")
+@click.option("--premake", default=4, show_default=True, type=int, help="Partitions kept ready ahead of now.")
+@click.option("--retention", default="90 days", show_default=True, help="Hot retention, e.g. '90 days', or 'none'.")
+@click.option("--default-partition/--no-default-partition", default=False, show_default=True,
+              help="Keep a default partition (policy: none; see docs/design.md).")  # fmt: skip
+@click.option("--sql", "print_sql", is_flag=True, help="Print the DDL that would run; change nothing.")
+def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, retention: str,
+         default_partition: bool, print_sql: bool) -> None:  # fmt: skip
+    """Create the partitioned table and hand it to pg_partman (idempotent)."""
+    lifecycle = config.lifecycle_from(interval, premake, retention)
+    s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition)
+    if print_sql:
+        try:
+            with connect(s) as conn:
+                click.echo(bootstrap.render(bootstrap.init_steps(conn, s), conn), nl=False)
+        except DatabaseUnavailable as exc:
+            click.echo(f"-- offline (database unreachable: {exc}); assuming an empty database, pg_partman "
+                       f"{bootstrap.OFFLINE_PARTMAN.version}")  # fmt: skip
+            click.echo(bootstrap.render(bootstrap.init_steps(None, s), None), nl=False)
+        return
+    with connect(s) as conn:
+        report = bootstrap.init(conn, s)
+    if not report.changed:
+        out.print(f"{s.qualified} is already initialised; nothing to do")
+    for step in report.steps:
+        out.print(f"  done: {step.what}")
+
+
+@main.command()
+@target_options
+@at_option
+@click.option("--wait", is_flag=True, help="Wait for a running maintenance instead of exiting 75.")
+@json_option
+def maintain(dsn: str | None, schema: str, table: str, at: str | None, wait: bool, as_json: bool) -> None:
+    """Run pg_partman maintenance now and report partitions created/detached/dropped."""
+    report = maintenance.maintain(settings_of(dsn, schema, table), at=parse_at(at), wait=wait)
+    emit(report.to_dict()) if as_json else render.maintenance(out, report)
+
+
+@main.command()
+@target_options
+@at_option
+@json_option
+def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
+    """Show what maintenance and retention will do (at --at), without changing anything."""
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        pm = maintenance.require_partman(conn, s)
+        p = maintenance.current_plan(conn, s, pm, parse_at(at) or datetime.now(UTC))
+    emit(p.to_dict()) if as_json else render.plan(out, p)
+
+
+@main.command()
+@target_options
+@at_option
+@json_option
+def status(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
+    """Partitions, sizes, premake horizon, default rows, retention and last maintenance."""
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        st = monitor.collect(conn, s, parse_at(at))
+    emit(st.to_dict()) if as_json else render.status(out, st)
+
+
+@main.command()
+@target_options
+@click.option("--partition-warn", default=config.DEFAULT_PARTITION_WARN, show_default=True,
+              help="Warn when the table has more partitions than this.")  # fmt: skip
+@json_option
+def health(dsn: str | None, schema: str, table: str, partition_warn: int, as_json: bool) -> None:
+    """Exit 0 when healthy, 3 with a one-line reason otherwise."""
+    s = settings_of(dsn, schema, table, partition_warn=partition_warn)
+    with connect(s) as conn:
+        st = monitor.collect(conn, s)
+    if as_json:
+        emit({"healthy": not st.problems, "problems": st.problems})
+    if st.problems:
+        raise Unhealthy(st.problems[0] + (f" (+{len(st.problems) - 1} more)" if len(st.problems) > 1 else ""))
+    if not as_json:
+        out.print(f"ok: {s.qualified} horizon {st.premake_horizon:%Y-%m-%d}, {len(st.partitions)} partitions")
+
+
+@main.command(name="schedule")
+@target_options
+@click.option("--pg-cron", "pg_cron", is_flag=True, required=True, help="Schedule with pg_cron in the database.")
+@click.option("--every", default=schedule.DEFAULT_EVERY, show_default=True, help="15m, 1h, 1d or a cron expression.")
+@click.option("--remove", is_flag=True, help="Remove the job instead.")
+def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every: str, remove: bool) -> None:
+    """Install (or --remove) the periodic maintenance job in pg_cron."""
+    if not pg_cron:
+        raise InvalidSetting("only --pg-cron is built in; for cron/systemd/Kubernetes see docs/operations.md")
+    out.print(schedule.schedule(settings_of(dsn, schema, table), every, remove))
+
+
+@main.group()
+def dev() -> None:
+    """The embedded private Postgres (used when no DSN is configured)."""
+
+
+@dev.command()
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
+def up(port: int | None) -> None:
+    """Create (once) and start the embedded cluster."""
+    dsn = Cluster().up(port)
+    out.print(f"embedded Postgres is up: {dsn}")
+
+
+@dev.command()
+def down() -> None:
+    """Stop the embedded cluster."""
+    out.print("stopped" if Cluster().down() else "not running")
+
+
+@dev.command(name="status")
+@json_option
+def dev_status(as_json: bool) -> None:
+    """Where the embedded cluster lives and whether it runs."""
+    st = Cluster().status()
+    if as_json:
+        emit(st.__dict__)
+        return
+    for key, value in st.__dict__.items():
+        out.print(f"{key:12} {value}")
+
+
+@dev.command()
+def url() -> None:
+    """Print the embedded cluster's DSN (starting it if needed)."""
+    click.echo(Cluster().up())
+
+
+@main.command(name="demo")
+@target_options
+@click.option("--calls", default=5000, show_default=True, help="Synthetic calls to write.")
+def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
+    """init, write synthetic calls (13 weeks back, 1 ahead), maintain, status and a pruned EXPLAIN."""
+    from callvault.query import explain_window
+
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        report = bootstrap.init(conn, s)
+        out.rule("init")
+        out.print("initialised" if report.changed else f"{s.qualified} already initialised")
+        seeded = demo.seed(conn, s, calls)
+        conn.execute(f"ANALYZE {catalog.parent_regclass(s)}")
+        conn.commit()
+        out.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
+                  f"{seeded.last:%Y-%m-%d}")  # fmt: skip
+    out.rule("maintain")
+    render.maintenance(out, maintenance.maintain(s))
+    with connect(s) as conn:
+        out.rule("status")
+        render.status(out, monitor.collect(conn, s))
+        now = datetime.now(UTC)
+        since = Interval.DAILY.floor(now - timedelta(days=7))
+        lines, scanned = explain_window(conn, s, seeded.tenants[0], since, now)
+        total = len([r for r in catalog.list_partitions(conn, s)])
+    out.rule("EXPLAIN: one tenant's last 7 days")
+    for line in lines:
+        out.print(line, soft_wrap=True)
+    out.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")

@@ -1,0 +1,46 @@
+"""Connections: the configured DSN, or the embedded default when none is configured."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+
+from callvault.config import Settings
+from callvault.errors import DatabaseUnavailable
+
+CONNECT_TIMEOUT_S = 10
+
+Conn = psycopg.Connection[Any]
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password masked, safe to print in an error."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+
+
+def resolve_dsn(settings: Settings) -> str:
+    if settings.dsn:
+        return settings.dsn
+    from callvault.embedded import default_dsn  # only start a private cluster when it is needed
+
+    return default_dsn()
+
+
+def connect(settings: Settings, *, autocommit: bool = False) -> Conn:
+    """Open a connection with the session time zone pinned to UTC (all partition math is UTC)."""
+    dsn = resolve_dsn(settings)
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact(dsn)}: {reason}. Check host, port and credentials of --dsn / "
+            "CALLVAULT_DSN, or unset both to use the embedded Postgres"
+        ) from exc
+    conn.execute("SET timezone TO 'UTC'")
+    if not autocommit:
+        conn.commit()
+    return conn

@@ -1,0 +1,350 @@
+"""The embedded default: a private PostgreSQL cluster callvault creates and starts itself.
+
+Layout under the callvault home (``$CALLVAULT_HOME``; default ``/var/lib/callvault`` for root,
+``$XDG_DATA_HOME/callvault`` or ``~/.local/share/callvault`` otherwise)::
+
+    cluster.json      port, superuser password, binaries (mode 0600, owned by the invoking user)
+    pg<major>/        the data directory, owned by the server's OS user; the unix socket lives here
+
+Postgres refuses to run as root, so when callvault runs as root the server runs as an unprivileged
+OS user: ``$CALLVAULT_PG_USER``, else ``postgres`` when it exists, else a ``callvault`` system user
+created on first use. The server listens on 127.0.0.1 only, on a free port chosen at creation, with
+password authentication; ``dsn()`` gives a URL any client can use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import socket
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from callvault import _pgbin
+from callvault.errors import EmbeddedError
+
+SUPERUSER = "callvault"
+DATABASE = "callvault"
+START_TIMEOUT_S = 60
+PORT_ATTEMPTS = 5  # an auto-chosen port can be grabbed between probe and bind; retry with another
+
+# Tuned for a small (2-core) development box; the cluster is private, bulk-ingest heavy, short queries.
+SERVER_SETTINGS: dict[str, str] = {
+    "listen_addresses": "'127.0.0.1'",
+    "max_connections": "100",
+    "shared_buffers": "'512MB'",
+    "effective_cache_size": "'4GB'",
+    "work_mem": "'16MB'",
+    "maintenance_work_mem": "'256MB'",
+    "max_wal_size": "'4GB'",  # large COPY batches: avoid checkpoints every few seconds
+    "checkpoint_timeout": "'15min'",
+    "max_worker_processes": "8",
+    "max_parallel_workers": "2",
+    "max_parallel_workers_per_gather": "1",
+    "jit": "off",  # JIT only costs time on millisecond queries
+    "timezone": "'UTC'",  # partition math is UTC; pg_partman computes in the session time zone
+    "log_timezone": "'UTC'",
+    "log_min_messages": "warning",
+    "cron.database_name": "'postgres'",  # pg_cron lives here; jobs target any db via schedule_in_database
+}
+
+
+def default_home() -> Path:
+    if os.environ.get("CALLVAULT_HOME"):
+        return Path(os.environ["CALLVAULT_HOME"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/callvault")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "callvault"
+
+
+@dataclass
+class ClusterState:
+    port: int
+    password: str
+    bindir: str
+    major: int
+    os_user: str
+    superuser: str = SUPERUSER
+    database: str = DATABASE
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    home: str
+    data_dir: str
+    initialised: bool
+    running: bool
+    port: int | None
+    os_user: str | None
+    dsn: str | None
+    log_file: str
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_os_user() -> pwd.struct_passwd:
+    """The OS account the server runs as: the caller, or an unprivileged user when we are root."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    wanted = os.environ.get("CALLVAULT_PG_USER")
+    names = [wanted] if wanted else ["postgres", "callvault"]
+    for name in names:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    name = wanted or "callvault"
+    cmd = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise EmbeddedError(f"cannot create OS user {name!r} to run Postgres: {done.stderr.strip()}")
+    return pwd.getpwnam(name)
+
+
+class Cluster:
+    """One private cluster rooted at ``home``. ``up()`` is idempotent: init once, start if stopped."""
+
+    def __init__(self, home: Path | None = None, *, settings: dict[str, str] | None = None) -> None:
+        self.home = (home or default_home()).absolute()
+        self.state_file = self.home / "cluster.json"
+        self.extra_settings = settings or {}
+
+    # -- paths and state -------------------------------------------------------------------
+    def _state(self) -> ClusterState | None:
+        if not self.state_file.exists():
+            return None
+        try:
+            return ClusterState(**json.loads(self.state_file.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise EmbeddedError(
+                f"{self.state_file} is corrupt ({exc}); remove it and {self.home} to start over"
+            ) from exc
+
+    def _save(self, state: ClusterState) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".cluster.")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(state), fh, indent=2)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.state_file)
+
+    def data_dir(self, major: int) -> Path:
+        return self.home / f"pg{major}"
+
+    def log_file(self, major: int) -> Path:
+        return self.data_dir(major) / "server.log"
+
+    # -- public API ------------------------------------------------------------------------
+    def dsn(self, database: str | None = None) -> str:
+        state = self._state()
+        if state is None:
+            raise EmbeddedError(f"no embedded cluster at {self.home}: run `callvault dev up`")
+        db = database or state.database
+        return f"postgresql://{state.superuser}:{state.password}@127.0.0.1:{state.port}/{db}"
+
+    def status(self) -> ClusterStatus:
+        state = self._state()
+        major = state.major if state else _pgbin.server_major(_pgbin.find_bindir())
+        running = state is not None and self._running(state)
+        return ClusterStatus(
+            home=str(self.home),
+            data_dir=str(self.data_dir(major)),
+            initialised=state is not None and (self.data_dir(major) / "PG_VERSION").exists(),
+            running=running,
+            port=state.port if state else None,
+            os_user=state.os_user if state else None,
+            dsn=self.dsn() if state else None,
+            log_file=str(self.log_file(major)),
+        )
+
+    def up(self, port: int | None = None) -> str:
+        """Create (once) and start the cluster; return its DSN. ``port`` pins the port."""
+        state = self._state() or self._create(port)
+        if self._running(state):
+            if port is not None and port != state.port:
+                raise EmbeddedError(
+                    f"the embedded cluster already runs on port {state.port}; `callvault dev down` first "
+                    f"to move it to port {port}"
+                )
+            return self.dsn()
+        self._start(state, port)
+        self._ensure_database(self._state() or state)
+        return self.dsn()
+
+    def down(self) -> bool:
+        """Stop the server (fast shutdown). Returns False when it was not running."""
+        state = self._state()
+        if state is None or not self._running(state):
+            return False
+        self._pg_ctl(state, "stop", "-m", "fast", "-w", "-t", str(START_TIMEOUT_S))
+        return True
+
+    # -- steps -----------------------------------------------------------------------------
+    def _create(self, port: int | None) -> ClusterState:
+        bindir = _pgbin.find_bindir()
+        major = _pgbin.server_major(bindir)
+        user = server_os_user()
+        self._prepare_home(user)
+        data = self.data_dir(major)
+        self._prepare_data_dir(data, user)
+        state = ClusterState(
+            port=port or _free_port(), password=secrets.token_urlsafe(24), bindir=str(bindir),
+            major=major, os_user=user.pw_name,
+        )  # fmt: skip
+        if not (data / "PG_VERSION").exists():
+            self._initdb(state, data, user)
+        self._save(state)
+        return state
+
+    def _prepare_home(self, user: pwd.struct_passwd) -> None:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EmbeddedError(f"cannot create callvault home {self.home}: {exc}; set CALLVAULT_HOME") from exc
+        if user.pw_uid != os.geteuid():
+            # The server user must be able to traverse every ancestor of the data directory.
+            self.home.chmod(self.home.stat().st_mode | 0o711)
+            for parent in [self.home, *self.home.parents]:
+                if not parent.stat().st_mode & 0o001:
+                    raise EmbeddedError(
+                        f"OS user {user.pw_name!r} (which runs Postgres) cannot reach {self.home}: {parent} is "
+                        f"not traversable by others; set CALLVAULT_HOME to a directory outside it "
+                        f"(e.g. /var/lib/callvault) or `chmod o+x {parent}`"
+                    )
+
+    def _prepare_data_dir(self, data: Path, user: pwd.struct_passwd) -> None:
+        if data.exists():
+            owner = data.stat().st_uid
+            if owner != user.pw_uid:
+                who = _user_name(owner)
+                raise EmbeddedError(
+                    f"data directory {data} is owned by {who}, but the server runs as {user.pw_name!r}: "
+                    f"`chown -R {user.pw_name} {data}`, or set CALLVAULT_HOME to a directory of your own"
+                )
+            if any(data.iterdir()) and not (data / "PG_VERSION").exists():
+                raise EmbeddedError(f"{data} is not empty and is not a Postgres data directory: remove it")
+            return
+        data.mkdir(mode=0o700)
+        if user.pw_uid != os.geteuid():
+            os.chown(data, user.pw_uid, user.pw_gid)
+
+    def _initdb(self, state: ClusterState, data: Path, user: pwd.struct_passwd) -> None:
+        pwfile = self.home / f".pwfile-{os.getpid()}"  # outside the data dir: initdb wants it empty
+        pwfile.write_text(state.password + "\n")
+        os.chmod(pwfile, 0o600)
+        if user.pw_uid != os.geteuid():
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        try:
+            self._run(
+                state,
+                [str(Path(state.bindir) / "initdb"), "-D", str(data), "-U", state.superuser,
+                 f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"],
+            )  # fmt: skip
+        finally:
+            pwfile.unlink(missing_ok=True)
+        conf = data / "postgresql.conf"
+        with conf.open("a") as fh:
+            fh.write("\n# callvault: settings live in callvault.conf\ninclude_if_exists = 'callvault.conf'\n")
+
+    def _write_conf(self, state: ClusterState) -> None:
+        data = self.data_dir(state.major)
+        lines = {**SERVER_SETTINGS, "port": str(state.port), "unix_socket_directories": f"'{data}'"}
+        if (Path(state.bindir).parent / "lib" / "pg_cron.so").exists():
+            lines["shared_preload_libraries"] = "'pg_cron'"
+        lines.update(self.extra_settings)
+        text = "".join(f"{k} = {v}\n" for k, v in lines.items())
+        conf = data / "callvault.conf"
+        conf.write_text("# written by callvault on every start; edit callvault/embedded.py instead\n" + text)
+        st = data.stat()
+        os.chown(conf, st.st_uid, st.st_gid)
+
+    def _start(self, state: ClusterState, port: int | None) -> None:
+        for _attempt in range(PORT_ATTEMPTS):
+            if port is not None:
+                state.port = port
+            if not _port_free(state.port):
+                if port is not None:
+                    raise EmbeddedError(
+                        f"port {port} on 127.0.0.1 is taken: choose another with `callvault dev up --port N` "
+                        "or stop what listens there"
+                    )
+                state.port = _free_port()
+            self._save(state)
+            self._write_conf(state)
+            done = self._pg_ctl(
+                state, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_file(state.major)),
+                check=False,
+            )  # fmt: skip
+            if done.returncode == 0:
+                return
+            if port is not None or _port_free(state.port):
+                break  # not a port race: report the server's own error
+        raise EmbeddedError(
+            f"the embedded Postgres did not start: {done.stderr.strip() or done.stdout.strip()}; "
+            f"see {self.log_file(state.major)}"
+        )
+
+    def _ensure_database(self, state: ClusterState) -> None:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (state.database,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state.database)))
+            loaded = conn.execute("SELECT current_setting('shared_preload_libraries') ~ 'pg_cron'").fetchone()
+            if loaded == (True,):
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+
+    # -- process helpers -------------------------------------------------------------------
+    def _running(self, state: ClusterState) -> bool:
+        if not (self.data_dir(state.major) / "postmaster.pid").exists():
+            return False
+        return self._pg_ctl(state, "status", check=False).returncode == 0
+
+    def _pg_ctl(self, state: ClusterState, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(Path(state.bindir) / "pg_ctl"), "-D", str(self.data_dir(state.major)), *args]
+        return self._run(state, cmd, check=check)
+
+    def _run(self, state: ClusterState, cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(state.os_user)
+            kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, check=False, cwd=self.home,
+            env={**os.environ, "LC_ALL": "C.UTF-8"}, **kwargs,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise EmbeddedError(f"{Path(cmd[0]).name} failed: {done.stderr.strip() or done.stdout.strip()}")
+        return done
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return repr(pwd.getpwuid(uid).pw_name)
+    except KeyError:
+        return f"uid {uid}"
+
+
+def default_dsn() -> str:
+    """DSN of the embedded default cluster, creating and starting it when needed."""
+    return Cluster().up()

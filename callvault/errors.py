@@ -1,0 +1,61 @@
+"""One error base for the library, small specific subclasses.
+
+Library code raises these; only the CLI prints them. Every message names the input
+that was wrong and what to do about it. ``exit_code`` is what the CLI exits with.
+"""
+
+from __future__ import annotations
+
+
+class CallvaultError(Exception):
+    """Base of every error callvault raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidSetting(CallvaultError):
+    """A setting or argument has a value callvault cannot use (bad interval, retention, name...)."""
+
+    exit_code = 2
+
+
+class DatabaseUnavailable(CallvaultError):
+    """The database cannot be reached with the given DSN."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+class ExtensionMissing(CallvaultError):
+    """A required Postgres extension (pg_partman, pg_cron) is not installed on the server."""
+
+    exit_code = 69
+
+
+class SchemaMismatch(CallvaultError):
+    """The target table exists with a shape callvault did not create; nothing was changed."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class NotInitialised(CallvaultError):
+    """The table is not managed by callvault/pg_partman yet: run ``callvault init`` first."""
+
+    exit_code = 66
+
+
+class AlreadyRunning(CallvaultError):
+    """Another maintenance run holds the lock for this table."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class EmbeddedError(CallvaultError):
+    """The embedded Postgres cluster could not be created, started or stopped."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
+class Unhealthy(CallvaultError):
+    """A health check failed; the message is the one-line reason."""
+
+    exit_code = 3

@@ -1,0 +1,175 @@
+"""``callvault maintain``: pg_partman maintenance, safely.
+
+* A fresh autocommit connection per run, closed afterwards: pg_partman's session-level advisory lock
+  can never leak into a pooled connection.
+* callvault's own advisory lock per table: a second concurrent run exits with AlreadyRunning
+  (exit code 75) or, with ``wait``, queues behind the first. pg_partman's own "already running"
+  notice (e.g. a pg_cron job in progress) is turned into the same error.
+* A lock budget (``lock_timeout``) on every DDL statement, retried with backoff, so ingest never
+  stalls longer than the budget behind a partition being created or detached.
+* ``at``: apply the planner's view of that moment instead (create what is missing up to the horizon,
+  detach what is past retention at ``at``) with pg_partman's own create/retention functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg import sql
+
+from callvault import catalog, partman
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn, connect
+from callvault.errors import AlreadyRunning, CallvaultError, NotInitialised
+from callvault.partman import PartmanInfo
+from callvault.plan import Plan, build_plan
+
+LOCK_NAMESPACE = 0x6376  # "cv": first key of callvault's two-key advisory locks
+RETRIES = 5  # lock_timeout hits before giving up
+BACKOFF_S = 0.2  # first retry delay, doubled each time (0.2 + 0.4 + ... = ~6 s over 5 tries)
+PARTMAN_BUSY = "already running"
+
+
+@dataclass
+class MaintenanceReport:
+    table: str
+    at: datetime | None
+    created: list[str] = field(default_factory=list)
+    detached: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    attempts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.detached or self.dropped)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "table": self.table, "at": self.at.isoformat() if self.at else None,
+            "created": self.created, "detached": self.detached, "dropped": self.dropped,
+            "attempts": self.attempts, "seconds": round(self.seconds, 3),
+        }  # fmt: skip
+
+
+def require_partman(conn: Conn, settings: Settings) -> PartmanInfo:
+    pm = partman.installed(conn)
+    if pm is None or partman.read_config(conn, settings, pm) is None:
+        raise NotInitialised(
+            f"{settings.qualified} is not managed by pg_partman in this database: run `callvault init` first"
+        )
+    return pm
+
+
+def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) -> Plan:
+    config = partman.read_config(conn, settings, pm)
+    assert config is not None
+    rows = catalog.list_partitions(conn, settings)
+    return build_plan(
+        config,
+        at,
+        [r.info for r in rows],
+        table=settings.table,
+        default_rows=catalog.default_rows(conn, settings),
+    )
+
+
+def _lock_key(conn: Conn, settings: Settings) -> int:
+    row = conn.execute("SELECT hashtext(%s)", (settings.qualified,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _acquire(conn: Conn, key: int, wait: bool) -> None:
+    if wait:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
+        return
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)).fetchone()
+    if not (row and row[0]):
+        raise AlreadyRunning("maintenance is already running for this table in another session; try again later")
+
+
+def _with_retry(conn: Conn, work: Callable[[], None], report: MaintenanceReport) -> None:
+    delay = BACKOFF_S
+    for attempt in range(1, RETRIES + 1):
+        report.attempts = attempt
+        try:
+            work()
+            return
+        except psycopg.Error as exc:
+            # pg_partman re-raises errors from its own EXCEPTION blocks as P0001, so classify by
+            # SQLSTATE where it survives and by message where it does not.
+            msg = exc.diag.message_primary or str(exc)
+            if "default partition" in msg:
+                raise CallvaultError(
+                    f"maintenance failed on {report.table}: {msg}. Rows stranded in the default partition "
+                    "overlap a partition that must be created; move them out (see `callvault status`) and "
+                    "run maintain again"
+                ) from exc
+            if not (isinstance(exc, pgerr.LockNotAvailable) or "lock timeout" in msg):
+                raise
+            if attempt == RETRIES:
+                raise CallvaultError(
+                    f"maintenance gave up after {RETRIES} tries: another session held a lock on "
+                    f"{report.table} longer than the lock budget each time. Find it in pg_stat_activity, "
+                    "or raise CALLVAULT_LOCK_TIMEOUT_MS"
+                ) from None
+            time.sleep(delay)
+            delay *= 2
+
+
+def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None) -> None:
+    if at is None:
+        conn.execute(partman.run_maintenance_sql(settings, pm))
+        return
+    plan = current_plan(conn, settings, pm, at)
+    with conn.transaction():
+        if plan.create:
+            conn.execute(partman.create_partitions_sql(settings, pm, [p.start for p in plan.create]))
+        if plan.cutoff is not None:
+            conn.execute(partman.retention_sql(settings, pm, at))
+
+
+def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (parent_table, started_at, source, created, detached, dropped) "
+            "VALUES (%s, %s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(META_SCHEMA, "maintenance_log")),
+        (report.table, started, "callvault", report.created, report.detached, report.dropped),
+    )
+
+
+def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = False) -> MaintenanceReport:
+    """Run maintenance once and report what changed."""
+    report = MaintenanceReport(table=settings.qualified, at=at)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    busy: list[str] = []
+    with connect(settings, autocommit=True) as conn:
+        pm = require_partman(conn, settings)
+        key = _lock_key(conn, settings)
+        _acquire(conn, key, wait)
+        try:
+            conn.add_notice_handler(lambda d: busy.append(d.message_primary or ""))
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
+            before_attached, _ = catalog.partition_names(conn, settings)
+            _with_retry(conn, lambda: _apply(conn, settings, pm, at), report)
+            if any(PARTMAN_BUSY in m for m in busy):
+                raise AlreadyRunning("pg_partman maintenance is already running in another session (pg_cron?)")
+            after_attached, after_detached = catalog.partition_names(conn, settings)
+            report.created = sorted(after_attached - before_attached)
+            gone = before_attached - after_attached
+            report.detached = sorted(gone & after_detached)
+            report.dropped = sorted(gone - after_detached)
+            report.seconds = time.perf_counter() - t0
+            _log(conn, report, started)
+        finally:
+            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+    return report

@@ -1,0 +1,177 @@
+"""``status`` and ``health``: the partition-size query made readable, and checks with exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from psycopg import sql
+
+from callvault import catalog, partman
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn
+from callvault.errors import NotInitialised
+from callvault.plan import LifecycleConfig, PartitionInfo
+
+# health: the premake horizon must reach at least this many intervals past now. With premake 4 and
+# maintenance every 15 min it is >= 4; 2 means maintenance has not run for ~2 intervals.
+MIN_INTERVALS_AHEAD = 2
+# health: a partition past retention may linger this long (maintenance runs every 15 min) before
+# retention counts as behind.
+RETENTION_GRACE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    name: str
+    start: datetime | None
+    end: datetime | None
+    rows_estimate: int | None
+    bytes: int
+    state: str  # past | current | future | default
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name, "from": _iso(self.start), "to": _iso(self.end),
+            "rows_estimate": self.rows_estimate, "bytes": self.bytes, "state": self.state,
+        }  # fmt: skip
+
+
+@dataclass
+class Status:
+    table: str
+    now: datetime
+    partman_version: str
+    config: LifecycleConfig
+    partitions: list[PartitionStatus]
+    default_rows: int
+    detached: list[tuple[str, int]]
+    last_maintenance: datetime | None
+    partition_warn: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ranged(self) -> list[PartitionStatus]:
+        return [p for p in self.partitions if p.state != "default"]
+
+    @property
+    def premake_horizon(self) -> datetime | None:
+        ends = [p.end for p in self.ranged if p.end is not None]
+        return max(ends) if ends else None
+
+    @property
+    def oldest(self) -> datetime | None:
+        starts = [p.start for p in self.ranged if p.start is not None]
+        return min(starts) if starts else None
+
+    @property
+    def retention_cutoff(self) -> datetime | None:
+        return self.config.retention.cutoff(self.now) if self.config.retention else None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(p.bytes for p in self.partitions)
+
+    @property
+    def total_rows_estimate(self) -> int:
+        return sum(p.rows_estimate or 0 for p in self.partitions)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "table": self.table,
+            "now": _iso(self.now),
+            "partman_version": self.partman_version,
+            "interval": str(self.config.interval),
+            "premake": self.config.premake,
+            "retention": str(self.config.retention) if self.config.retention else None,
+            "partitions": [p.to_dict() for p in self.partitions],
+            "partition_count": len(self.partitions),
+            "premake_horizon": _iso(self.premake_horizon),
+            "oldest_partition_start": _iso(self.oldest),
+            "retention_cutoff": _iso(self.retention_cutoff),
+            "default_rows": self.default_rows,
+            "detached_awaiting_archive": [{"name": n, "bytes": b} for n, b in self.detached],
+            "total_bytes": self.total_bytes,
+            "total_rows_estimate": self.total_rows_estimate,
+            "last_maintenance": _iso(self.last_maintenance),
+            "healthy": not self.problems,
+            "problems": self.problems,
+        }
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.astimezone(UTC).isoformat() if ts else None
+
+
+def classify(info: PartitionInfo, now: datetime) -> str:
+    if info.is_default:
+        return "default"
+    if info.end is not None and info.end <= now:
+        return "past"
+    if info.start is not None and info.start > now:
+        return "future"
+    return "current"
+
+
+def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.maintenance_log",)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    query = sql.SQL("SELECT max(finished_at) FROM {} WHERE parent_table = %s").format(
+        sql.Identifier(META_SCHEMA, "maintenance_log")
+    )
+    row = conn.execute(query, (settings.qualified,)).fetchone()
+    return row[0] if row else None
+
+
+def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Status:
+    now = now or datetime.now(UTC)
+    pm = partman.installed(conn)
+    config = partman.read_config(conn, settings, pm) if pm else None
+    if pm is None or config is None:
+        raise NotInitialised(f"{settings.qualified} is not managed by callvault here: run `callvault init` first")
+    rows = catalog.list_partitions(conn, settings)
+    status = Status(
+        table=settings.qualified,
+        now=now,
+        partman_version=pm.version,
+        config=config,
+        partitions=[
+            PartitionStatus(r.info.name, r.info.start, r.info.end, r.info.rows_estimate, r.bytes, classify(r.info, now))
+            for r in rows
+        ],
+        default_rows=catalog.default_rows(conn, settings),
+        detached=catalog.list_detached(conn, settings),
+        last_maintenance=_last_maintenance(conn, settings),
+        partition_warn=settings.partition_warn,
+    )
+    status.problems = problems(status)
+    return status
+
+
+def problems(status: Status) -> list[str]:
+    """Health verdicts, each a one-line reason with the fix (pure)."""
+    out = []
+    lc = status.config
+    need = lc.interval.add(lc.interval.floor(status.now), MIN_INTERVALS_AHEAD)
+    horizon = status.premake_horizon
+    if horizon is None or horizon < need:
+        out.append(
+            f"premake horizon {_iso(horizon)} is short of {_iso(need)}: maintenance is not running "
+            "(run `callvault maintain`, then schedule it)"
+        )
+    if status.default_rows:
+        out.append(
+            f"default partition holds {status.default_rows} rows: they block maintenance; move them to their partitions"
+        )
+    cutoff = status.retention_cutoff
+    if cutoff is not None:
+        late = [p.name for p in status.ranged if p.end is not None and p.end < cutoff - RETENTION_GRACE]
+        if late:
+            out.append(f"retention is behind: {len(late)} partition(s) past retention still attached ({late[0]}...)")
+    if len(status.partitions) > status.partition_warn:
+        out.append(
+            f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "
+            "(planning slows past ~10k): use a coarser interval or shorter retention"
+        )
+    return out

@@ -1,0 +1,76 @@
+"""Human output (rich) for status, plan and maintenance reports. JSON output lives in ``to_dict``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from callvault.maintain import MaintenanceReport
+from callvault.monitor import Status
+from callvault.plan import Plan
+
+
+def _d(ts: datetime | None) -> str:
+    if ts is None:
+        return "-"
+    return ts.strftime("%Y-%m-%d" if (ts.hour, ts.minute, ts.second) == (0, 0, 0) else "%Y-%m-%d %H:%M")
+
+
+def size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def status(console: Console, st: Status) -> None:
+    table = Table(title=f"{st.table} — partitions", title_justify="left")
+    for col, just in (("partition", "left"), ("from", "left"), ("to", "left"), ("rows (est.)", "right"),
+                      ("size", "right"), ("state", "left")):  # fmt: skip
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    styles = {"past": "dim", "current": "bold green", "future": "cyan", "default": "red"}
+    for p in st.partitions:
+        rows = "-" if p.rows_estimate is None else f"{p.rows_estimate:,}"
+        table.add_row(p.name, _d(p.start), _d(p.end), rows, size(p.bytes), p.state, style=styles[p.state])
+    table.add_section()
+    table.add_row("total", "", "", f"{st.total_rows_estimate:,}", size(st.total_bytes), f"{len(st.partitions)} parts")
+    console.print(table)
+    lc = st.config
+    lines = [
+        f"pg_partman {st.partman_version}; interval {lc.interval}, premake {lc.premake}, "
+        f"retention {lc.retention or 'none (keep forever)'}",
+        f"premake horizon: {_d(st.premake_horizon)} (partitions exist up to here)",
+        f"oldest partition: {_d(st.oldest)}; retention cutoff: {_d(st.retention_cutoff)}",
+        f"rows in default partition: {st.default_rows}",
+        f"detached, awaiting archive: {len(st.detached)}"
+        + (
+            f" ({', '.join(n for n, _ in st.detached[:4])}{'...' if len(st.detached) > 4 else ''})"
+            if st.detached
+            else ""
+        ),
+        f"last maintenance: {_d(st.last_maintenance)}",
+    ]
+    for line in lines:
+        console.print(line)
+    if st.problems:
+        for problem in st.problems:
+            console.print(f"[red]unhealthy:[/red] {problem}")
+    else:
+        console.print("[green]healthy[/green]")
+
+
+def plan(console: Console, p: Plan) -> None:
+    console.print(f"plan for {p.table} at {_d(p.at)} UTC ({p.interval}):")
+    lines = p.describe()
+    for line in lines or ["nothing to do"]:
+        console.print(f"  {line}")
+
+
+def maintenance(console: Console, r: MaintenanceReport) -> None:
+    when = f" as of {_d(r.at)}" if r.at else ""
+    console.print(f"maintenance of {r.table}{when}: {r.seconds:.2f}s, {r.attempts} attempt(s)")
+    for label, names in (("created", r.created), ("detached", r.detached), ("dropped", r.dropped)):
+        console.print(f"  {label}: {len(names)}" + (f"  {', '.join(names)}" if names else ""))

@@ -1,0 +1,154 @@
+"""The ``call_logs`` DDL as pure SQL builders. Nothing here touches a connection.
+
+Keys (see docs/design.md for the reasoning and the measurement):
+
+* ``PRIMARY KEY (tenant_id, started_at, id)`` serves the tenant time-window query
+  (``WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 ORDER BY started_at DESC``)
+  and keyset pagination with one index, so no extra secondary index is needed for it.
+* ``UNIQUE (tenant_id, call_id, started_at)`` makes a retried write idempotent and turns a lookup by
+  call id into one index probe per live partition.
+
+Both contain the partition key (Postgres requires it) and ``tenant_id`` first, so a duplicate-key
+error can never reveal another tenant's data, and the layout stays Citus-compatible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from callvault.config import META_SCHEMA, Settings
+
+# The seed's columns, as format_type() prints them: name -> type. Order matters for COPY.
+COLUMNS: dict[str, str] = {
+    "id": "bigint",
+    "tenant_id": "uuid",
+    "call_id": "uuid",
+    "started_at": "timestamp with time zone",
+    "ended_at": "timestamp with time zone",
+    "duration_sec": "integer",
+    "transcript": "text",
+    "metadata": "jsonb",
+}
+NOT_NULL = frozenset({"id", "tenant_id", "call_id", "started_at"})
+PARTITION_KEY = "started_at"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every identifier derived from the settings, composed (never pasted) by psycopg.sql."""
+
+    table: sql.Identifier
+    pkey: sql.Identifier
+    call_uq: sql.Identifier
+    ended_check: sql.Identifier
+    duration_check: sql.Identifier
+    default_partition: sql.Identifier
+
+    @classmethod
+    def of(cls, s: Settings) -> Names:
+        return cls(
+            table=sql.Identifier(s.schema, s.table),
+            pkey=sql.Identifier(f"{s.table}_pkey"),
+            call_uq=sql.Identifier(f"{s.table}_call_uq"),
+            ended_check=sql.Identifier(f"{s.table}_ended_check"),
+            duration_check=sql.Identifier(f"{s.table}_duration_check"),
+            default_partition=sql.Identifier(s.schema, f"{s.table}_default"),
+        )
+
+
+def create_schema_sql(schema: str) -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+
+
+def create_table_sql(s: Settings) -> sql.Composed:
+    n = Names.of(s)
+    return sql.SQL(
+        """CREATE TABLE {table} (
+    id           bigserial NOT NULL,
+    tenant_id    uuid NOT NULL,
+    call_id      uuid NOT NULL,
+    started_at   timestamptz NOT NULL,
+    ended_at     timestamptz,
+    duration_sec integer,
+    transcript   text,
+    metadata     jsonb DEFAULT '{{}}'::jsonb,
+    CONSTRAINT {pkey} PRIMARY KEY (tenant_id, started_at, id),
+    CONSTRAINT {call_uq} UNIQUE (tenant_id, call_id, started_at),
+    CONSTRAINT {ended_check} CHECK (ended_at IS NULL OR ended_at >= started_at),
+    CONSTRAINT {duration_check} CHECK (duration_sec IS NULL OR duration_sec >= 0)
+) PARTITION BY RANGE (started_at)"""
+    ).format(
+        table=n.table, pkey=n.pkey, call_uq=n.call_uq, ended_check=n.ended_check,
+        duration_check=n.duration_check,
+    )  # fmt: skip
+
+
+def drop_default_partition_sql(s: Settings) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(Names.of(s).default_partition)
+
+
+def meta_schema_sql() -> list[sql.Composed]:
+    """callvault's own bookkeeping: one row per maintenance run (shown by ``status``)."""
+    meta = sql.Identifier(META_SCHEMA)
+    return [
+        create_schema_sql(META_SCHEMA),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.maintenance_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parent_table text NOT NULL,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    source       text NOT NULL,
+    created      text[] NOT NULL DEFAULT '{{}}',
+    detached     text[] NOT NULL DEFAULT '{{}}',
+    dropped      text[] NOT NULL DEFAULT '{{}}'
+)"""
+        ).format(meta),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS maintenance_log_parent_idx ON {}.maintenance_log (parent_table, id)"
+        ).format(meta),
+    ]
+
+
+def maintenance_procedure_sql(partman_schema: str) -> sql.Composed:
+    """``CALL callvault.run_maintenance('schema.table')``: what pg_cron runs.
+
+    It pins the session time zone to UTC first (pg_partman computes boundaries in the session time
+    zone; monthly partitions drift otherwise) and records the run for ``callvault status``.
+    """
+    return sql.SQL(
+        """CREATE OR REPLACE PROCEDURE {meta}.run_maintenance(p_parent_table text)
+LANGUAGE plpgsql AS $proc$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    PERFORM set_config('timezone', 'UTC', false);
+    PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
+    INSERT INTO {meta}.maintenance_log (parent_table, started_at, source) VALUES (p_parent_table, t0, 'pg_cron');
+END
+$proc$"""
+    ).format(meta=sql.Identifier(META_SCHEMA), partman=sql.Identifier(partman_schema))
+
+
+def describe_shape_problems(actual: dict[str, tuple[str, bool]], partition_key: str | None) -> list[str]:
+    """Differences between an existing table and the shape callvault manages (pure).
+
+    ``actual`` maps column -> (format_type, not_null); ``partition_key`` is the RANGE key column,
+    or None when the table is not range-partitioned.
+    """
+    problems = []
+    if partition_key != PARTITION_KEY:
+        got = "not partitioned" if partition_key is None else f"partitioned by {partition_key}"
+        problems.append(f"it must be PARTITION BY RANGE ({PARTITION_KEY}) but is {got}")
+    for name, typ in COLUMNS.items():
+        if name not in actual:
+            problems.append(f"column {name} ({typ}) is missing")
+            continue
+        got_type, not_null = actual[name]
+        if got_type != typ:
+            problems.append(f"column {name} is {got_type}, expected {typ}")
+        if name in NOT_NULL and not not_null:
+            problems.append(f"column {name} must be NOT NULL")
+    return problems

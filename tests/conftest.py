@@ -1,0 +1,91 @@
+"""Real Postgres for every test: one embedded cluster per session, a fresh database per test.
+
+The cluster is built by the same code users run (:class:`callvault.embedded.Cluster`). If it cannot
+start, every database test errors: nothing is skipped. Each test gets its own database cloned from a
+template that already has pg_partman installed, so tests are isolated and fast.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from callvault.config import Settings
+from callvault.embedded import Cluster
+
+TEMPLATE = "cv_template"
+# Durability is not under test here and fsync dominates DDL-heavy tests; benchmarks use real settings.
+TEST_SERVER_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    # Under /tmp with mode 0755 so the unprivileged server user can reach it when tests run as root.
+    home = Path(tempfile.mkdtemp(prefix="callvault-test-", dir="/tmp"))
+    home.chmod(0o755)
+    old_home = os.environ.get("CALLVAULT_HOME")
+    os.environ["CALLVAULT_HOME"] = str(home)  # the CLI's embedded default is this cluster
+    os.environ.pop("CALLVAULT_DSN", None)
+    c = Cluster(home, settings=TEST_SERVER_SETTINGS)
+    c.up()
+    with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with psycopg.connect(c.dsn(TEMPLATE), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA partman")
+        conn.execute("CREATE EXTENSION pg_partman WITH SCHEMA partman")
+    yield c
+    c.down()
+    if old_home is None:
+        os.environ.pop("CALLVAULT_HOME", None)
+    else:
+        os.environ["CALLVAULT_HOME"] = old_home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _create_db(cluster: Cluster, template: str) -> str:
+    name = f"cv_test_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    return name
+
+
+def _drop_db(cluster: Cluster, name: str) -> None:
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def dsn(cluster: Cluster) -> Iterator[str]:
+    """A fresh database with pg_partman installed (not yet initialised by callvault)."""
+    name = _create_db(cluster, TEMPLATE)
+    yield cluster.dsn(name)
+    _drop_db(cluster, name)
+
+
+@pytest.fixture
+def empty_dsn(cluster: Cluster) -> Iterator[str]:
+    """A fresh database without any extension."""
+    name = _create_db(cluster, "template1")
+    yield cluster.dsn(name)
+    _drop_db(cluster, name)
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return Settings(dsn=dsn)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET timezone TO 'UTC'")
+        yield c
