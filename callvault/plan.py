@@ -44,9 +44,8 @@ _MAX = datetime.max.replace(tzinfo=UTC)
 def _utc(ts: datetime, what: str) -> datetime:
     """``ts`` in UTC; a naive datetime is refused because its zone would be a guess."""
     if ts.tzinfo is None or ts.utcoffset() is None:
-        raise InvalidSetting(
-            f"{what} {ts.isoformat()} has no timezone: give a timezone, e.g. 2026-05-04T00:00:00Z"
-        )
+        hint = "give a timezone, e.g. 2026-05-04T00:00:00Z"
+        raise InvalidSetting(f"{what} {ts.isoformat()} has no timezone: {hint}")
     return ts.astimezone(UTC)
 
 
@@ -93,10 +92,8 @@ class Interval(enum.StrEnum):
                 return _shift_months(start, n)
             return start + timedelta(days=n * (7 if self is Interval.WEEKLY else 1))
         except (OverflowError, ValueError):
-            raise InvalidSetting(
-                f"{start.isoformat()} plus {n} {self.value} intervals is outside years 1-9999: "
-                "use a realistic date"
-            ) from None
+            moved = f"{start.isoformat()} plus {n} {self.value} intervals"
+            raise InvalidSetting(f"{moved} is outside years 1-9999: use a date in range") from None
 
     def partman_4x(self) -> str:
         return self.value
@@ -149,9 +146,7 @@ class Retention:
                 f"and the total > 0; {_RETENTION_EXAMPLES}"
             )
         if self.months > 12_000 or self.days > 366_000:
-            raise InvalidSetting(
-                f"retention {self} is over 1000 years: shorten it, or use none to keep data forever"
-            )
+            raise InvalidSetting(f"retention {self} is over 1000 years: shorten it, or use none")
 
     @classmethod
     def parse(cls, text: str) -> Retention:
@@ -183,10 +178,8 @@ class Retention:
 
     def __str__(self) -> str:
         years, months = divmod(self.months, 12)
-        parts = [
-            _plural(n, unit) for n, unit in ((years, "year"), (months, "month"), (self.days, "day")) if n
-        ]
-        return " ".join(parts)
+        counts = ((years, "year"), (months, "month"), (self.days, "day"))
+        return " ".join(_plural(n, unit) for n, unit in counts if n)
 
 
 @dataclass(frozen=True)
@@ -281,11 +274,8 @@ class Plan:
 
     def describe(self) -> list[str]:
         lines = [f"create {r.name} {_span(r.start, r.end)}" for r in self.create]
-        cutoff = _day(self.cutoff, "none")
-        lines += [
-            f"retire {p.name} {_span(p.start, p.end)} \u2014 past retention (cutoff {cutoff})"
-            for p in self.retire
-        ]
+        why = f"\u2014 past retention (cutoff {_day(self.cutoff, 'none')})"
+        lines += [f"retire {p.name} {_span(p.start, p.end)} {why}" for p in self.retire]
         if not lines:
             lines.append(f"nothing to create or retire: partitions reach {_day(self.horizon_after, '')}")
         return lines + list(self.warnings)
