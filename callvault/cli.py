@@ -20,8 +20,10 @@ from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting
 from callvault.plan import Interval
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (make, CI, logs) gets a wide fixed width instead of rich's 80-column default.
+PIPE_WIDTH = 160
+out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
 class Cli(click.Group):
@@ -182,7 +184,7 @@ def dev() -> None:
 def up(port: int | None) -> None:
     """Create (once) and start the embedded cluster."""
     dsn = Cluster().up(port)
-    out.print(f"embedded Postgres is up: {dsn}")
+    out.print(f"embedded Postgres is up: {dsn}", soft_wrap=True)
 
 
 @dev.command()
