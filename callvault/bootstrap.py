@@ -119,12 +119,13 @@ def _schema_exists(conn: Conn, name: str) -> bool:
 def _meta_steps(conn: Conn | None, pm: PartmanInfo) -> list[Step]:
     if conn is not None:
         row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL",
-            (f"{META_SCHEMA}.maintenance_log", f"{META_SCHEMA}.run_maintenance(text)"),
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL",
+            (f"{META_SCHEMA}.maintenance_log", f"{META_SCHEMA}.quarantine", f"{META_SCHEMA}.run_maintenance(text)"),
         ).fetchone()
         if row and row[0]:
             return []
-    steps = [Step(f"callvault bookkeeping ({i}/3)", stmt) for i, stmt in enumerate(schema.meta_schema_sql(), 1)]
+    meta = schema.meta_schema_sql()
+    steps = [Step(f"callvault bookkeeping ({i}/{len(meta)})", stmt) for i, stmt in enumerate(meta, 1)]
     steps.append(Step("maintenance procedure for pg_cron", schema.maintenance_procedure_sql(pm.schema)))
     return steps
 

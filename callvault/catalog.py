@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from psycopg import sql
 
@@ -17,7 +18,7 @@ _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
 PARTITIONS_SQL = """
 SELECT c.relname,
-       pg_get_expr(c.relpartbound, c.oid) AS bound,
+       pg_get_expr(c.relpartbound, 0) AS bound,
        c.reltuples::bigint AS reltuples,
        pg_total_relation_size(c.oid) AS bytes
 FROM pg_inherits i
@@ -103,3 +104,24 @@ def default_rows(conn: Conn, settings: Settings, limit: int = 1_000_000) -> int:
     query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) s").format(ident)
     row = conn.execute(query, (limit,)).fetchone()
     return int(row[0]) if row else 0
+
+
+# pg_get_expr(..., 0): deparse without opening the relation, so no lock is taken (DDL may hold one).
+BOUNDS_SQL = (
+    "SELECT pg_get_expr(c.relpartbound, 0) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = %s::regclass"
+)
+
+
+def bounds_from_rows(rows: list[tuple[Any, ...]]) -> list[tuple[datetime, datetime]]:
+    out = []
+    for (bound,) in rows:
+        start, end, _ = parse_bound(str(bound))
+        if start is not None and end is not None:
+            out.append((start, end))
+    return sorted(out)
+
+
+def partition_bounds(conn: Conn, settings: Settings) -> list[tuple[datetime, datetime]]:
+    """[start, end) of every attached, non-default partition, from the catalog alone (no locks)."""
+    return bounds_from_rows(conn.execute(BOUNDS_SQL, (parent_regclass(settings),)).fetchall())

@@ -175,6 +175,88 @@ def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every:
 
 
 @main.group()
+def quarantine() -> None:
+    """Rows the writer set aside (with the reason), and replaying them once fixed."""
+
+
+@quarantine.command(name="list")
+@target_options
+@click.option("--limit", default=50, show_default=True, help="Newest rows to show.")
+@json_option
+def quarantine_list(dsn: str | None, schema: str, table: str, limit: int, as_json: bool) -> None:
+    """Show quarantined rows, newest first: id, when, why, and the row as JSON."""
+    from callvault.ingest import quarantine as q
+
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        rows = q.list_rows(conn, s, limit)
+        total = q.count(conn, s)
+    if as_json:
+        emit([r.to_dict() for r in rows])
+        return
+    out.print(f"{total} row(s) in quarantine for {s.qualified}")
+    for r in rows:
+        out.print(f"[bold]#{r.id}[/bold] {r.received_at:%Y-%m-%d %H:%M:%S} (tries: {r.attempts}) {r.reason}")
+        out.print(f"    {r.raw[:300]}", soft_wrap=True, markup=False)
+
+
+@quarantine.command(name="replay")
+@target_options
+@click.option("--id", "ids", multiple=True, type=int, help="Only these ids (repeatable). Default: all.")
+@click.option("--assume-utc", is_flag=True, help="Treat naive timestamps as UTC this time.")
+@json_option
+def quarantine_replay(
+    dsn: str | None, schema: str, table: str, ids: tuple[int, ...], assume_utc: bool, as_json: bool
+) -> None:
+    """Validate quarantined rows again; insert the good ones (idempotently) and remove them."""
+    from callvault.ingest import quarantine as q
+
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        report = q.replay(conn, s, ids=list(ids) or None, assume_utc=assume_utc)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        out.print(
+            f"replayed {report.tried}: {report.written} written, {report.duplicates} already present, "
+            f"{report.still_bad} still bad (see `callvault quarantine list`)"
+        )
+
+
+@main.group()
+def bench() -> None:
+    """The project's benchmarks: ratios against baselines run in the same process."""
+
+
+@bench.command(name="ingest")
+@target_options
+@click.option("--rows", default=300_000, show_default=True, help="Rows per method.")
+@click.option("--row-bytes", default=1200, show_default=True, help="Approximate bytes per row.")
+@json_option
+def bench_ingest(dsn: str | None, schema: str, table: str, rows: int, row_bytes: int, as_json: bool) -> None:
+    """Writer (sync, async) vs raw server-side COPY vs per-row INSERT (1 and 16 connections)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from callvault.bench.ingest import IngestBench
+
+    s = settings_of(dsn, schema, table)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("setup", total=rows * 2)
+
+        def progress(what: str, n: int) -> None:
+            if what.startswith("phase:"):
+                bar.update(task, description=what[6:])
+            else:
+                bar.advance(task, n)
+
+        result = IngestBench(s, rows, row_bytes, progress).run().to_dict()
+    if as_json:
+        emit(result)
+        return
+    render.bench_ingest(out, result)
+
+
+@main.group()
 def dev() -> None:
     """The embedded private Postgres (used when no DSN is configured)."""
 

@@ -59,3 +59,11 @@ class Unhealthy(CallvaultError):
     """A health check failed; the message is the one-line reason."""
 
     exit_code = 3
+
+
+class WriterError(CallvaultError):
+    """The writer could not commit some rows; they are kept in ``unwritten`` (never dropped)."""
+
+    def __init__(self, message: str, unwritten: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten or []

@@ -69,6 +69,27 @@ def plan(console: Console, p: Plan) -> None:
         console.print(f"  {line}")
 
 
+def bench_ingest(console: Console, r: dict[str, object]) -> None:
+    table = Table(title=f"ingest: {r['rows']:,} rows of ~{r['row_bytes']} bytes", title_justify="left")
+    table.add_column("method")
+    table.add_column("rows/s", justify="right")
+    table.add_column("vs raw COPY", justify="right")
+    raw = float(str(r["raw_copy_rows_per_s"]))
+    for label, key in (
+        ("callvault Writer (sync)", "writer"), ("callvault AsyncWriter", "async_writer"),
+        ("raw server-side COPY (ceiling)", "raw_copy"), ("Writer, idempotent re-send", "writer_idempotent"),
+        ("per-row INSERT, 1 connection", "per_row_insert"), ("per-row INSERT, 16 connections", "per_row_insert_16conn"),
+    ):  # fmt: skip
+        rate = float(str(r[f"{key}_rows_per_s"]))
+        table.add_row(label, f"{rate:,.0f}", f"{rate / raw:.2f}")
+    console.print(table)
+    console.print(
+        f"writer/raw COPY {r['writer_vs_raw_copy']}, writer/per-row {r['writer_vs_per_row']}x, "
+        f"writer peak RSS {r['writer_peak_rss_mb']} MB; PostgreSQL {r['postgres_version']}, psycopg "
+        f"{r['psycopg_version']}, {r['settings']}"
+    )
+
+
 def maintenance(console: Console, r: MaintenanceReport) -> None:
     when = f" as of {_d(r.at)}" if r.at else ""
     console.print(f"maintenance of {r.table}{when}: {r.seconds:.2f}s, {r.attempts} attempt(s)")

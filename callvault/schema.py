@@ -109,6 +109,27 @@ def meta_schema_sql() -> list[sql.Composed]:
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS maintenance_log_parent_idx ON {}.maintenance_log (parent_table, id)"
         ).format(meta),
+        *quarantine_sql(),
+    ]
+
+
+def quarantine_sql() -> list[sql.Composed]:
+    """Rows the writer set aside: the input as JSON text (ASCII, so NUL and lone surrogates survive as
+    escapes and can be fixed and replayed), why, and for which table."""
+    meta = sql.Identifier(META_SCHEMA)
+    return [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.quarantine (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target_table  text NOT NULL,
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    reason        text NOT NULL,
+    raw           text NOT NULL,
+    attempts      integer NOT NULL DEFAULT 1,
+    last_tried_at timestamptz NOT NULL DEFAULT now()
+)"""
+        ).format(meta),
+        sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_target_idx ON {}.quarantine (target_table, id)").format(meta),
     ]
 
 

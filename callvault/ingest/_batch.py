@@ -1,0 +1,152 @@
+"""What the sync and async writers share: batches, counts, SQL, and how to read an error.
+
+Nothing here does I/O. The two writers differ only in how they wait (threads vs asyncio).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from psycopg import errors as pgerr
+from psycopg import sql
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+
+from callvault.config import META_SCHEMA, Settings
+from callvault.ingest.validate import COLUMNS, PG_TYPES, Rejected, Row, raw_json
+
+STAGE = "_callvault_stage"  # per-session temporary table for the idempotent path
+JSONB_OID = 3802
+
+
+class JsonBytes(bytes):
+    """Marker type: metadata already serialised by validation (compact UTF-8 JSON)."""
+
+
+class PreEncodedJsonbDumper(Dumper):
+    """Binary jsonb from bytes validation already produced: no second json.dumps on the hot path."""
+
+    format = Format.BINARY
+    oid = JSONB_OID
+
+    def dump(self, obj: bytes) -> Buffer:
+        return b"\x01" + obj  # jsonb binary format: version byte 1, then the JSON text
+
+
+def prepare_connection(conn: psycopg.Connection[object] | psycopg.AsyncConnection[object]) -> None:
+    """Make COPY's ``set_types(['jsonb'])`` pick the pre-encoded dumper on this connection."""
+    conn.adapters.register_dumper(JsonBytes, PreEncodedJsonbDumper)
+
+
+@dataclass
+class Batch:
+    rows: list[Row] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    idempotent: bool = False  # use the staging path from the start (replay, retries)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+
+@dataclass
+class FlushResult:
+    """Counts of rows that reached a durable state: committed, skipped as duplicates, or quarantined."""
+
+    written: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    fallbacks: int = 0  # batches that needed the idempotent staging path
+    retries: int = 0  # batches re-sent after a connection failure
+
+    _FIELDS = ("written", "duplicates", "quarantined", "batches", "fallbacks", "retries")
+
+    def add(self, other: FlushResult) -> None:
+        for name in self._FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def minus(self, other: FlushResult) -> FlushResult:
+        return FlushResult(*(getattr(self, n) - getattr(other, n) for n in self._FIELDS))
+
+    def copy(self) -> FlushResult:
+        out = FlushResult()
+        out.add(self)
+        return out
+
+
+def copy_sql(target: sql.Composable) -> sql.Composed:
+    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols)
+
+
+def parent_copy_sql(settings: Settings) -> sql.Composed:
+    return copy_sql(sql.Identifier(settings.schema, settings.table))
+
+
+STAGE_DDL = sql.SQL(
+    "CREATE TEMP TABLE IF NOT EXISTS {} (tenant_id uuid, call_id uuid, started_at timestamptz, "
+    "ended_at timestamptz, duration_sec int4, transcript text, metadata jsonb) ON COMMIT DELETE ROWS"
+).format(sql.Identifier(STAGE))
+STAGE_CLEAR = sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGE))
+STAGE_COPY = copy_sql(sql.Identifier(STAGE))
+
+
+def merge_sql(settings: Settings) -> sql.Composed:
+    """Staged rows into the table; a retried row (same tenant, call id, started_at) is skipped."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    return sql.SQL(
+        "INSERT INTO {} ({cols}) SELECT {cols} FROM {} ON CONFLICT (tenant_id, call_id, started_at) DO NOTHING"
+    ).format(sql.Identifier(settings.schema, settings.table), sql.Identifier(STAGE), cols=cols)
+
+
+def quarantine_sql() -> sql.Composed:
+    return sql.SQL("INSERT INTO {} (target_table, reason, raw) VALUES (%s, %s, %s)").format(
+        sql.Identifier(META_SCHEMA, "quarantine")
+    )
+
+
+def quarantine_params(settings: Settings, rejected: list[Rejected]) -> list[tuple[str, str, str]]:
+    return [(settings.qualified, r.reason, raw_json(r.raw)) for r in rejected]
+
+
+def row_as_input(row: Row) -> dict[str, object]:
+    """A validated row back in the shape ``validate`` accepts (for rows the database refused)."""
+    out: dict[str, object] = dict(zip(COLUMNS, row, strict=True))
+    meta = out["metadata"]
+    out["metadata"] = json.loads(bytes(meta)) if isinstance(meta, bytes) else meta
+    for key in ("started_at", "ended_at"):
+        value = out[key]
+        out[key] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The connection (or the server) went away: the batch's fate is unknown, re-send idempotently."""
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout) and not isinstance(
+        exc, pgerr.QueryCanceled | pgerr.LockNotAvailable
+    )
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """An error some row in the batch caused (bad value, no partition, constraint): isolate it."""
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and not isinstance(exc, pgerr.UniqueViolation)
+
+
+def needs_fallback(exc: BaseException) -> bool:
+    return isinstance(exc, pgerr.UniqueViolation) or is_row_error(exc)
+
+
+def db_reason(exc: psycopg.Error) -> str:
+    msg = exc.diag.message_primary or str(exc)
+    if "no partition of relation" in msg:
+        return f"{msg}: run `callvault maintain` to create the partition, then `callvault quarantine replay`"
+    return f"refused by the database: {msg}"
+
+
+TYPES = PG_TYPES

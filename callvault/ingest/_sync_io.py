@@ -1,0 +1,103 @@
+"""One batch into Postgres, synchronously: fast path, idempotent fallback, row isolation.
+
+* Fast path: one binary ``COPY`` into the parent table, quarantine rows in the same transaction.
+* Fallback (a duplicate key, a row the database refuses, or a re-send after a lost connection):
+  re-check ``started_at`` against the live partitions, ``COPY`` into a temporary staging table and
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. A row that still fails is isolated by bisection
+  (savepoints) and quarantined with the database's own message; the other rows land.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import psycopg
+from psycopg import sql
+
+from callvault.config import Settings
+from callvault.db import Conn
+from callvault.ingest import _batch as b
+from callvault.ingest.validate import LiveRange, Rejected, Row
+
+RangeLoader = Callable[[Conn], LiveRange]
+
+
+def _copy(conn: Conn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
+    with conn.cursor() as cur, cur.copy(stmt) as cp:
+        cp.set_types(list(b.TYPES))
+        for row in rows:
+            cp.write_row(row)
+
+
+def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected]) -> None:
+    if rejected:
+        with conn.cursor() as cur:
+            cur.executemany(b.quarantine_sql(), b.quarantine_params(settings, rejected))
+
+
+def _merge(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+    if not rows:
+        return 0, []
+    try:
+        with conn.transaction():  # a savepoint: a failure undoes only this slice
+            conn.execute(b.STAGE_CLEAR)
+            _copy(conn, b.STAGE_COPY, rows)
+            return conn.execute(b.merge_sql(settings)).rowcount, []
+    except psycopg.Error as exc:
+        if not b.is_row_error(exc):
+            raise
+        if len(rows) == 1:
+            return 0, [Rejected(b.row_as_input(rows[0]), b.db_reason(exc))]
+    mid = len(rows) // 2
+    left, right = _merge(conn, settings, rows[:mid]), _merge(conn, settings, rows[mid:])
+    return left[0] + right[0], left[1] + right[1]
+
+
+def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult | None:
+    """Plain COPY; None when the batch needs the idempotent path."""
+    try:
+        with conn.transaction():
+            _copy(conn, b.parent_copy_sql(settings), batch.rows)
+            _quarantine(conn, settings, batch.rejected)
+    except psycopg.Error as exc:
+        if b.needs_fallback(exc):
+            return None
+        raise
+    return b.FlushResult(written=len(batch.rows), quarantined=len(batch.rejected), batches=1)
+
+
+def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
+    live = load_range(conn)
+    rows: list[Row] = []
+    rejected = list(batch.rejected)
+    for row in batch.rows:
+        reason = live.reason(row[2])
+        if reason is None:
+            rows.append(row)
+        else:
+            rejected.append(Rejected(b.row_as_input(row), reason))
+    with conn.transaction():
+        conn.execute(b.STAGE_DDL)
+        written, refused = _merge(conn, settings, rows)
+        rejected += refused
+        _quarantine(conn, settings, rejected)
+    return b.FlushResult(
+        written=written,
+        duplicates=len(rows) - written - len(refused),
+        quarantined=len(rejected),
+        batches=1,
+        fallbacks=1,
+    )
+
+
+def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
+    b.prepare_connection(conn)
+    if not batch.idempotent and batch.rows:
+        done = write_fast(conn, settings, batch)
+        if done is not None:
+            return done
+    if not batch.rows:
+        with conn.transaction():
+            _quarantine(conn, settings, batch.rejected)
+        return b.FlushResult(quarantined=len(batch.rejected), batches=1)
+    return write_idempotent(conn, settings, batch, load_range)

@@ -1,0 +1,234 @@
+"""The asyncio batching writer: same contract as :class:`callvault.ingest.writer.Writer`.
+
+``await write(call)`` validates and buffers; a background task COPYs batches (full, older than
+``flush_interval``, on ``flush()``/``aclose()``). A bounded queue makes ``write`` wait when the
+database is behind. Connection failures are retried through the idempotent path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from callvault import catalog
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import resolve_dsn
+from callvault.errors import NotInitialised, WriterError
+from callvault.ingest import _batch as b
+from callvault.ingest._async_io import AConn, write_batch
+from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
+from callvault.ingest.writer import (
+    APPLICATION_NAME,
+    BACKOFF_MAX_S,
+    BACKOFF_START_S,
+    CONNECT_WAIT_S,
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_RETRY_FOR,
+    RANGE_REFRESH_S,
+    CallLike,
+    as_settings,
+)
+
+
+async def configure_connection(conn: AConn) -> None:
+    await conn.execute("SET timezone TO 'UTC'")
+    await conn.execute("SET synchronous_commit TO on")
+    await conn.commit()
+    b.prepare_connection(conn)
+
+
+class AsyncWriter:
+    """Batching, idempotent, quarantining writer for asyncio. ``async with AsyncWriter(...) as w``."""
+
+    def __init__(
+        self,
+        target: Settings | str | None = None,
+        *,
+        pool: AsyncConnectionPool[Any] | None = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_transcript_bytes: int = DEFAULT_MAX_TRANSCRIPT_BYTES,
+        assume_utc: bool = False,
+        retry_for: float = DEFAULT_RETRY_FOR,
+    ) -> None:
+        self.settings = as_settings(target)
+        self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
+        self._pool_arg, self._own_pool = pool, pool is None
+        self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
+        self._rules = self._base_rules
+        self._range_at = 0.0
+        self._current = b.Batch()
+        self._started: float | None = None
+        self._queue: asyncio.Queue[b.Batch | asyncio.Future[None]] = asyncio.Queue(maxsize=max_pending)
+        self._total, self._reported = b.FlushResult(), b.FlushResult()
+        self._error: BaseException | None = None
+        self._unwritten: list[b.Batch] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def open(self) -> AsyncWriter:
+        pool = self._pool_arg
+        if pool is None:
+            pool = AsyncConnectionPool(
+                resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name="callvault-async-writer",
+                configure=configure_connection, check=AsyncConnectionPool.check_connection,
+                kwargs={"application_name": APPLICATION_NAME},
+            )  # fmt: skip
+            await pool.open()
+        self._pool = pool
+        try:
+            async with self._pool.connection() as conn:
+                row = await (await conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",))).fetchone()
+                if row is None or row[0] is None:
+                    raise NotInitialised(f"{self.settings.qualified} is not initialised: run `callvault init` first")
+                await self._load_range(conn)
+        except BaseException:
+            if self._own_pool:
+                await self._pool.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name="callvault-async-writer")
+        return self
+
+    async def __aenter__(self) -> AsyncWriter:
+        return await self.open()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def write(self, call: CallLike) -> None:
+        self._check()
+        out = validate(call, self._rules)
+        await self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
+
+    async def write_many(self, calls: Iterable[CallLike]) -> None:
+        self._check()
+        rows: list[Any] = []
+        rejected: list[Rejected] = []
+        for call in calls:
+            out = validate(call, self._rules)
+            if type(out) is Rejected:
+                rejected.append(out)
+            else:
+                rows.append(out)
+            if len(rows) + len(rejected) >= self._batch_rows:
+                await self._add(rows, rejected)
+                rows, rejected = [], []
+        if rows or rejected:
+            await self._add(rows, rejected)
+
+    async def flush(self) -> b.FlushResult:
+        self._check()
+        sealed = self._seal()
+        if sealed is not None:
+            await self._queue.put(sealed)
+        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(marker)
+        await marker
+        self._check()
+        delta = self._total.minus(self._reported)
+        self._reported = self._total.copy()
+        return delta
+
+    @property
+    def stats(self) -> b.FlushResult:
+        return self._total.copy()
+
+    async def aclose(self) -> b.FlushResult:
+        if self._closed:
+            return b.FlushResult()
+        try:
+            return await self.flush()
+        finally:
+            self._closed = True
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            if self._own_pool:
+                await self._pool.close()
+
+    # -- internals -----------------------------------------------------------------------------
+    async def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
+        cur = self._current
+        cur.rows += rows
+        cur.rejected += rejected
+        if self._started is None:
+            self._started = time.monotonic()
+        if len(cur) >= self._batch_rows:
+            sealed = self._seal()
+            if sealed is not None:
+                await self._queue.put(sealed)  # waits while max_pending batches are queued
+
+    def _seal(self) -> b.Batch | None:
+        if not len(self._current):
+            return None
+        sealed, self._current, self._started = self._current, b.Batch(), None
+        return sealed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise WriterError("the writer is closed")
+        if self._error is not None:
+            rows = [r for batch in self._unwritten for r in batch.rows]
+            raise WriterError(
+                f"{len(rows)} rows could not be written ({self._error}); they are kept in WriterError.unwritten",
+                list(rows),
+            ) from self._error
+
+    async def _load_range(self, conn: AConn) -> LiveRange:
+        cur = await conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
+        live = LiveRange(catalog.bounds_from_rows(await cur.fetchall()))
+        await conn.commit()
+        self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
+        self._range_at = time.monotonic()
+        return live
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=self._flush_interval / 4)
+            except TimeoutError:
+                old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
+                sealed = self._seal() if old else None
+                if sealed is not None:
+                    await self._send(sealed)
+                continue
+            if isinstance(item, b.Batch):
+                await self._send(item)
+            elif not item.done():
+                item.set_result(None)
+
+    async def _send(self, batch: b.Batch) -> None:
+        if self._error is not None:
+            self._unwritten.append(batch)
+            return
+        deadline, delay, retries = time.monotonic() + self._retry_for, BACKOFF_START_S, 0
+        while True:
+            try:
+                async with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
+                    result = await write_batch(conn, self.settings, batch, self._load_range)
+                    if time.monotonic() - self._range_at > RANGE_REFRESH_S:
+                        await self._load_range(conn)
+                break
+            except Exception as exc:
+                if not b.is_connection_error(exc) or time.monotonic() + delay > deadline:
+                    self._error = exc
+                    self._unwritten.append(batch)
+                    return
+                batch.idempotent = True
+                retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        result.retries = retries
+        self._total.add(result)

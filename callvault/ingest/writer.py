@@ -1,0 +1,268 @@
+"""The batching writer (threads). Producers call ``write``; a flusher thread COPYs batches.
+
+Rows are validated in the caller's thread (bad ones are set aside with a reason), buffered, and
+sent as one binary COPY per batch: when the batch is full, when its oldest row is
+``flush_interval`` old, on ``flush()`` and on ``close()``. At most ``max_pending`` sealed batches
+wait for the database; past that ``write`` blocks (back-pressure) instead of growing memory.
+A lost connection or a restarted server is retried with backoff for ``retry_for`` seconds, re-sending
+through the idempotent path, so nothing is lost and nothing doubled. If it still fails, the rows
+are kept and every later call raises :class:`~callvault.errors.WriterError` carrying them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from callvault import catalog
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn, resolve_dsn
+from callvault.errors import NotInitialised, WriterError
+from callvault.ingest import _batch as b
+from callvault.ingest._sync_io import write_batch
+from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, Call, LiveRange, Rejected, Rules, validate
+
+# ~6 MB of 1.2 KB rows: amortises COPY start-up and the commit's WAL flush, while a batch still
+# commits in well under 100 ms at COPY speed.
+DEFAULT_BATCH_ROWS = 5_000
+DEFAULT_FLUSH_INTERVAL = 0.2  # seconds a buffered row may wait before it is sent
+DEFAULT_MAX_PENDING = 4  # sealed batches queued for the flusher before write() blocks
+DEFAULT_RETRY_FOR = 60.0  # seconds a batch is re-sent after connection failures before giving up
+RANGE_REFRESH_S = 30.0  # how stale the live partition range may get (maintenance runs every 15 min)
+BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 5.0
+CONNECT_WAIT_S = 5.0  # per attempt, waiting for the pool to hand out a (re)connected connection
+
+APPLICATION_NAME = "callvault-writer"  # visible in pg_stat_activity
+
+CallLike = Call | Mapping[str, Any]
+
+
+class _Marker:
+    """Queued by flush(): when the flusher reaches it, every batch queued before it is done."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+def configure_connection(conn: Conn) -> None:
+    conn.execute("SET timezone TO 'UTC'")
+    conn.execute("SET synchronous_commit TO on")  # flush() means durable
+    conn.commit()
+    b.prepare_connection(conn)
+
+
+def check_ready(conn: Conn, settings: Settings) -> LiveRange:
+    row = conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",)).fetchone()
+    if not catalog.table_exists(conn, settings) or not row or row[0] is None:
+        raise NotInitialised(f"{settings.qualified} or its quarantine table is missing: run `callvault init` first")
+    live = LiveRange(catalog.partition_bounds(conn, settings))
+    conn.commit()
+    return live
+
+
+def as_settings(target: Settings | str | None) -> Settings:
+    if isinstance(target, Settings):
+        return target
+    from callvault.config import from_env
+
+    return from_env(dsn=target)
+
+
+class Writer:
+    """Batching, idempotent, quarantining call-log writer. Thread-safe; use as a context manager."""
+
+    def __init__(
+        self,
+        target: Settings | str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_transcript_bytes: int = DEFAULT_MAX_TRANSCRIPT_BYTES,
+        assume_utc: bool = False,
+        retry_for: float = DEFAULT_RETRY_FOR,
+    ) -> None:
+        self.settings = as_settings(target)
+        self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
+        self._own_pool = pool is None
+        self._pool: ConnectionPool[Any] = pool or ConnectionPool(
+            resolve_dsn(self.settings), min_size=1, max_size=1, open=True, name="callvault-writer",
+            configure=configure_connection, check=ConnectionPool.check_connection,
+            kwargs={"application_name": APPLICATION_NAME},
+        )  # fmt: skip
+        self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
+        try:
+            with self._pool.connection() as conn:
+                self._set_range(check_ready(conn, self.settings))
+        except BaseException:
+            if self._own_pool:
+                self._pool.close()
+            raise
+        self._lock = threading.Lock()
+        self._current = b.Batch()
+        self._started: float | None = None
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._total, self._reported = b.FlushResult(), b.FlushResult()
+        self._error: BaseException | None = None
+        self._unwritten: list[b.Batch] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="callvault-writer", daemon=True)
+        self._thread.start()
+
+    # -- producer side -----------------------------------------------------------------------
+    def write(self, call: CallLike) -> None:
+        """Validate and buffer one call. Blocks only when the database is behind (back-pressure)."""
+        self._check()
+        out = validate(call, self._rules)
+        self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
+
+    def write_many(self, calls: Iterable[CallLike]) -> None:
+        """Validate and buffer many calls (faster than a loop of ``write``)."""
+        self._check()
+        rules, limit = self._rules, self._batch_rows
+        rows: list[Any] = []
+        rejected: list[Rejected] = []
+        for call in calls:
+            out = validate(call, rules)
+            if type(out) is Rejected:
+                rejected.append(out)
+            else:
+                rows.append(out)
+            if len(rows) + len(rejected) >= limit:
+                self._add(rows, rejected)
+                rows, rejected = [], []
+        if rows or rejected:
+            self._add(rows, rejected)
+
+    def flush(self) -> b.FlushResult:
+        """Send everything buffered; return once it is committed. Counts are since the last flush."""
+        self._check()
+        with self._lock:
+            sealed = self._seal_locked()
+        if sealed is not None:
+            self._queue.put(sealed)
+        marker = _Marker()
+        self._queue.put(marker)
+        marker.done.wait()
+        self._check()
+        with self._lock:
+            delta = self._total.minus(self._reported)
+            self._reported = self._total.copy()
+        return delta
+
+    @property
+    def stats(self) -> b.FlushResult:
+        """Cumulative counts since the writer opened."""
+        with self._lock:
+            return self._total.copy()
+
+    def close(self) -> b.FlushResult:
+        """Flush, stop the flusher, close the pool (if the writer made it). Idempotent."""
+        if self._closed:
+            return b.FlushResult()
+        try:
+            return self.flush()
+        finally:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join()
+            if self._own_pool:
+                self._pool.close()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
+        with self._lock:
+            cur = self._current
+            cur.rows += rows
+            cur.rejected += rejected
+            if self._started is None:
+                self._started = time.monotonic()
+            sealed = self._seal_locked() if len(cur) >= self._batch_rows else None
+        if sealed is not None:
+            self._queue.put(sealed)  # blocks while max_pending batches wait: back-pressure
+
+    def _seal_locked(self) -> b.Batch | None:
+        if not len(self._current):
+            return None
+        sealed, self._current, self._started = self._current, b.Batch(), None
+        return sealed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise WriterError("the writer is closed")
+        if self._error is not None:
+            rows = [r for batch in self._unwritten for r in batch.rows]
+            raise WriterError(
+                f"{len(rows)} rows could not be written ({self._error}); they are kept in "
+                "WriterError.unwritten: store them and write them again when the database is back",
+                list(rows),
+            ) from self._error
+
+    def _set_range(self, live: LiveRange) -> None:
+        self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
+        self._range_at = time.monotonic()
+
+    def _load_range(self, conn: Conn) -> LiveRange:
+        live = LiveRange(catalog.partition_bounds(conn, self.settings))
+        self._set_range(live)
+        return live
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._flush_interval / 4)
+            except queue.Empty:
+                with self._lock:
+                    old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
+                    sealed = self._seal_locked() if old else None
+                if sealed is not None:
+                    self._send(sealed)
+                continue
+            if item is _STOP:
+                return
+            if isinstance(item, _Marker):
+                item.done.set()
+            elif isinstance(item, b.Batch):
+                self._send(item)
+
+    def _send(self, batch: b.Batch) -> None:
+        if self._error is not None:
+            self._unwritten.append(batch)
+            return
+        deadline, delay, retries = time.monotonic() + self._retry_for, BACKOFF_START_S, 0
+        while True:
+            try:
+                with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
+                    result = write_batch(conn, self.settings, batch, self._load_range)
+                    if time.monotonic() - self._range_at > RANGE_REFRESH_S:
+                        self._load_range(conn)
+                        conn.commit()
+                break
+            except Exception as exc:
+                if not b.is_connection_error(exc) or time.monotonic() + delay > deadline:
+                    self._error = exc
+                    self._unwritten.append(batch)
+                    return
+                batch.idempotent = True  # the last attempt may have committed: re-send without doubling
+                retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        result.retries = retries
+        with self._lock:
+            self._total.add(result)
