@@ -256,6 +256,22 @@ def bench_ingest(dsn: str | None, schema: str, table: str, rows: int, row_bytes:
     render.bench_ingest(out, result)
 
 
+@bench.command(name="keys")
+@target_options
+@click.option("--rows", default=1_000_000, show_default=True, help="Rows per layout.")
+@json_option
+def bench_keys(dsn: str | None, schema: str, table: str, rows: int, as_json: bool) -> None:
+    """callvault's keys vs the seed's: load rate, index size, window and call-lookup latency."""
+    from callvault.bench import keys
+
+    result = keys.run(settings_of(dsn, schema, table), rows)
+    if as_json:
+        emit(result)
+        return
+    for name, r in result["layouts"].items():
+        out.print(f"{name:14} " + "  ".join(f"{k}={v}" for k, v in r.items()))
+
+
 @main.group()
 def dev() -> None:
     """The embedded private Postgres (used when no DSN is configured)."""

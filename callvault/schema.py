@@ -62,10 +62,7 @@ def create_schema_sql(schema: str) -> sql.Composed:
     return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
 
 
-def create_table_sql(s: Settings) -> sql.Composed:
-    n = Names.of(s)
-    return sql.SQL(
-        """CREATE TABLE {table} (
+COLUMNS_DDL = """
     id           bigserial NOT NULL,
     tenant_id    uuid NOT NULL,
     call_id      uuid NOT NULL,
@@ -73,7 +70,20 @@ def create_table_sql(s: Settings) -> sql.Composed:
     ended_at     timestamptz,
     duration_sec integer,
     transcript   text,
-    metadata     jsonb DEFAULT '{{}}'::jsonb,
+    metadata     jsonb DEFAULT '{{}}'::jsonb"""
+
+
+def create_bare_table_sql(table: sql.Identifier) -> sql.Composed:
+    """The seed's columns without keys (benchmarks add other key layouts to it)."""
+    return sql.SQL("CREATE TABLE {} (" + COLUMNS_DDL + "\n) PARTITION BY RANGE (started_at)").format(table)
+
+
+def create_table_sql(s: Settings) -> sql.Composed:
+    n = Names.of(s)
+    return sql.SQL(
+        """CREATE TABLE {table} ("""
+        + COLUMNS_DDL
+        + """,
     CONSTRAINT {pkey} PRIMARY KEY (tenant_id, started_at, id),
     CONSTRAINT {call_uq} UNIQUE (tenant_id, call_id, started_at),
     CONSTRAINT {ended_check} CHECK (ended_at IS NULL OR ended_at >= started_at),

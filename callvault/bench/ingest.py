@@ -6,6 +6,11 @@ a. the sync :class:`Writer`; b. the :class:`AsyncWriter`; c. raw server-side ``C
 holding the same rows (the ceiling; streamed ``FROM STDIN`` when the server cannot read our files);
 d. the seed's per-row autocommit ``INSERT`` on a sample, on 1 and on 16 connections; e. the writer's
 idempotent path (re-sending rows that are all already present).
+
+The N rows are generated once, up front (seeded: 100 tenants, time-ordered arrivals over the three
+days before now, transcripts of ``row_bytes - 150`` bytes), and the same objects feed every phase, so
+the timings compare ingest paths, not data generation. ``writer_overhead_rss_mb`` is the writer's own
+memory: peak RSS during the writer phase minus the RSS with the data set loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import asyncio
 import itertools
 import os
 import resource
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from callvault import bootstrap
-from callvault.bench import data
+from callvault.bench import _files, data
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import AsyncWriter, Writer
@@ -47,6 +51,7 @@ class IngestResult:
     row_bytes: int
     rates: dict[str, float] = field(default_factory=dict)
     writer_peak_rss_mb: float = 0.0
+    dataset_rss_mb: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,12 +64,21 @@ class IngestResult:
         out["writer_vs_per_row_16conn"] = round(r["writer"] / r["per_row_insert_16conn"], 1)
         out["writer_mb_per_s"] = round(r["writer"] * self.row_bytes / 1e6, 1)
         out["writer_peak_rss_mb"] = round(self.writer_peak_rss_mb, 1)
+        out["dataset_rss_mb"] = round(self.dataset_rss_mb, 1)
+        out["writer_overhead_rss_mb"] = round(self.writer_peak_rss_mb - self.dataset_rss_mb, 1)
         out.update(self.info)
         return out
 
 
-def _rss_mb() -> float:
+def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return _peak_rss_mb()
 
 
 def _fresh_table(settings: Settings, name: str) -> Settings:
@@ -99,15 +113,20 @@ class IngestBench:
     def __init__(self, settings: Settings, rows: int, row_bytes: int, progress: Callable[[str, int], None]) -> None:
         self.settings, self.rows, self.row_bytes, self.progress = settings, rows, row_bytes, progress
         self.now = datetime.now(UTC)
+        self.dataset: list[Call] = []
 
     def calls(self, n: int | None = None) -> Iterator[Call]:
-        for i, call in enumerate(data.calls(n or self.rows, row_bytes=self.row_bytes, now=self.now)):
+        """The pre-generated rows (the same objects in every phase), reporting progress."""
+        for i, call in enumerate(itertools.islice(self.dataset, n or self.rows)):
             if i % 10_000 == 0:
                 self.progress("rows", 10_000)
             yield call
 
     def run(self) -> IngestResult:
         res = IngestResult(rows=self.rows, row_bytes=self.row_bytes)
+        self.progress("phase:generating rows", 0)
+        self.dataset = list(data.calls(self.rows, row_bytes=self.row_bytes, now=self.now))
+        res.dataset_rss_mb = _rss_mb()
         with connect(self.settings) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
             conn.commit()
@@ -129,7 +148,7 @@ class IngestBench:
                 w.write_many(self.calls())
 
         seconds = _timed(go)
-        res.writer_peak_rss_mb = _rss_mb()
+        res.writer_peak_rss_mb = _peak_rss_mb()
         assert _count(s) == self.rows, "the writer lost rows"
         return self.rows / seconds
 
@@ -149,32 +168,18 @@ class IngestBench:
         src = self.settings.with_(schema=SCHEMA, table="writer_sync")
         s = _fresh_table(self.settings, "raw_copy")
         self.progress("phase:raw COPY", 0)
-        cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-        with tempfile.TemporaryDirectory(prefix="callvault-bench-") as tmp:
-            os.chmod(tmp, 0o755)  # noqa: S103 - the server (another OS user) reads the file
-            path = Path(tmp) / "rows.copy"
-            with (
-                connect(src) as conn,
-                path.open("wb") as fh,
-                conn.cursor().copy(
-                    sql.SQL("COPY (SELECT {} FROM {} ORDER BY started_at) TO STDOUT").format(
-                        cols, sql.Identifier(SCHEMA, "writer_sync")
-                    )
-                ) as cp,
-            ):
-                for chunk in cp:
-                    fh.write(chunk)
-            path.chmod(0o644)
-            target = sql.Identifier(SCHEMA, s.table)
-            with connect(s) as conn:
-                try:
-                    stmt = sql.SQL("COPY {} ({}) FROM {}").format(target, cols, sql.Literal(str(path)))
-                    seconds = _timed(lambda: self._server_copy(conn, stmt))
-                    res.info["raw_copy_method"] = "server-side COPY FROM file"
-                except psycopg.Error:
-                    conn.rollback()
-                    seconds = _timed(lambda: self._copy_stdin(conn, target, cols, path))
-                    res.info["raw_copy_method"] = "COPY FROM STDIN (server cannot read client files)"
+        cols = _files.COLS
+        target = sql.Identifier(SCHEMA, s.table)
+        source = sql.Identifier(SCHEMA, "writer_sync")
+        with connect(src) as exporter, _files.rows_file(exporter, source) as path, connect(s) as conn:
+            try:
+                stmt = sql.SQL("COPY {} ({}) FROM {}").format(target, cols, sql.Literal(str(path)))
+                seconds = _timed(lambda: self._server_copy(conn, stmt))
+                res.info["raw_copy_method"] = "server-side COPY FROM file"
+            except psycopg.Error:
+                conn.rollback()
+                seconds = _timed(lambda: self._copy_stdin(conn, target, cols, path))
+                res.info["raw_copy_method"] = "COPY FROM STDIN (server cannot read client files)"
         assert _count(s) == self.rows
         return self.rows / seconds
 
@@ -193,9 +198,7 @@ class IngestBench:
     def _per_row(self, conns: int) -> float:
         s = _fresh_table(self.settings, f"per_row_{conns}")
         self.progress(f"phase:per-row INSERT x{conns}", 0)
-        sample = [
-            _as_tuple(c) for c in data.calls(min(PER_ROW_SAMPLE, self.rows), row_bytes=self.row_bytes, now=self.now)
-        ]
+        sample = [_as_tuple(c) for c in self.dataset[:PER_ROW_SAMPLE]]
         stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
             sql.Identifier(SCHEMA, s.table),
             sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
@@ -231,8 +234,7 @@ class IngestBench:
 
         def go() -> None:
             with Writer(s) as w:
-                # the first n of the very rows phase (a) wrote: every one is a duplicate
-                w.write_many(itertools.islice(data.calls(self.rows, row_bytes=self.row_bytes, now=self.now), n))
+                w.write_many(self.dataset[:n])  # rows phase (a) wrote: every one is a duplicate
                 result = w.flush()
                 assert result.duplicates == n and result.written == 0, result
 

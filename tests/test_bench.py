@@ -1,0 +1,31 @@
+"""The benchmark commands run end to end at a tiny size and report every documented field.
+
+No timing is asserted here: the figures come from running the commands (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from tests.helpers import run_json
+
+INGEST_FIELDS = (
+    "rows", "row_bytes", "writer_rows_per_s", "async_writer_rows_per_s", "raw_copy_rows_per_s",
+    "per_row_insert_rows_per_s", "per_row_insert_16conn_rows_per_s", "writer_vs_raw_copy", "writer_vs_per_row",
+    "writer_idempotent_rows_per_s", "writer_peak_rss_mb", "postgres_version", "psycopg_version", "settings",
+)  # fmt: skip
+
+
+def test_bench_ingest_reports_every_field(dsn: str) -> None:
+    result = run_json("bench", "ingest", "--dsn", dsn, "--rows", "3000", "--row-bytes", "400")
+    for field in INGEST_FIELDS:
+        assert field in result, field
+    assert result["rows"] == 3000 and result["row_bytes"] == 400
+    assert result["writer_rows_per_s"] > 0 and result["raw_copy_rows_per_s"] > 0
+    assert result["settings"]["synchronous_commit"] == "on"
+
+
+def test_bench_keys_compares_layouts(dsn: str) -> None:
+    result = run_json("bench", "keys", "--dsn", dsn, "--rows", "3000")
+    assert set(result["layouts"]) == {"seed", "seed_call_idx", "callvault"}
+    for layout in result["layouts"].values():
+        assert layout["load_rows_per_s"] > 0 and layout["index_mb"] > 0
+        assert layout["window_p95_ms"] > 0 and layout["get_call_p95_ms"] > 0
