@@ -174,6 +174,61 @@ def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every:
     out.print(schedule.schedule(settings_of(dsn, schema, table), every, remove))
 
 
+@main.command(name="explain")
+@target_options
+@click.argument("query")
+@click.option("--param", "params", multiple=True, help="Value for the next %s placeholder (repeatable).")
+@click.option("--analyze", is_flag=True, help="EXPLAIN ANALYZE (runs the query; rolled back).")
+@click.option("--max-partitions", type=int, default=None, help="Fail when more partitions than this are scanned.")
+@json_option
+def explain_cmd(
+    dsn: str | None, schema: str, table: str, query: str, params: tuple[str, ...], analyze: bool,
+    max_partitions: int | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Which partitions a query reads; exit 4 when it scans all of them (or more than --max-partitions)."""
+    from callvault.explain import NotPruned, explain
+
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        report = explain(conn, s, query, list(params), analyze=analyze, max_partitions=max_partitions)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        for line in report.plan:
+            out.print(line, soft_wrap=True, markup=False)
+        out.print(
+            f"{s.qualified}: {len(report.scanned)} of {report.partitions_total} partitions in the plan; "
+            f"pruning: {report.pruning}; subplans removed at executor start: {report.subplans_removed}"
+        )
+    if report.problem:
+        raise NotPruned(report.problem)
+
+
+@main.command(name="lint")
+@click.argument("files", nargs=-1, type=click.File("r"))
+@click.option("--table", envvar="CALLVAULT_TABLE", default="call_logs", show_default=True, help="Table to check.")
+@json_option
+def lint_cmd(files: tuple[Any, ...], table: str, as_json: bool) -> None:
+    """Static check of SQL files (or - for stdin): partition-key rules CV001-CV005; exit 4 on findings."""
+    from callvault.explain import NotPruned
+    from callvault.lint import lint_sql
+
+    found: list[dict[str, object]] = []
+    sources: list[Any] = list(files) or [sys.stdin]
+    for fh in sources:
+        for finding in lint_sql(fh.read(), table=table):
+            found.append({"file": getattr(fh, "name", "-"), **finding.to_dict()})
+    if as_json:
+        emit(found)
+    else:
+        for row in found:
+            out.print(f"{row['file']}:{row['line']}: [bold]{row['rule']}[/bold] {row['message']}", soft_wrap=True)
+            out.print(f"    why: {row['why']}\n    fix: {row['fix']}", soft_wrap=True, markup=False)
+        out.print(f"{len(found)} finding(s)")
+    if found:
+        raise NotPruned(f"{len(found)} lint finding(s)")
+
+
 @main.group()
 def quarantine() -> None:
     """Rows the writer set aside (with the reason), and replaying them once fixed."""
@@ -254,6 +309,38 @@ def bench_ingest(dsn: str | None, schema: str, table: str, rows: int, row_bytes:
         emit(result)
         return
     render.bench_ingest(out, result)
+
+
+@bench.command(name="query")
+@target_options
+@click.option("--rows", default=2_000_000, show_default=True, help="Rows to load (ignored with --sizes).")
+@click.option("--sizes", default=None, help="Several sizes, e.g. 1e6,5e6,2e7: one run each, plus a plot.")
+@click.option("--plot", "plot_path", default="bench-query.png", show_default=True, help="PNG written with --sizes.")
+@json_option
+def bench_query(
+    dsn: str | None, schema: str, table: str, rows: int, sizes: str | None, plot_path: str, as_json: bool
+) -> None:
+    """Read latency (p50/p95/p99): partitioned vs flat, pinned vs date_trunc, idle vs under ingest."""
+    from callvault.bench import query as qb
+
+    try:
+        counts = [int(float(x)) for x in sizes.split(",")] if sizes else [rows]
+    except ValueError:
+        raise InvalidSetting(f"--sizes {sizes!r}: give comma-separated row counts, e.g. 1e6,5e6") from None
+    s = settings_of(dsn, schema, table)
+    results = []
+    for n in counts:
+        results.append(qb.run(s, n, progress=lambda msg: err.print(f"[dim]{msg}[/dim]")))
+    if sizes:
+        qb.plot(results, plot_path)
+        err.print(f"plot written to {plot_path}")
+    result = dict(results[-1], sizes=[{k: r[k] for k in r if k.endswith("p95_ms") or k == "rows"} for r in results])
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        if key != "sizes":
+            out.print(f"{key:34} {value}")
 
 
 @bench.command(name="keys")

@@ -2,9 +2,11 @@
 
 Keys (see docs/design.md for the reasoning and the measurement):
 
-* ``PRIMARY KEY (tenant_id, started_at, id)`` serves the tenant time-window query
-  (``WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 ORDER BY started_at DESC``)
-  and keyset pagination with one index, so no extra secondary index is needed for it.
+* ``PRIMARY KEY (tenant_id, started_at, id) INCLUDE (call_id, ended_at, duration_sec)`` serves the
+  tenant time-window query (``WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 ORDER BY
+  started_at DESC``) and keyset pagination with one index, as an index-only scan: listing a tenant's
+  calls never touches the heap (where 1 KB transcripts live), so it stays fast when the table is
+  far larger than memory.
 * ``UNIQUE (tenant_id, call_id, started_at)`` makes a retried write idempotent and turns a lookup by
   call id into one index probe per live partition.
 
@@ -84,7 +86,7 @@ def create_table_sql(s: Settings) -> sql.Composed:
         """CREATE TABLE {table} ("""
         + COLUMNS_DDL
         + """,
-    CONSTRAINT {pkey} PRIMARY KEY (tenant_id, started_at, id),
+    CONSTRAINT {pkey} PRIMARY KEY (tenant_id, started_at, id) INCLUDE (call_id, ended_at, duration_sec),
     CONSTRAINT {call_uq} UNIQUE (tenant_id, call_id, started_at),
     CONSTRAINT {ended_check} CHECK (ended_at IS NULL OR ended_at >= started_at),
     CONSTRAINT {duration_check} CHECK (duration_sec IS NULL OR duration_sec >= 0)
@@ -140,6 +142,7 @@ def quarantine_sql() -> list[sql.Composed]:
 )"""
         ).format(meta),
         sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_target_idx ON {}.quarantine (target_table, id)").format(meta),
+        sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_raw_idx ON {}.quarantine (target_table, md5(raw))").format(meta),
     ]
 
 

@@ -29,3 +29,22 @@ def test_bench_keys_compares_layouts(dsn: str) -> None:
     for layout in result["layouts"].values():
         assert layout["load_rows_per_s"] > 0 and layout["index_mb"] > 0
         assert layout["window_p95_ms"] > 0 and layout["get_call_p95_ms"] > 0
+
+
+QUERY_FIELDS = (
+    "rows", "partitions", "window_p50_ms", "window_p95_ms", "window_p99_ms", "get_call_p99_ms",
+    "get_call_no_ts_p99_ms", "flat_window_p95_ms", "window_p95_under_ingest_ms", "date_trunc_p95_ms",
+    "day_pinned_p95_ms", "ingest_rows_per_s_during",
+)  # fmt: skip
+
+
+def test_bench_query_reports_every_field_and_plots(dsn: str, tmp_path: object) -> None:
+    import pathlib
+
+    png = pathlib.Path(str(tmp_path)) / "q.png"
+    result = run_json("bench", "query", "--dsn", dsn, "--sizes", "4000,6000", "--plot", str(png))
+    for field in QUERY_FIELDS:
+        assert field in result, field
+    assert result["rows"] == 6000 and result["partitions"] >= 13
+    assert [s["rows"] for s in result["sizes"]] == [4000, 6000]
+    assert png.stat().st_size > 10_000

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
 import callvault
 from callvault.config import Settings
-from callvault.errors import NotInitialised
+from callvault.embedded import Cluster
+from callvault.errors import NotInitialised, WriterError
 from callvault.ingest import AsyncWriter, Call, Writer, default
 from tests.helpers import make_calls, run, run_json
 
@@ -190,31 +194,66 @@ def test_killed_backend_mid_write_loses_and_doubles_nothing(ready: str) -> None:
     assert stats.written + stats.duplicates == 60_000 and result.quarantined == 0
 
 
-def test_server_restart_while_writing(tmp_path_factory: pytest.TempPathFactory) -> None:
-    import tempfile
-    from pathlib import Path
-
-    from callvault.embedded import Cluster
-
+@pytest.fixture
+def scratch_cluster() -> Iterator[Cluster]:
     home = Path(tempfile.mkdtemp(prefix="callvault-restart-", dir="/tmp"))
     home.chmod(0o755)
     cluster = Cluster(home, settings={"fsync": "off"})
-    dsn = cluster.up()
-    try:
-        run("init", "--dsn", dsn)
-        calls = make_calls(40_000, tenants=20, spacing_s=0.5)
-        with Writer(Settings(dsn=dsn), batch_rows=1_000) as w:
-            t = threading.Thread(target=w.write_many, args=(calls,))
-            t.start()
-            time.sleep(0.3)
-            cluster.down()
-            time.sleep(1.0)
-            cluster.up()
-            t.join()
-            w.flush()
-        assert w.stats.retries >= 1
-        assert count(dsn) == 40_000
-        with psycopg.connect(dsn) as c:
-            assert c.execute("SELECT count(DISTINCT call_id) FROM call_logs").fetchone()[0] == 40_000
-    finally:
+    cluster.up()
+    yield cluster
+    cluster.down()
+
+
+def test_database_gone_for_good_keeps_every_row(scratch_cluster: Cluster) -> None:
+    dsn = scratch_cluster.dsn()
+    run("init", "--dsn", dsn)
+    calls = make_calls(300)
+    w = Writer(dsn, retry_for=1.0, batch_rows=100)
+    w.write_many(calls[:100])
+    assert w.flush().written == 100
+    scratch_cluster.down()
+    w.write_many(calls[100:250])
+    w.write(dict(calls[250], tenant_id="bad"))
+    with pytest.raises(WriterError) as info:
+        w.flush()
+    with pytest.raises(WriterError) as closing:
+        w.close()
+    kept = closing.value.unwritten
+    assert len(info.value.unwritten) >= 100
+    assert len(kept) == 151  # 150 good rows not committed + the rejected one, none lost
+    assert {str(r["call_id"]) for r in kept if isinstance(r, dict)} >= {str(c["call_id"]) for c in calls[100:250]}
+    scratch_cluster.up()
+    with Writer(dsn) as again:  # what the application does with them: write them again
+        again.write_many(kept)
+        result = again.flush()
+    assert (result.written, result.quarantined) == (150, 1)
+    assert count(dsn) == 250
+
+
+def test_async_writer_must_be_opened(ready: str) -> None:
+    async def go() -> None:
+        w = AsyncWriter(ready)
+        with pytest.raises(WriterError, match="not open"):
+            await w.write(make_calls(1)[0])
+
+    asyncio.run(go())
+
+
+def test_server_restart_while_writing(scratch_cluster: Cluster) -> None:
+    cluster = scratch_cluster
+    dsn = cluster.dsn()
+    run("init", "--dsn", dsn)
+    calls = make_calls(40_000, tenants=20, spacing_s=0.5)
+    with Writer(Settings(dsn=dsn), batch_rows=1_000) as w:
+        t = threading.Thread(target=w.write_many, args=(calls,))
+        t.start()
+        time.sleep(0.3)
         cluster.down()
+        time.sleep(1.0)
+        cluster.up()
+        t.join()
+        w.flush()
+    assert w.stats.retries >= 1
+    assert count(dsn) == 40_000
+    with psycopg.connect(dsn) as c:
+        assert c.execute("SELECT count(DISTINCT call_id) FROM call_logs").fetchone()[0] == 40_000

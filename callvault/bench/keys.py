@@ -42,7 +42,7 @@ LAYOUTS: dict[str, list[str]] = {
         "CREATE INDEX ON {t} (tenant_id, call_id)",
     ],
     "callvault": [
-        "ALTER TABLE {t} ADD PRIMARY KEY (tenant_id, started_at, id)",
+        "ALTER TABLE {t} ADD PRIMARY KEY (tenant_id, started_at, id) INCLUDE (call_id, ended_at, duration_sec)",
         "ALTER TABLE {t} ADD UNIQUE (tenant_id, call_id, started_at)",
     ],
 }

@@ -23,10 +23,12 @@ async def _copy(conn: AConn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
             await cp.write_row(row)
 
 
-async def _quarantine(conn: AConn, settings: Settings, rejected: list[Rejected]) -> None:
+async def _quarantine(conn: AConn, settings: Settings, rejected: list[Rejected], *, dedupe: bool = False) -> None:
     if rejected:
         async with conn.cursor() as cur:
-            await cur.executemany(b.quarantine_sql(), b.quarantine_params(settings, rejected))
+            await cur.executemany(
+                b.quarantine_sql(dedupe=dedupe), b.quarantine_params(settings, rejected, dedupe=dedupe)
+            )
 
 
 async def _merge(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
@@ -51,6 +53,7 @@ async def _merge(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int,
 async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.FlushResult | None:
     try:
         async with conn.transaction():
+            await conn.execute(b.DURABLE)
             await _copy(conn, b.parent_copy_sql(settings), batch.rows)
             await _quarantine(conn, settings, batch.rejected)
     except psycopg.Error as exc:
@@ -71,10 +74,11 @@ async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load
         else:
             rejected.append(Rejected(b.row_as_input(row), reason))
     async with conn.transaction():
+        await conn.execute(b.DURABLE)
         await conn.execute(b.STAGE_DDL)
         written, refused = await _merge(conn, settings, rows)
         rejected += refused
-        await _quarantine(conn, settings, rejected)
+        await _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     return b.FlushResult(
         written=written,
         duplicates=len(rows) - written - len(refused),
@@ -92,6 +96,6 @@ async def write_batch(conn: AConn, settings: Settings, batch: b.Batch, load_rang
             return done
     if not batch.rows:
         async with conn.transaction():
-            await _quarantine(conn, settings, batch.rejected)
+            await _quarantine(conn, settings, batch.rejected, dedupe=batch.idempotent)
         return b.FlushResult(quarantined=len(batch.rejected), batches=1)
     return await write_idempotent(conn, settings, batch, load_range)

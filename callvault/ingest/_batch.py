@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
@@ -17,9 +18,13 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from callvault.config import META_SCHEMA, Settings
+from callvault.errors import WriterError
 from callvault.ingest.validate import COLUMNS, PG_TYPES, Rejected, Row, raw_json
 
-STAGE = "_callvault_stage"  # per-session temporary table for the idempotent path
+STAGE = "_callvault_stage"
+DURABLE = sql.SQL(
+    "SET LOCAL synchronous_commit TO on"
+)  # flush() means durable, whatever the pool/role sets  # per-session temporary table for the idempotent path
 JSONB_OID = 3802
 
 
@@ -103,13 +108,21 @@ def merge_sql(settings: Settings) -> sql.Composed:
     ).format(sql.Identifier(settings.schema, settings.table), sql.Identifier(STAGE), cols=cols)
 
 
-def quarantine_sql() -> sql.Composed:
-    return sql.SQL("INSERT INTO {} (target_table, reason, raw) VALUES (%s, %s, %s)").format(
-        sql.Identifier(META_SCHEMA, "quarantine")
-    )
+def quarantine_sql(*, dedupe: bool = False) -> sql.Composed:
+    """Insert a quarantined row. ``dedupe``: for re-sent batches, whose first attempt may have
+    committed its quarantine rows already (same table and raw row: skip)."""
+    q = sql.Identifier(META_SCHEMA, "quarantine")
+    if not dedupe:
+        return sql.SQL("INSERT INTO {} (target_table, reason, raw) VALUES (%s, %s, %s)").format(q)
+    return sql.SQL(
+        "INSERT INTO {q} (target_table, reason, raw) SELECT %(t)s, %(r)s, %(raw)s WHERE NOT EXISTS "
+        "(SELECT 1 FROM {q} WHERE target_table = %(t)s AND md5(raw) = md5(%(raw)s) AND raw = %(raw)s)"
+    ).format(q=q)
 
 
-def quarantine_params(settings: Settings, rejected: list[Rejected]) -> list[tuple[str, str, str]]:
+def quarantine_params(settings: Settings, rejected: list[Rejected], *, dedupe: bool = False) -> list[Any]:
+    if dedupe:
+        return [{"t": settings.qualified, "r": r.reason, "raw": raw_json(r.raw)} for r in rejected]
     return [(settings.qualified, r.reason, raw_json(r.raw)) for r in rejected]
 
 
@@ -124,13 +137,25 @@ def row_as_input(row: Row) -> dict[str, object]:
     return out
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """The connection (or the server) went away: the batch's fate is unknown, re-send idempotently."""
+def is_retryable(exc: BaseException) -> bool:
+    """The connection or the server went away (the batch's fate is unknown), or a lock/statement
+    timeout hit (e.g. during partition DDL): re-send the batch through the idempotent path."""
     from psycopg_pool import PoolTimeout
 
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout) and not isinstance(
-        exc, pgerr.QueryCanceled | pgerr.LockNotAvailable
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
+
+
+def failure(error: BaseException | None, unwritten: list[Batch]) -> WriterError:
+    """The writer's terminal error, carrying every row not committed, in the shape ``write`` accepts."""
+    rows: list[object] = [row_as_input(r) for batch in unwritten for r in batch.rows]
+    rows += [rej.raw for batch in unwritten for rej in batch.rejected]
+    exc = WriterError(
+        f"{len(rows)} rows could not be written ({error}); they are in WriterError.unwritten: store them "
+        "and write them again when the database is back",
+        rows,
     )
+    exc.__cause__ = error
+    return exc
 
 
 def is_row_error(exc: BaseException) -> bool:

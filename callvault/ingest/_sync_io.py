@@ -29,10 +29,10 @@ def _copy(conn: Conn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
             cp.write_row(row)
 
 
-def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected]) -> None:
+def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected], *, dedupe: bool = False) -> None:
     if rejected:
         with conn.cursor() as cur:
-            cur.executemany(b.quarantine_sql(), b.quarantine_params(settings, rejected))
+            cur.executemany(b.quarantine_sql(dedupe=dedupe), b.quarantine_params(settings, rejected, dedupe=dedupe))
 
 
 def _merge(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
@@ -57,6 +57,7 @@ def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult 
     """Plain COPY; None when the batch needs the idempotent path."""
     try:
         with conn.transaction():
+            conn.execute(b.DURABLE)
             _copy(conn, b.parent_copy_sql(settings), batch.rows)
             _quarantine(conn, settings, batch.rejected)
     except psycopg.Error as exc:
@@ -77,10 +78,11 @@ def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range:
         else:
             rejected.append(Rejected(b.row_as_input(row), reason))
     with conn.transaction():
+        conn.execute(b.DURABLE)
         conn.execute(b.STAGE_DDL)
         written, refused = _merge(conn, settings, rows)
         rejected += refused
-        _quarantine(conn, settings, rejected)
+        _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     return b.FlushResult(
         written=written,
         duplicates=len(rows) - written - len(refused),
@@ -98,6 +100,6 @@ def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: Rang
             return done
     if not batch.rows:
         with conn.transaction():
-            _quarantine(conn, settings, batch.rejected)
+            _quarantine(conn, settings, batch.rejected, dedupe=batch.idempotent)
         return b.FlushResult(quarantined=len(batch.rejected), batches=1)
     return write_idempotent(conn, settings, batch, load_range)

@@ -8,7 +8,6 @@ database is behind. Connection failures are retried through the idempotent path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -24,9 +23,9 @@ from callvault.ingest import _batch as b
 from callvault.ingest._async_io import AConn, write_batch
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 from callvault.ingest.writer import (
-    APPLICATION_NAME,
     BACKOFF_MAX_S,
     BACKOFF_START_S,
+    CONNECT_KWARGS,
     CONNECT_WAIT_S,
     DEFAULT_BATCH_ROWS,
     DEFAULT_FLUSH_INTERVAL,
@@ -36,6 +35,8 @@ from callvault.ingest.writer import (
     CallLike,
     as_settings,
 )
+
+_STOP = object()
 
 
 async def configure_connection(conn: AConn) -> None:
@@ -68,7 +69,7 @@ class AsyncWriter:
         self._range_at = 0.0
         self._current = b.Batch()
         self._started: float | None = None
-        self._queue: asyncio.Queue[b.Batch | asyncio.Future[None]] = asyncio.Queue(maxsize=max_pending)
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_pending)
         self._total, self._reported = b.FlushResult(), b.FlushResult()
         self._error: BaseException | None = None
         self._unwritten: list[b.Batch] = []
@@ -81,7 +82,7 @@ class AsyncWriter:
             pool = AsyncConnectionPool(
                 resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name="callvault-async-writer",
                 configure=configure_connection, check=AsyncConnectionPool.check_connection,
-                kwargs={"application_name": APPLICATION_NAME},
+                kwargs=CONNECT_KWARGS,
             )  # fmt: skip
             await pool.open()
         self._pool = pool
@@ -131,32 +132,38 @@ class AsyncWriter:
         self._check()
         sealed = self._seal()
         if sealed is not None:
-            await self._queue.put(sealed)
+            await self._put(sealed)
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(marker)
-        await marker
+        await self._put(marker)
+        assert self._task is not None
+        await asyncio.wait({marker, self._task}, return_when=asyncio.FIRST_COMPLETED)
         self._check()
-        delta = self._total.minus(self._reported)
-        self._reported = self._total.copy()
-        return delta
+        return self._delta()
 
     @property
     def stats(self) -> b.FlushResult:
         return self._total.copy()
 
     async def aclose(self) -> b.FlushResult:
+        """Send what is buffered, stop the sender task, close the pool; raise WriterError on failure."""
         if self._closed:
             return b.FlushResult()
-        try:
-            return await self.flush()
-        finally:
-            self._closed = True
-            if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            if self._own_pool:
-                await self._pool.close()
+        self._closed = True
+        sealed = self._seal()
+        if sealed is not None:
+            await self._put(sealed)
+        if self._task is not None:
+            await self._put(_STOP)
+            await self._task  # it drains the queue up to the stop marker, then returns
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, b.Batch):
+                await self._send(item)
+        if self._own_pool and hasattr(self, "_pool"):
+            await self._pool.close()
+        if self._error is not None:
+            raise b.failure(self._error, self._unwritten)
+        return self._delta()
 
     # -- internals -----------------------------------------------------------------------------
     async def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
@@ -168,7 +175,11 @@ class AsyncWriter:
         if len(cur) >= self._batch_rows:
             sealed = self._seal()
             if sealed is not None:
-                await self._queue.put(sealed)  # waits while max_pending batches are queued
+                await self._put(sealed)  # waits while max_pending batches are queued
+
+    async def _put(self, item: b.Batch | object) -> None:
+        # shield: a caller's timeout/cancellation must not drop a batch already taken from the buffer
+        await asyncio.shield(self._queue.put(item))
 
     def _seal(self) -> b.Batch | None:
         if not len(self._current):
@@ -176,15 +187,20 @@ class AsyncWriter:
         sealed, self._current, self._started = self._current, b.Batch(), None
         return sealed
 
+    def _delta(self) -> b.FlushResult:
+        delta = self._total.minus(self._reported)
+        self._reported = self._total.copy()
+        return delta
+
     def _check(self) -> None:
+        if self._error is not None:
+            raise b.failure(self._error, self._unwritten)
         if self._closed:
             raise WriterError("the writer is closed")
-        if self._error is not None:
-            rows = [r for batch in self._unwritten for r in batch.rows]
-            raise WriterError(
-                f"{len(rows)} rows could not be written ({self._error}); they are kept in WriterError.unwritten",
-                list(rows),
-            ) from self._error
+        if self._task is None:
+            raise WriterError("the writer is not open: use `async with AsyncWriter(...)` or `await writer.open()`")
+        if self._task.done():
+            raise WriterError("the writer's sender task stopped; close it and open a new one")
 
     async def _load_range(self, conn: AConn) -> LiveRange:
         cur = await conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
@@ -204,9 +220,11 @@ class AsyncWriter:
                 if sealed is not None:
                     await self._send(sealed)
                 continue
+            if item is _STOP:
+                return
             if isinstance(item, b.Batch):
                 await self._send(item)
-            elif not item.done():
+            elif isinstance(item, asyncio.Future) and not item.done():
                 item.set_result(None)
 
     async def _send(self, batch: b.Batch) -> None:
@@ -222,7 +240,7 @@ class AsyncWriter:
                         await self._load_range(conn)
                 break
             except Exception as exc:
-                if not b.is_connection_error(exc) or time.monotonic() + delay > deadline:
+                if not b.is_retryable(exc) or time.monotonic() + delay > deadline:
                     self._error = exc
                     self._unwritten.append(batch)
                     return

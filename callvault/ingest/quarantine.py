@@ -89,7 +89,12 @@ def replay(
         good: list[Row] = []
         done: list[int] = []
         for qid, raw in picked:
-            out = validate(json.loads(raw), rules)
+            try:
+                out = validate(json.loads(raw), rules)
+            except ValueError as exc:
+                out = Rejected(
+                    raw, f"raw is not valid JSON ({exc}): fix it with UPDATE ... SET raw = ... WHERE id = {qid}"
+                )
             if isinstance(out, Rejected):
                 conn.execute(
                     sql.SQL(

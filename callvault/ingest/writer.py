@@ -11,6 +11,7 @@ are kept and every later call raises :class:`~callvault.errors.WriterError` carr
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -39,6 +40,12 @@ BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 5.0
 CONNECT_WAIT_S = 5.0  # per attempt, waiting for the pool to hand out a (re)connected connection
 
 APPLICATION_NAME = "callvault-writer"  # visible in pg_stat_activity
+
+# Bound every wait on the network, so retry_for really bounds a dead or half-open connection.
+CONNECT_KWARGS: dict[str, Any] = {
+    "application_name": APPLICATION_NAME, "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+    "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000,
+}  # fmt: skip
 
 CallLike = Call | Mapping[str, Any]
 
@@ -98,7 +105,7 @@ class Writer:
         self._pool: ConnectionPool[Any] = pool or ConnectionPool(
             resolve_dsn(self.settings), min_size=1, max_size=1, open=True, name="callvault-writer",
             configure=configure_connection, check=ConnectionPool.check_connection,
-            kwargs={"application_name": APPLICATION_NAME},
+            kwargs=CONNECT_KWARGS,
         )  # fmt: skip
         self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
         try:
@@ -122,13 +129,13 @@ class Writer:
     # -- producer side -----------------------------------------------------------------------
     def write(self, call: CallLike) -> None:
         """Validate and buffer one call. Blocks only when the database is behind (back-pressure)."""
-        self._check()
         out = validate(call, self._rules)
         self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
     def write_many(self, calls: Iterable[CallLike]) -> None:
         """Validate and buffer many calls (faster than a loop of ``write``)."""
-        self._check()
+        with self._lock:
+            self._check_locked()
         rules, limit = self._rules, self._batch_rows
         rows: list[Any] = []
         rejected: list[Rejected] = []
@@ -146,19 +153,19 @@ class Writer:
 
     def flush(self) -> b.FlushResult:
         """Send everything buffered; return once it is committed. Counts are since the last flush."""
-        self._check()
         with self._lock:
+            self._check_locked()
             sealed = self._seal_locked()
         if sealed is not None:
-            self._queue.put(sealed)
+            self._put(sealed)
         marker = _Marker()
-        self._queue.put(marker)
-        marker.done.wait()
-        self._check()
+        self._put(marker)
+        while not marker.done.wait(0.5):
+            if not self._thread.is_alive():
+                break
         with self._lock:
-            delta = self._total.minus(self._reported)
-            self._reported = self._total.copy()
-        return delta
+            self._check_locked()
+            return self._delta_locked()
 
     @property
     def stats(self) -> b.FlushResult:
@@ -167,17 +174,30 @@ class Writer:
             return self._total.copy()
 
     def close(self) -> b.FlushResult:
-        """Flush, stop the flusher, close the pool (if the writer made it). Idempotent."""
-        if self._closed:
-            return b.FlushResult()
-        try:
-            return self.flush()
-        finally:
-            self._closed = True
-            self._queue.put(_STOP)
-            self._thread.join()
-            if self._own_pool:
-                self._pool.close()
+        """Send what is buffered, stop the flusher, close the pool (if the writer made it).
+
+        Idempotent. Raises WriterError (with every row not committed) if the writer had failed."""
+        with self._lock:
+            if self._closed:
+                return b.FlushResult()
+            self._closed = True  # from here on, write() refuses: nothing can slip in after the last batch
+            sealed = self._seal_locked()
+        if sealed is not None:
+            self._put(sealed)
+        self._put(_STOP)
+        self._thread.join()
+        while True:  # batches a blocked producer enqueued after the stop marker
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(item)
+        if self._own_pool:
+            self._pool.close()
+        with self._lock:
+            if self._error is not None:
+                raise self._failure()
+            return self._delta_locked()
 
     def __enter__(self) -> Writer:
         return self
@@ -188,6 +208,7 @@ class Writer:
     # -- internals -----------------------------------------------------------------------------
     def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
         with self._lock:
+            self._check_locked()
             cur = self._current
             cur.rows += rows
             cur.rejected += rejected
@@ -195,7 +216,18 @@ class Writer:
                 self._started = time.monotonic()
             sealed = self._seal_locked() if len(cur) >= self._batch_rows else None
         if sealed is not None:
-            self._queue.put(sealed)  # blocks while max_pending batches wait: back-pressure
+            self._put(sealed)  # blocks while max_pending batches wait: back-pressure
+
+    def _put(self, item: object) -> None:
+        """Queue for the flusher; if the flusher is gone (closed meanwhile), handle it here."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    self._handle(item)
+                    return
 
     def _seal_locked(self) -> b.Batch | None:
         if not len(self._current):
@@ -203,16 +235,19 @@ class Writer:
         sealed, self._current, self._started = self._current, b.Batch(), None
         return sealed
 
-    def _check(self) -> None:
+    def _delta_locked(self) -> b.FlushResult:
+        delta = self._total.minus(self._reported)
+        self._reported = self._total.copy()
+        return delta
+
+    def _check_locked(self) -> None:
+        if self._error is not None:
+            raise self._failure()
         if self._closed:
             raise WriterError("the writer is closed")
-        if self._error is not None:
-            rows = [r for batch in self._unwritten for r in batch.rows]
-            raise WriterError(
-                f"{len(rows)} rows could not be written ({self._error}); they are kept in "
-                "WriterError.unwritten: store them and write them again when the database is back",
-                list(rows),
-            ) from self._error
+
+    def _failure(self) -> WriterError:
+        return b.failure(self._error, self._unwritten)
 
     def _set_range(self, live: LiveRange) -> None:
         self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
@@ -220,6 +255,7 @@ class Writer:
 
     def _load_range(self, conn: Conn) -> LiveRange:
         live = LiveRange(catalog.partition_bounds(conn, self.settings))
+        conn.commit()
         self._set_range(live)
         return live
 
@@ -228,18 +264,27 @@ class Writer:
             try:
                 item = self._queue.get(timeout=self._flush_interval / 4)
             except queue.Empty:
-                with self._lock:
-                    old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
-                    sealed = self._seal_locked() if old else None
-                if sealed is not None:
-                    self._send(sealed)
+                self._idle()
                 continue
             if item is _STOP:
                 return
-            if isinstance(item, _Marker):
-                item.done.set()
-            elif isinstance(item, b.Batch):
-                self._send(item)
+            self._handle(item)
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, _Marker):
+            item.done.set()
+        elif isinstance(item, b.Batch):
+            self._send(item)
+
+    def _idle(self) -> None:
+        with self._lock:
+            old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
+            sealed = self._seal_locked() if old else None
+        if sealed is not None:
+            self._send(sealed)
+        elif time.monotonic() - self._range_at > RANGE_REFRESH_S and self._error is None:
+            with contextlib.suppress(Exception), self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
+                self._load_range(conn)  # new partitions are accepted before the next batch arrives
 
     def _send(self, batch: b.Batch) -> None:
         if self._error is not None:
@@ -252,10 +297,9 @@ class Writer:
                     result = write_batch(conn, self.settings, batch, self._load_range)
                     if time.monotonic() - self._range_at > RANGE_REFRESH_S:
                         self._load_range(conn)
-                        conn.commit()
                 break
             except Exception as exc:
-                if not b.is_connection_error(exc) or time.monotonic() + delay > deadline:
+                if not b.is_retryable(exc) or time.monotonic() + delay > deadline:
                     self._error = exc
                     self._unwritten.append(batch)
                     return
