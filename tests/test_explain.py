@@ -64,3 +64,21 @@ def test_walk_counts_relations_and_removed_subplans() -> None:
         {"Node Type": "Seq Scan", "Relation Name": "call_logs_p2026w02"},
     ]}  # fmt: skip
     assert walk(plan) == (["call_logs_p2026w01", "call_logs_p2026w02"], 3)
+
+
+def test_lint_cli_exit_codes(tmp_path: object) -> None:
+    import json
+    import pathlib
+
+    from click.testing import CliRunner
+
+    from callvault.cli import main
+
+    good = pathlib.Path(str(tmp_path)) / "good.sql"
+    good.write_text(PINNED.format(since="2026-05-01", until="2026-05-08") + ";\n")
+    assert CliRunner().invoke(main, ["lint", str(good)]).exit_code == 0
+    bad = DATE_TRUNC.format(day="2026-05-04")
+    res = CliRunner().invoke(main, ["lint", "-", "--json"], input=bad)
+    assert res.exit_code == 4
+    rules = [f["rule"] for f in json.loads(res.stdout)]
+    assert rules[0] == "CV002" and "CV001" in rules
