@@ -94,6 +94,13 @@ def check_window(since: datetime | None, until: datetime | None, max_window: tim
     return since, until
 
 
+def window_params(
+    tenant_id: UUID, since: datetime | None, until: datetime | None, max_window: timedelta
+) -> dict[str, Any]:
+    lo, hi = check_window(since, until, max_window)
+    return {"tenant": tenant_id, "since": lo, "until": hi}
+
+
 def check_limit(limit: int) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidSetting(f"limit={limit} must be between 1 and {MAX_LIMIT}")
@@ -193,8 +200,7 @@ class Reader:
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
     def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        lo, hi = check_window(since, until, self.max_window)
-        return {"tenant": tenant_id, "since": lo, "until": hi}
+        return window_params(tenant_id, since, until, self.max_window)
 
 
 class AsyncReader:
@@ -242,8 +248,7 @@ class AsyncReader:
         return [DayStat(day, int(n), int(total)) for day, n, total in await cur.fetchall()]
 
     def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        lo, hi = check_window(since, until, self.max_window)
-        return {"tenant": tenant_id, "since": lo, "until": hi}
+        return window_params(tenant_id, since, until, self.max_window)
 
 
 def _page(rows: list[Any], limit: int) -> Page:

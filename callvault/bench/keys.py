@@ -12,7 +12,6 @@ Layouts (each a weekly-partitioned table made by pg_partman, loaded by server-si
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from psycopg import sql
 from callvault import bootstrap, partman, schema
 from callvault.bench import data
 from callvault.bench._files import rows_file
+from callvault.bench._timing import pct, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
@@ -63,10 +63,6 @@ class LayoutResult:
     get_call_p95_ms: float
 
 
-def _pct(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[int(q) - 1] * 1000
-
-
 def _make_table(conn: Conn, settings: Settings, name: str, ddl: list[str]) -> sql.Identifier:
     t = sql.Identifier(SCHEMA, name)
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(t))
@@ -81,17 +77,6 @@ def _make_table(conn: Conn, settings: Settings, name: str, ddl: list[str]) -> sq
         conn.execute(sql.SQL(stmt).format(t=t))
     conn.commit()
     return t
-
-
-def _time(conn: Conn, query: sql.Composed, params: list[tuple[Any, ...]]) -> list[float]:
-    for p in params[:20]:
-        conn.execute(query, p).fetchall()
-    out = []
-    for p in params:
-        t0 = time.perf_counter()
-        conn.execute(query, p).fetchall()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def run(settings: Settings, rows: int, row_bytes: int = 1200) -> dict[str, Any]:
@@ -130,15 +115,15 @@ def run(settings: Settings, rows: int, row_bytes: int = 1200) -> dict[str, Any]:
                 "SELECT coalesce(sum(pg_indexes_size(inhrelid)), 0) FROM pg_inherits WHERE inhparent = %s::regclass",
                 (t.as_string(conn),),
             ).fetchone()
-            w_times = _time(conn, sql.SQL(WINDOW).format(t=t), windows)
-            g_times = _time(conn, sql.SQL(GET_CALL).format(t=t), lookups)
+            w_times = timed(conn, sql.SQL(WINDOW).format(t=t), windows)
+            g_times = timed(conn, sql.SQL(GET_CALL).format(t=t), lookups)
             conn.commit()
             out["layouts"][name] = LayoutResult(
                 load_rows_per_s=round(load),
                 index_mb=round(int(idx[0] if idx else 0) / 2**20, 1),
-                window_p50_ms=round(_pct(w_times, 50), 3),
-                window_p95_ms=round(_pct(w_times, 95), 3),
-                get_call_p50_ms=round(_pct(g_times, 50), 3),
-                get_call_p95_ms=round(_pct(g_times, 95), 3),
+                window_p50_ms=pct(w_times, 50),
+                window_p95_ms=pct(w_times, 95),
+                get_call_p50_ms=pct(g_times, 50),
+                get_call_p95_ms=pct(g_times, 95),
             ).__dict__
     return out

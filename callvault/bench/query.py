@@ -11,7 +11,6 @@ runs them: psycopg prepares after 5 executions, so most samples use prepared (po
 from __future__ import annotations
 
 import random
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from psycopg import sql
 
 from callvault import bootstrap
 from callvault.bench import data
+from callvault.bench._timing import pct, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
@@ -33,21 +33,6 @@ TENANTS = 200
 SAMPLES = 400  # timed executions per query and table, after warm-up
 BACKGROUND_RATE = 12_000  # rows/s the background writer aims for during the "under ingest" run
 DATE_TRUNC_SQL = "SELECT count(*) FROM {t} WHERE tenant_id = %(tenant)s AND date_trunc('day', started_at) = %(day)s"
-
-
-def pct(samples: list[float], q: int) -> float:
-    return round(statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000, 3)
-
-
-def _timed(conn: Conn, query: sql.Composed, params: list[dict[str, Any]]) -> list[float]:
-    for p in params:  # warm-up pass over the same parameters: caches, and psycopg's prepare threshold
-        conn.execute(query, p).fetchall()
-    out = []
-    for p in params:
-        t0 = time.perf_counter()
-        conn.execute(query, p).fetchall()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _load(settings: Settings, rows: int, now: datetime, progress: Callable[[str], None]) -> tuple[Settings, Settings]:
@@ -103,12 +88,12 @@ def _params(conn: Conn, part: Settings, now: datetime) -> dict[str, list[dict[st
 def _measure(conn: Conn, s: Settings, p: dict[str, list[dict[str, Any]]]) -> dict[str, list[float]]:
     t = sql.Identifier(s.schema, s.table)
     return {
-        "window": _timed(conn, window_sql(s), p["window"]),
-        "get_call": _timed(conn, get_call_sql(s, pinned=True), p["lookup"]),
-        "get_call_no_ts": _timed(conn, get_call_sql(s, pinned=False), p["lookup"]),
-        "agg_day": _timed(conn, daily_sql(s), p["day"]),
-        "day_pinned": _timed(conn, count_sql(s), p["day"]),
-        "date_trunc": _timed(conn, sql.SQL(DATE_TRUNC_SQL).format(t=t), p["day"]),
+        "window": timed(conn, window_sql(s), p["window"]),
+        "get_call": timed(conn, get_call_sql(s, pinned=True), p["lookup"]),
+        "get_call_no_ts": timed(conn, get_call_sql(s, pinned=False), p["lookup"]),
+        "agg_day": timed(conn, daily_sql(s), p["day"]),
+        "day_pinned": timed(conn, count_sql(s), p["day"]),
+        "date_trunc": timed(conn, sql.SQL(DATE_TRUNC_SQL).format(t=t), p["day"]),
     }
 
 
@@ -155,7 +140,7 @@ def run(settings: Settings, rows: int, progress: Callable[[str], None] = lambda 
         bg = _Background(part, now)
         bg.thread.start()
         time.sleep(1.0)  # let the background writer reach its rate
-        under = _timed(conn, window_sql(part), p["window"] * 3)
+        under = timed(conn, window_sql(part), p["window"] * 3)
         bg.stop.set()
         bg.thread.join()
         out.update({f"window_p{q}_under_ingest_ms": pct(under, q) for q in (50, 95, 99)})
