@@ -167,6 +167,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
         if key == "date_trunc":
             ax.plot(sizes, [r["day_pinned_p95_ms"] for r in results], "^-", label="partitioned (pinned bounds)")
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("rows")
         ax.set_ylabel("ms")
         ax.set_title(title)
