@@ -161,8 +161,10 @@ class Writer:
         marker = _Marker()
         self._put(marker)
         while not marker.done.wait(0.5):
-            if not self._thread.is_alive():
-                break
+            if not self._thread.is_alive() and not marker.done.is_set():
+                with self._lock:
+                    self._check_locked()
+                raise WriterError("the writer's flusher stopped unexpectedly; close it and check the logs")
         with self._lock:
             self._check_locked()
             return self._delta_locked()
