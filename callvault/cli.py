@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
+from psycopg import sql
 from rich.console import Console
 
 from callvault import bootstrap, catalog, config, demo, monitor, render, schedule
@@ -409,7 +410,7 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
         out.rule("init")
         out.print("initialised" if report.changed else f"{s.qualified} already initialised")
         seeded = demo.seed(conn, s, calls)
-        conn.execute(f"ANALYZE {catalog.parent_regclass(s)}")
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(s.schema, s.table)))
         conn.commit()
         out.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
                   f"{seeded.last:%Y-%m-%d}")  # fmt: skip

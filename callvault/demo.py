@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from psycopg import sql
-
 from callvault import catalog
 from callvault.config import Settings
 from callvault.db import Conn
+from callvault.ingest import Call, Writer
 
 TENANTS = 20
 HISTORY = timedelta(weeks=13)
@@ -39,35 +37,34 @@ def tenant_ids(n: int = TENANTS) -> list[uuid.UUID]:
     return [uuid.uuid5(uuid.NAMESPACE_URL, f"callvault-demo-tenant-{i}") for i in range(n)]
 
 
-def synthetic_calls(n: int, start: datetime, end: datetime, rng: random.Random) -> Iterator[tuple[object, ...]]:
+def synthetic_calls(n: int, start: datetime, end: datetime, rng: random.Random) -> Iterator[Call]:
     tenants = tenant_ids()
     span = (end - start).total_seconds()
     for _ in range(n):
         started = start + timedelta(seconds=rng.uniform(0, span))
         duration = rng.randint(5, 900)
-        transcript = " ".join(rng.choice(PHRASES) for _ in range(rng.randint(3, 12)))
-        meta = {"agent": f"agent-{rng.randint(1, 8)}", "lang": rng.choice(["en", "de", "es"])}
-        yield (
-            rng.choice(tenants), uuid.UUID(int=rng.getrandbits(128), version=4), started,
-            min(started + timedelta(seconds=duration), end), duration, transcript, json.dumps(meta),
-        )  # fmt: skip
+        yield Call(
+            tenant_id=rng.choice(tenants),
+            call_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+            started_at=started,
+            ended_at=min(started + timedelta(seconds=duration), end),
+            transcript=" ".join(rng.choice(PHRASES) for _ in range(rng.randint(3, 12))),
+            metadata={"agent": f"agent-{rng.randint(1, 8)}", "lang": rng.choice(["en", "de", "es"])},
+        )
 
 
 def seed(
     conn: Conn, settings: Settings, calls: int, now: datetime | None = None, seed: int | None = None
 ) -> SeedReport:
-    """Write ``calls`` synthetic calls inside the live partition range (binary COPY, one transaction)."""
+    """Write ``calls`` synthetic calls inside the live partition range, through the batching Writer."""
     now = now or datetime.now(UTC)
-    parts = [r.info for r in catalog.list_partitions(conn, settings) if not r.info.is_default]
-    oldest = min(p.start for p in parts if p.start) if parts else now
-    horizon = max(p.end for p in parts if p.end) if parts else now
+    bounds = catalog.partition_bounds(conn, settings)
+    conn.commit()
+    oldest = bounds[0][0] if bounds else now
+    horizon = max(end for _, end in bounds) if bounds else now
     start, end = max(now - HISTORY, oldest), min(now + AHEAD, horizon - timedelta(seconds=1))
     rng = random.Random(seed)  # noqa: S311 - synthetic data, not secrets
-    cols = ["tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata"]
-    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(settings.schema, settings.table), sql.SQL(", ").join(map(sql.Identifier, cols))
-    )
-    with conn.transaction(), conn.cursor() as cur, cur.copy(copy) as cp:
-        for row in synthetic_calls(calls, start, end, rng):
-            cp.write_row(row)
-    return SeedReport(rows=calls, tenants=tenant_ids(), first=start, last=end)
+    with Writer(settings) as writer:
+        writer.write_many(synthetic_calls(calls, start, end, rng))
+        result = writer.flush()
+    return SeedReport(rows=result.written, tenants=tenant_ids(), first=start, last=end)
