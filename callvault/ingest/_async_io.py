@@ -65,27 +65,14 @@ async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.Flush
 
 async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
     live: LiveRange = await load_range(conn)
-    rows: list[Row] = []
-    rejected = list(batch.rejected)
-    for row in batch.rows:
-        reason = live.reason(row[2])
-        if reason is None:
-            rows.append(row)
-        else:
-            rejected.append(Rejected(b.row_as_input(row), reason))
+    rows, rejected = b.recheck(batch, live)
     async with conn.transaction():
         await conn.execute(b.DURABLE)
         await conn.execute(b.STAGE_DDL)
         written, refused = await _merge(conn, settings, rows)
         rejected += refused
         await _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
-    return b.FlushResult(
-        written=written,
-        duplicates=len(rows) - written - len(refused),
-        quarantined=len(rejected),
-        batches=1,
-        fallbacks=1,
-    )
+    return b.idempotent_result(rows, written, len(refused), len(rejected))
 
 
 async def write_batch(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:

@@ -19,7 +19,7 @@ from psycopg.pq import Format
 
 from callvault.config import META_SCHEMA, Settings
 from callvault.errors import WriterError
-from callvault.ingest.validate import COLUMNS, PG_TYPES, Rejected, Row, raw_json
+from callvault.ingest.validate import COLUMNS, PG_TYPES, LiveRange, Rejected, Row, raw_json
 
 STAGE = "_callvault_stage"
 DURABLE = sql.SQL(
@@ -81,6 +81,26 @@ class FlushResult:
         out = FlushResult()
         out.add(self)
         return out
+
+
+def recheck(batch: Batch, live: LiveRange) -> tuple[list[Row], list[Rejected]]:
+    """Rows still inside the live partitions, and everything to quarantine (pure)."""
+    rows: list[Row] = []
+    rejected = list(batch.rejected)
+    for row in batch.rows:
+        reason = live.reason(row[2])
+        if reason is None:
+            rows.append(row)
+        else:
+            rejected.append(Rejected(row_as_input(row), reason))
+    return rows, rejected
+
+
+def idempotent_result(rows: list[Row], written: int, refused: int, quarantined: int) -> FlushResult:
+    """Counts of one batch sent through the staging path: what was not written nor refused was a duplicate."""
+    return FlushResult(
+        written=written, duplicates=len(rows) - written - refused, quarantined=quarantined, batches=1, fallbacks=1
+    )
 
 
 def copy_sql(target: sql.Composable) -> sql.Composed:

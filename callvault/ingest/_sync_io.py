@@ -69,27 +69,14 @@ def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult 
 
 def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
     live = load_range(conn)
-    rows: list[Row] = []
-    rejected = list(batch.rejected)
-    for row in batch.rows:
-        reason = live.reason(row[2])
-        if reason is None:
-            rows.append(row)
-        else:
-            rejected.append(Rejected(b.row_as_input(row), reason))
+    rows, rejected = b.recheck(batch, live)
     with conn.transaction():
         conn.execute(b.DURABLE)
         conn.execute(b.STAGE_DDL)
         written, refused = _merge(conn, settings, rows)
         rejected += refused
         _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
-    return b.FlushResult(
-        written=written,
-        duplicates=len(rows) - written - len(refused),
-        quarantined=len(rejected),
-        batches=1,
-        fallbacks=1,
-    )
+    return b.idempotent_result(rows, written, len(refused), len(rejected))
 
 
 def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
