@@ -427,3 +427,195 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
     for line in lines:
         out.print(line, soft_wrap=True)
     out.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
+
+
+def store_option(f: F) -> F:
+    return click.option("--to", "store_url", envvar="CALLVAULT_ARCHIVE_URL", default=None, metavar="URL",
+                        help="Archive store: s3://bucket/prefix or file:///dir. Default: CALLVAULT_ARCHIVE_URL, or "
+                             "<callvault home>/archive with the embedded database.")(f)  # fmt: skip
+
+
+@main.group(name="archive", invoke_without_command=True)
+@target_options
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="File format of the archived data.")  # fmt: skip
+@at_option
+@click.option("--dry-run", is_flag=True, help="List the partitions that would be archived; change nothing.")
+@json_option
+@click.pass_context
+def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, store_url: str | None, fmt: str,
+                at: str | None, dry_run: bool, as_json: bool) -> None:  # fmt: skip
+    """Archive partitions past retention: detach, export, upload, verify, then drop (resumable).
+
+    Without a subcommand: run the archive. Exit 65 when a read-back did not match (nothing dropped),
+    69 when the store is unreachable (nothing detached or dropped)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from callvault.archive.pipeline import archive
+
+    s = settings_of(dsn, schema, table)
+    rep = archive(s, store_url=store_url, fmt=fmt, at=parse_at(at), dry_run=dry_run)
+    if as_json:
+        emit(rep.to_dict())
+    else:
+        render.archive(out, rep)
+    if rep.failed:
+        first = rep.failed[0]
+        exc = CallvaultError(f"{len(rep.failed)} partition(s) not archived; {first.partition}: {first.error}")
+        exc.exit_code = first.exit_code  # 65: read-back mismatch, 69: store/spool unavailable
+        raise exc
+
+
+@archive_cmd.command(name="list")
+@target_options
+@store_option
+@json_option
+def archive_list(dsn: str | None, schema: str, table: str, store_url: str | None, as_json: bool) -> None:
+    """Archived periods in the store (from their manifests): rows and tenants."""
+    from callvault.archive.restore import list_archived
+
+    s = settings_of(dsn, schema, table)
+    manifests = list_archived(s, store_url)
+    rows = [
+        {"period": m.period.isoformat(), "partition": m.partition, "format": m.fmt, "rows": m.rows,
+         "tenants": len(m.tenants), "pruned_tenants": sum(1 for t in m.tenants.values() if t.pruned_at)}
+        for m in manifests
+    ]  # fmt: skip
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        out.print(f"{r['period']}  {r['partition']:28} {r['format']:7} {r['rows']:>12,} rows  {r['tenants']} tenants"
+                  + (f" ({r['pruned_tenants']} pruned)" if r["pruned_tenants"] else ""))  # fmt: skip
+    if not rows:
+        out.print("nothing archived yet")
+
+
+@archive_cmd.command(name="query")
+@target_options
+@store_option
+@click.argument("query")
+@json_option
+def archive_query(dsn: str | None, schema: str, table: str, store_url: str | None, query: str, as_json: bool) -> None:
+    """Run SQL (DuckDB) over the archive in place; the archive is the table named like the hot one.
+
+    Example: callvault archive query "SELECT count(*) FROM call_logs WHERE week = DATE '2026-08-24'"
+    """
+    from callvault.archive.reader import query as run_query
+
+    s = settings_of(dsn, schema, table)
+    result = run_query(query, settings=s, store_url=store_url)
+    rows = result.to_pylist()
+    if as_json:
+        emit(rows)
+        return
+    from rich.table import Table
+
+    t = Table(*result.column_names)
+    for r in rows:
+        t.add_row(*(str(v) for v in r.values()))
+    out.print(t)
+
+
+@archive_cmd.command(name="prune")
+@target_options
+@store_option
+@at_option
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@json_option
+def archive_prune(dsn: str | None, schema: str, table: str, store_url: str | None, at: str | None, dry_run: bool,
+                  as_json: bool) -> None:  # fmt: skip
+    """Delete archived objects past each tenant's archive retention (see `archive policy`)."""
+    from callvault.archive.prune import prune
+
+    s = settings_of(dsn, schema, table)
+    rep = prune(s, store_url=store_url, at=parse_at(at), dry_run=dry_run)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for d in rep.deleted:
+        out.print(f"{verb} tenant {d['tenant']} period {d['period']}: {d['objects']} object(s), {d['rows']:,} rows")
+    if not rep.deleted:
+        out.print("nothing past its archive retention")
+
+
+@archive_cmd.command(name="policy")
+@target_options
+@click.option("--tenant", default=None, help="Tenant UUID; omit for the table's default.")
+@click.option("--keep", default=None, help="How long to keep archived data, e.g. '7 years', '400 days'.")
+@click.option("--clear", is_flag=True, help="Remove the policy (the tenant falls back to the default).")
+@json_option
+def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None, keep: str | None, clear: bool,
+                   as_json: bool) -> None:  # fmt: skip
+    """Show or set archive retention: a table default and per-tenant overrides (e.g. HIPAA: 7 years)."""
+    from callvault.archive import prune as pr
+
+    s = settings_of(dsn, schema, table)
+    if keep and clear:
+        raise InvalidSetting("pass either --keep or --clear, not both")
+    if keep:
+        pr.set_policy(s, keep, tenant)
+    elif clear:
+        pr.clear_policy(s, tenant)
+    with connect(s) as conn:
+        from callvault.archive.pipeline import ensure_tables
+
+        ensure_tables(conn)
+        default, per = pr.policies(conn, s)
+    tenants = {t: str(r) for t, r in sorted(per.items())}
+    if as_json:
+        emit({"default": str(default), "tenants": tenants})
+        return
+    out.print(f"default: keep {default}")
+    for t, r in tenants.items():
+        out.print(f"{t}: keep {r}")
+
+
+@main.command(name="restore")
+@target_options
+@store_option
+@click.option("--week", "--period", "period", required=True, metavar="DATE",
+              help="Any date inside the archived partition, e.g. 2026-08-24.")  # fmt: skip
+@click.option("--tenant", default=None, help="Only this tenant (UUID). Default: every tenant of that period.")
+@click.option("--into", default=None, metavar="TABLE",
+              help="Target: the hot table (default; attaches the partition) or a side table name.")  # fmt: skip
+@json_option
+def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, period: str, tenant: str | None,
+                into: str | None, as_json: bool) -> None:  # fmt: skip
+    """Load an archived period back, verified against its manifest (all or nothing)."""
+    from datetime import date
+
+    from callvault.archive.restore import restore
+
+    try:
+        day = date.fromisoformat(period)
+    except ValueError:
+        raise InvalidSetting(f"--week {period!r} is not a date; use YYYY-MM-DD") from None
+    s = settings_of(dsn, schema, table)
+    rep = restore(s, day, tenant=tenant, into=into, store_url=store_url)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    how = "attached as a partition of" if rep.attached else "into"
+    out.print(f"restored {sum(rep.tenants.values()):,} rows of {len(rep.tenants)} tenant(s), period {rep.period}, "
+              f"{how} {rep.target}; verified against the manifest")  # fmt: skip
+
+
+@main.command(name="worker")
+@target_options
+@store_option
+@click.option("--every", default="15m", show_default=True, help="Cycle period: 30s, 15m, 1h ...")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--once", is_flag=True, help="Run one cycle and exit (exit 1 when it had errors).")
+@click.option("--no-prune", is_flag=True, help="Do not prune expired archive objects.")
+def worker_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, every: str, fmt: str, once: bool,
+               no_prune: bool) -> None:  # fmt: skip
+    """Archive + maintain + prune every period; one instance per table; SIGTERM exits cleanly."""
+    from callvault import worker
+
+    s = settings_of(dsn, schema, table)
+    opts = worker.WorkerOptions(every_s=worker.parse_every(every), store_url=store_url, fmt=fmt, once=once,
+                                prune=not no_prune)  # fmt: skip
+    sys.exit(worker.run(s, opts))

@@ -67,3 +67,15 @@ class WriterError(CallvaultError):
     def __init__(self, message: str, unwritten: list[object] | None = None) -> None:
         super().__init__(message)
         self.unwritten = unwritten or []
+
+
+class StoreUnavailable(CallvaultError):
+    """The archive store (directory or S3 bucket) cannot be reached, read or written."""
+
+    exit_code = 69  # EX_UNAVAILABLE: nothing was dropped; run again when the store is back
+
+
+class ArchiveVerifyFailed(CallvaultError):
+    """An archived object read back does not match the database: the partition is kept, not dropped."""
+
+    exit_code = 65  # EX_DATAERR

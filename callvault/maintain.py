@@ -94,20 +94,20 @@ def _acquire(conn: Conn, key: int, wait: bool) -> None:
         raise AlreadyRunning("maintenance is already running for this table in another session; try again later")
 
 
-def _with_retry(conn: Conn, work: Callable[[], None], report: MaintenanceReport) -> None:
+def retry_locks(work: Callable[[], None], what: str) -> int:
+    """Run ``work``; on a lock timeout wait and try again (``RETRIES`` times). Returns the attempts used."""
     delay = BACKOFF_S
     for attempt in range(1, RETRIES + 1):
-        report.attempts = attempt
         try:
             work()
-            return
+            return attempt
         except psycopg.Error as exc:
             # pg_partman re-raises errors from its own EXCEPTION blocks as P0001, so classify by
             # SQLSTATE where it survives and by message where it does not.
             msg = exc.diag.message_primary or str(exc)
-            if "default partition" in msg:
+            if "default partition" in msg and "concurrently" not in msg:
                 raise CallvaultError(
-                    f"maintenance failed on {report.table}: {msg}. Rows stranded in the default partition "
+                    f"{what} failed: {msg}. Rows stranded in the default partition "
                     "overlap a partition that must be created; move them out (see `callvault status`) and "
                     "run maintain again"
                 ) from exc
@@ -115,12 +115,12 @@ def _with_retry(conn: Conn, work: Callable[[], None], report: MaintenanceReport)
                 raise
             if attempt == RETRIES:
                 raise CallvaultError(
-                    f"maintenance gave up after {RETRIES} tries: another session held a lock on "
-                    f"{report.table} longer than the lock budget each time. Find it in pg_stat_activity, "
-                    "or raise CALLVAULT_LOCK_TIMEOUT_MS"
+                    f"{what} gave up after {RETRIES} tries: another session held a lock longer than the lock "
+                    "budget each time. Find it in pg_stat_activity, or raise CALLVAULT_LOCK_TIMEOUT_MS"
                 ) from None
             time.sleep(delay)
             delay *= 2
+    return RETRIES
 
 
 def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None) -> None:
@@ -159,7 +159,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             conn.add_notice_handler(lambda d: busy.append(d.message_primary or ""))
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             before_attached, _ = catalog.partition_names(conn, settings)
-            _with_retry(conn, lambda: _apply(conn, settings, pm, at), report)
+            report.attempts = retry_locks(lambda: _apply(conn, settings, pm, at), f"maintenance on {report.table}")
             if any(PARTMAN_BUSY in m for m in busy):
                 raise AlreadyRunning("pg_partman maintenance is already running in another session (pg_cron?)")
             after_attached, after_detached = catalog.partition_names(conn, settings)

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from psycopg import sql
 
 from callvault import catalog, partman
+from callvault.archive.pipeline import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import NotInitialised
 from callvault.plan import LifecycleConfig, PartitionInfo
+from callvault.worker import last_run
 
 # health: the premake horizon must reach at least this many intervals past now. With premake 4 and
 # maintenance every 15 min it is >= 4; 2 means maintenance has not run for ~2 intervals.
@@ -19,6 +21,9 @@ MIN_INTERVALS_AHEAD = 2
 # health: a partition past retention may linger this long (maintenance runs every 15 min) before
 # retention counts as behind.
 RETENTION_GRACE = timedelta(days=1)
+# health: a worker whose last good cycle is older than this many periods (+ slack) is failing.
+WORKER_STALE_PERIODS = 3
+WORKER_SLACK = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Status:
     detached: list[tuple[str, int]]
     last_maintenance: datetime | None
     partition_warn: int
+    archive_pending: list[dict[str, object]] = field(default_factory=list)  # journal rows not yet dropped
+    worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -94,6 +101,10 @@ class Status:
             "total_bytes": self.total_bytes,
             "total_rows_estimate": self.total_rows_estimate,
             "last_maintenance": _iso(self.last_maintenance),
+            "archive_in_progress": self.archive_pending,
+            "worker": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in self.worker.items()}
+            if self.worker
+            else None,
             "healthy": not self.problems,
             "problems": self.problems,
         }
@@ -144,6 +155,8 @@ def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Stat
         detached=catalog.list_detached(conn, settings),
         last_maintenance=_last_maintenance(conn, settings),
         partition_warn=settings.partition_warn,
+        archive_pending=[r for r in journal_rows(conn, settings) if r["step"] != "dropped"],
+        worker=last_run(conn, settings),
     )
     status.problems = problems(status)
     return status
@@ -169,6 +182,23 @@ def problems(status: Status) -> list[str]:
         late = [p.name for p in status.ranged if p.end is not None and p.end < cutoff - RETENTION_GRACE]
         if late:
             out.append(f"retention is behind: {len(late)} partition(s) past retention still attached ({late[0]}...)")
+    for row in status.archive_pending:
+        if row.get("error"):
+            out.append(
+                f"archive of {row['partition']} stuck at step {row['step']} after {row['attempts']} attempt(s): "
+                f"{row['error']} (the table is kept; fix the cause and run `callvault archive`)"
+            )
+    w = status.worker
+    if w is not None:
+        every = timedelta(seconds=int(str(w["every_seconds"])))
+        last_ok = w.get("cycle_ok")
+        if not isinstance(last_ok, datetime) or status.now - last_ok > WORKER_STALE_PERIODS * every + WORKER_SLACK:
+            since = _iso(last_ok) if isinstance(last_ok, datetime) else "it started"
+            error = f"; last error: {w['last_error']}" if w.get("last_error") else ""
+            out.append(
+                f"worker on {w['host']} (pid {w['pid']}) has not completed a good cycle since {since} "
+                f"(every {every}): check its log{error}"
+            )
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "

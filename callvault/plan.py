@@ -32,7 +32,7 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from callvault.errors import InvalidSetting
 
@@ -114,7 +114,26 @@ class Interval(enum.StrEnum):
             return f"p{s.year:04d}_{s.month:02d}"
         return f"p{s.year:04d}_{s.month:02d}_{s.day:02d}"
 
+    def from_suffix(self, suffix: str) -> datetime | None:
+        """The partition start a :meth:`suffix` names, or None when ``suffix`` is not one."""
+        m = _SUFFIX[self].fullmatch(suffix)
+        if m is None:
+            return None
+        try:
+            a, b, c = (int(g) if g else 1 for g in (m.group(1), m.group(2), m.groupdict().get("d")))
+            if self is Interval.WEEKLY:
+                d = date.fromisocalendar(a, b, 1)
+                return datetime(d.year, d.month, d.day, tzinfo=UTC)
+            return datetime(a, b, c, tzinfo=UTC)
+        except ValueError:
+            return None
 
+
+_SUFFIX = {
+    Interval.DAILY: re.compile(r"p(\d{4})_(\d{2})_(?P<d>\d{2})"),
+    Interval.WEEKLY: re.compile(r"p(\d{4})w(\d{2})"),
+    Interval.MONTHLY: re.compile(r"p(\d{4})_(\d{2})"),
+}
 _UNIT = {Interval.DAILY: "day", Interval.WEEKLY: "week", Interval.MONTHLY: "month"}
 
 # unit -> (months, days) per unit

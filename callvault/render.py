@@ -7,6 +7,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
+from callvault.archive.pipeline import ArchiveReport
 from callvault.maintain import MaintenanceReport
 from callvault.monitor import Status
 from callvault.plan import Plan
@@ -95,3 +96,20 @@ def maintenance(console: Console, r: MaintenanceReport) -> None:
     console.print(f"maintenance of {r.table}{when}: {r.seconds:.2f}s, {r.attempts} attempt(s)")
     for label, names in (("created", r.created), ("detached", r.detached), ("dropped", r.dropped)):
         console.print(f"  {label}: {len(names)}" + (f"  {', '.join(names)}" if names else ""))
+
+
+def archive(console: Console, r: ArchiveReport) -> None:
+    verb = "would archive" if r.dry_run else "archived"
+    if not r.partitions:
+        console.print(f"nothing past retention to archive for {r.table}")
+        return
+    for p in r.partitions:
+        if p.error:
+            console.print(f"[red]{p.partition}[/red] stopped at step {p.step_after}: {p.error}", soft_wrap=True)
+        elif r.dry_run:
+            console.print(f"{verb} {p.partition} [{p.start:%Y-%m-%d} .. {p.end:%Y-%m-%d}) from step {p.step_before}")
+        else:
+            rows = f"{p.rows:,} rows, " if p.rows is not None else ""
+            console.print(f"{verb} {p.partition} ({rows}{size(p.bytes)}) {p.step_before} -> {p.step_after} "
+                          f"in {p.seconds:.2f}s")  # fmt: skip
+    console.print(f"store: {r.store} ({r.fmt})")

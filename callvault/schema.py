@@ -122,6 +122,7 @@ def meta_schema_sql() -> list[sql.Composed]:
             "CREATE INDEX IF NOT EXISTS maintenance_log_parent_idx ON {}.maintenance_log (parent_table, id)"
         ).format(meta),
         *quarantine_sql(),
+        *archive_sql(),
     ]
 
 
@@ -143,6 +144,66 @@ def quarantine_sql() -> list[sql.Composed]:
         ).format(meta),
         sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_target_idx ON {}.quarantine (target_table, id)").format(meta),
         sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_raw_idx ON {}.quarantine (target_table, md5(raw))").format(meta),
+    ]
+
+
+def archive_sql() -> list[sql.Composed]:
+    """The archive journal (one row per partition: the step it reached and what it needs to resume),
+    its step log, the per-tenant archive retention policy and the worker's heartbeat."""
+    meta = sql.Identifier(META_SCHEMA)
+    return [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.archive_journal (
+    parent_table text NOT NULL,
+    range_start  timestamptz NOT NULL,
+    range_end    timestamptz NOT NULL,
+    partition    text NOT NULL,
+    step         text NOT NULL
+                 CHECK (step IN ('pending', 'detached', 'exported', 'uploaded', 'verified', 'dropped')),
+    store_url    text NOT NULL,
+    format       text NOT NULL,
+    state        jsonb NOT NULL DEFAULT '{{}}',
+    error        text,
+    attempts     integer NOT NULL DEFAULT 0,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (parent_table, range_start)
+)"""
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.archive_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parent_table text NOT NULL,
+    partition    text NOT NULL,
+    step         text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT clock_timestamp(),
+    seconds      double precision,
+    rows         bigint,
+    bytes        bigint,
+    detail       text
+)"""
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.archive_policy (
+    parent_table text NOT NULL,
+    tenant_id    uuid,
+    keep         interval NOT NULL CHECK (keep > interval '0'),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (parent_table, tenant_id)
+)"""
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.worker_status (
+    parent_table  text PRIMARY KEY,
+    pid           integer NOT NULL,
+    host          text NOT NULL,
+    every_seconds integer NOT NULL,
+    cycle_started timestamptz,
+    cycle_ok      timestamptz,
+    last_error    text,
+    updated_at    timestamptz NOT NULL DEFAULT now()
+)"""
+        ).format(meta),
     ]
 
 

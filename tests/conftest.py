@@ -89,3 +89,50 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("SET timezone TO 'UTC'")
         yield c
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto's server mode) on a free local port, for the session.
+
+    boto3 (and the CLI in subprocesses) find it through the standard AWS environment variables.
+    """
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "callvault-test",
+            "AWS_SECRET_ACCESS_KEY": "callvault-test",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A fresh bucket on the local S3 server; returns its ``s3://`` URL with a prefix."""
+    import boto3
+
+    name = f"cv-test-{os.getpid()}-{next(_counter)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}/archive"

@@ -1,0 +1,603 @@
+"""``callvault archive``: retention as a journal, not a script.
+
+Each partition past retention walks ``detach -> export -> upload -> verify -> drop``. The step it
+reached and everything needed to resume (source fingerprints, exported files, the manifest) live in
+``callvault.archive_journal``; every step first looks at the real state (catalog, spool files, store)
+and skips what is already done, so a crash or kill anywhere resumes on the next run. Nothing is
+dropped until the objects were read back from the store and matched the database: object size and
+SHA-256, and the content fingerprint of every tenant's rows computed by DuckDB over the downloaded
+files against the one Postgres computed over the detached table (see :mod:`callvault.archive.layout`).
+
+Who detaches: callvault, with ``DETACH PARTITION ... CONCURRENTLY`` (writers are never blocked; an
+interrupted concurrent detach is finished with ``FINALIZE``). When a default partition exists
+Postgres refuses the concurrent form, so callvault falls back to a plain ``DETACH`` under the lock
+budget. pg_partman keeps its retention with ``retention_keep_table = true`` as a safety net (a
+pg_cron-only setup still detaches on time); partitions it detached are picked up here, never dropped
+by pg_partman. The worker runs ``archive`` before ``maintain`` so in that setup pg_partman finds
+nothing left to detach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from callvault import catalog
+from callvault.archive import export, layout
+from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
+from callvault.archive.store import Store, open_store, sha256_file
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn, connect
+from callvault.errors import AlreadyRunning, ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
+from callvault.maintain import LOCK_NAMESPACE, current_plan, require_partman, retry_locks
+from callvault.plan import Interval
+
+STEPS = ("pending", "detached", "exported", "uploaded", "verified", "dropped")
+FAULT_ENV = "CALLVAULT_FAULT_AFTER"  # test hook: SIGKILL this process right after the named step
+FAULT_POINTS = ("detach", "export", "upload-first-object", "upload", "verify", "drop")
+ARCHIVE_URL_ENV = "CALLVAULT_ARCHIVE_URL"
+SPOOL_ENV = "CALLVAULT_ARCHIVE_SPOOL"
+
+
+def default_store_url(settings: Settings) -> str:
+    """``$CALLVAULT_ARCHIVE_URL``; with the embedded database, a directory in the callvault home."""
+    url = os.environ.get(ARCHIVE_URL_ENV)
+    if url:
+        return url
+    if settings.dsn is None:
+        from callvault.embedded import default_home
+
+        return (default_home() / "archive").resolve().as_uri()
+    raise InvalidSetting(
+        "no archive store configured: pass --to s3://bucket/prefix (or file:///path), or set CALLVAULT_ARCHIVE_URL"
+    )
+
+
+def default_spool() -> Path:
+    env = os.environ.get(SPOOL_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"callvault-spool-{os.getuid()}"
+
+
+def fault_point(name: str) -> None:
+    """Die like ``kill -9`` right after ``name`` when the test hook asks for it."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class PartitionResult:
+    partition: str
+    start: datetime
+    end: datetime
+    step_before: str
+    step_after: str
+    rows: int | None = None
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "partition": self.partition, "from": self.start.isoformat(), "to": self.end.isoformat(),
+            "step_before": self.step_before, "step_after": self.step_after, "rows": self.rows,
+            "bytes": self.bytes, "seconds": round(self.seconds, 3), "error": self.error,
+        }  # fmt: skip
+
+
+@dataclass
+class ArchiveReport:
+    table: str
+    store: str
+    fmt: str
+    dry_run: bool
+    partitions: list[PartitionResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[PartitionResult]:
+        return [p for p in self.partitions if p.error]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "table": self.table, "store": self.store, "format": self.fmt, "dry_run": self.dry_run,
+            "partitions": [p.to_dict() for p in self.partitions],
+        }  # fmt: skip
+
+
+@dataclass
+class _Job:
+    """One partition's journal row, in memory."""
+
+    partition: str
+    start: datetime
+    end: datetime
+    step: str
+    state: dict[str, Any]
+    store_url: str
+    fmt: str
+
+
+def _meta(name: str) -> sql.Identifier:
+    return sql.Identifier(META_SCHEMA, name)
+
+
+def ensure_tables(conn: Conn) -> None:
+    from callvault.schema import archive_sql, create_schema_sql
+
+    with conn.transaction():
+        conn.execute(create_schema_sql(META_SCHEMA))
+        for stmt in archive_sql():
+            conn.execute(stmt)
+
+
+# ---------------------------------------------------------------- candidates and the journal
+
+
+def _journal(conn: Conn, settings: Settings) -> dict[datetime, _Job]:
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT partition, range_start, range_end, step, state, store_url, format FROM {} WHERE parent_table = %s"
+        ).format(_meta("archive_journal")),
+        (settings.qualified,),
+    ).fetchall()
+    return {r[1]: _Job(r[0], r[1], r[2], r[3], dict(r[4]), r[5], r[6]) for r in rows}
+
+
+def _relation_state(conn: Conn, settings: Settings, name: str) -> str:
+    """attached | pending (an interrupted DETACH CONCURRENTLY) | detached | missing."""
+    row = conn.execute(
+        """SELECT c.relispartition, i.inhdetachpending FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'""",
+        (settings.schema, name),
+    ).fetchone()
+    if row is None:
+        return "missing"
+    if row[1]:
+        return "pending"
+    return "attached" if row[0] else "detached"
+
+
+def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt: str) -> list[_Job]:
+    """Partitions to archive at ``at``: past retention (planner), detached leftovers past retention,
+    and every journal entry not yet dropped. Oldest first."""
+    pm = require_partman(conn, settings)
+    plan = current_plan(conn, settings, pm, at)
+    interval = plan.interval
+    jobs = {s: j for s, j in _journal(conn, settings).items() if j.step != "dropped"}
+    done = {s for s, j in _journal(conn, settings).items() if j.step == "dropped"}
+    found: dict[datetime, tuple[str, datetime]] = {}
+    for p in plan.retire:
+        if p.start is not None and p.end is not None:
+            found[p.start] = (p.name, p.end)
+    if plan.cutoff is not None:
+        prefix = f"{settings.table}_"
+        for name, _size in catalog.list_detached(conn, settings):
+            start = interval.from_suffix(name[len(prefix) :])
+            if start is not None and interval.add(start) < plan.cutoff:
+                found.setdefault(start, (name, interval.add(start)))
+    for start, (name, end) in found.items():
+        if start not in jobs:
+            # A week archived before and since restored into the hot table starts over.
+            jobs[start] = _Job(name, start, end, "pending", {}, store_url, fmt)
+            if start in done:
+                jobs[start].state = {"rearchive": True}
+    return [jobs[s] for s in sorted(jobs)]
+
+
+def _save(conn: Conn, settings: Settings, job: _Job, error: str | None = None, bump: bool = False) -> None:
+    conn.execute(
+        sql.SQL(
+            """INSERT INTO {} AS j (parent_table, range_start, range_end, partition, step, store_url, format, state,
+                                   error, attempts)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (parent_table, range_start) DO UPDATE SET
+                 range_end = excluded.range_end, partition = excluded.partition, step = excluded.step,
+                 store_url = excluded.store_url, format = excluded.format, state = excluded.state,
+                 error = excluded.error, attempts = j.attempts + excluded.attempts, updated_at = now()"""
+        ).format(_meta("archive_journal")),
+        (
+            settings.qualified, job.start, job.end, job.partition, job.step, job.store_url, job.fmt,
+            Jsonb(job.state), error, 1 if bump else 0,
+        ),
+    )  # fmt: skip
+
+
+def _log(conn: Conn, settings: Settings, job: _Job, step: str, seconds: float, rows: int | None, size: int | None,
+         detail: str | None = None) -> None:  # fmt: skip
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (parent_table, partition, step, seconds, rows, bytes, detail) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        ).format(_meta("archive_log")),
+        (settings.qualified, job.partition, step, seconds, rows, size, detail),
+    )
+
+
+# ---------------------------------------------------------------- the steps
+
+
+class _Ctx:
+    def __init__(self, conn: Conn, settings: Settings, store: Store, spool: Path, interval: Interval) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.store = store
+        self.spool = spool
+        self.interval = interval
+        self.tdir = layout.table_dir(settings.schema, settings.table)
+
+    def child(self, job: _Job) -> sql.Identifier:
+        return sql.Identifier(self.settings.schema, job.partition)
+
+    def parent(self) -> sql.Identifier:
+        return sql.Identifier(self.settings.schema, self.settings.table)
+
+    def job_spool(self, job: _Job) -> Path:
+        return self.spool / self.tdir / job.partition
+
+
+def _has_default(ctx: _Ctx) -> bool:
+    attached, _ = catalog.partition_names(ctx.conn, ctx.settings)
+    return f"{ctx.settings.table}_default" in attached
+
+
+def step_detach(ctx: _Ctx, job: _Job) -> None:
+    def attempt() -> None:
+        state = _relation_state(ctx.conn, ctx.settings, job.partition)
+        if state == "pending":
+            ctx.conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(ctx.parent(), ctx.child(job))
+            )
+        elif state == "attached":
+            mode = sql.SQL("") if _has_default(ctx) else sql.SQL(" CONCURRENTLY")
+            ctx.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(ctx.parent(), ctx.child(job), mode))
+        elif state == "missing":
+            raise CallvaultError(
+                f"partition {job.partition} disappeared before it was archived (dropped by hand?): nothing "
+                "callvault can archive; remove its journal row once you have checked"
+            )
+
+    retry_locks(attempt, f"detaching {job.partition}")
+    if _relation_state(ctx.conn, ctx.settings, job.partition) == "pending":  # lock timeout mid-way
+        retry_locks(attempt, f"finishing the detach of {job.partition}")
+
+
+def _source_fingerprints(ctx: _Ctx, job: _Job) -> dict[str, Fingerprint]:
+    rows = ctx.conn.execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
+    return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
+
+
+def step_export(ctx: _Ctx, job: _Job) -> tuple[int, int]:
+    source = _source_fingerprints(ctx, job)
+    base = ctx.job_spool(job)
+    shutil.rmtree(base, ignore_errors=True)
+    files: dict[str, list[dict[str, object]]] = {}
+    total_bytes = 0
+    try:
+        for tenant in source:
+            dest = base / f"tenant_id={tenant}"
+            if job.fmt == "parquet":
+                out = export.export_parquet(ctx.conn, ctx.child(job), tenant, dest)
+            else:
+                out = export.export_csv(ctx.conn, ctx.child(job), tenant, dest)
+            if sum(f.rows for f in out) != source[tenant].rows:
+                raise CallvaultError(
+                    f"export of {job.partition} tenant {tenant} wrote {sum(f.rows for f in out)} rows but the "
+                    f"table has {source[tenant].rows}: is something writing into the detached table?"
+                )
+            files[tenant] = [
+                {"path": str(f.path), "part": f.part, "rows": f.rows, "size": f.size, "sha256": f.sha256} for f in out
+            ]
+            total_bytes += sum(f.size for f in out)
+    except OSError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        raise StoreUnavailable(
+            f"exporting {job.partition} to the spool directory {base} failed: {exc.strerror or exc}. Free space "
+            f"there or point {SPOOL_ENV} elsewhere; the partition is kept and the next run retries"
+        ) from exc
+    job.state = {**job.state, "source": {t: fp.to_dict() for t, fp in source.items()}, "files": files}
+    return sum(fp.rows for fp in source.values()), total_bytes
+
+
+def _spool_intact(job: _Job) -> bool:
+    for entries in job.state.get("files", {}).values():
+        for f in entries:
+            path = Path(f["path"])
+            if not path.is_file() or path.stat().st_size != f["size"] or sha256_file(path) != f["sha256"]:
+                return False
+    return "files" in job.state
+
+
+def _manifest(ctx: _Ctx, job: _Job) -> Manifest:
+    source = {t: Fingerprint.from_dict(fp) for t, fp in job.state["source"].items()}
+    tenants = {}
+    for tenant, entries in job.state["files"].items():
+        objects = tuple(
+            ObjectEntry(
+                key=layout.data_key(ctx.tdir, tenant, ctx.interval, job.start, int(f["part"]), job.fmt),
+                rows=int(f["rows"]), size=int(f["size"]), sha256=str(f["sha256"]),
+            )
+            for f in entries
+        )  # fmt: skip
+        tenants[tenant] = TenantEntry(fingerprint=source[tenant], objects=objects)
+    return Manifest(
+        table=ctx.settings.qualified, partition=job.partition, interval=ctx.interval, start=job.start, end=job.end,
+        fmt=job.fmt, tenants=tenants, created_at=job.state.get("exported_at", ""),
+    )  # fmt: skip
+
+
+def step_upload(ctx: _Ctx, job: _Job) -> int:
+    manifest = _manifest(ctx, job)
+    sent = 0
+    for tenant, entry in sorted(manifest.tenants.items()):
+        paths = {int(f["part"]): Path(f["path"]) for f in job.state["files"][tenant]}
+        for obj in entry.objects:
+            have = ctx.store.head(obj.key)
+            if have is not None and have.size == obj.size and have.sha256 == obj.sha256:
+                continue  # uploaded by an earlier, interrupted run: never a second copy
+            part = int(obj.key.rsplit("part-", 1)[1].split(".")[0])
+            ctx.store.put_file(obj.key, paths[part], obj.sha256)
+            sent += obj.size
+            fault_point("upload-first-object")
+    ctx.store.put_bytes(layout.manifest_key(ctx.tdir, ctx.interval, job.start), manifest.to_json())
+    return sent
+
+
+def duck_fingerprint(paths: list[Path], fmt: str) -> Fingerprint:
+    """The content fingerprint of archived files, computed by DuckDB (independently of Postgres)."""
+    import duckdb
+
+    files = [str(p) for p in paths]
+    if fmt == "parquet":
+        source = "read_parquet($files, hive_partitioning = false)"
+    else:
+        cols = (
+            "{'id': 'BIGINT', 'tenant_id': 'UUID', 'call_id': 'UUID', 'started_at': 'TIMESTAMPTZ', "
+            "'ended_at': 'TIMESTAMPTZ', 'duration_sec': 'INTEGER', 'transcript': 'VARCHAR', 'metadata': 'VARCHAR'}"
+        )
+        source = f"read_csv($files, header = true, columns = {cols}, allow_quoted_nulls = false)"
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(layout.DUCK_FINGERPRINT.format(source=source), {"files": files}).fetchone()
+    assert row is not None
+    return Fingerprint(int(row[0]), str(row[1]), row[2], row[3])
+
+
+def verify_manifest(store: Store, manifest: Manifest, key: str, workdir: Path) -> None:
+    """Read every object of ``manifest`` back from ``store`` and check it; ArchiveVerifyFailed otherwise."""
+    stored = store.get_bytes(key)
+    if Manifest.from_json(stored).to_json() != manifest.to_json():
+        raise ArchiveVerifyFailed(f"manifest {key} read back from {store.url} differs from the one written")
+    for tenant, entry in sorted(manifest.tenants.items()):
+        if entry.pruned_at:
+            continue
+        local = []
+        for obj in entry.objects:
+            info = store.head(obj.key)
+            if info is None:
+                raise ArchiveVerifyFailed(f"{obj.key} is missing from {store.url}")
+            if info.size != obj.size:
+                raise ArchiveVerifyFailed(
+                    f"{obj.key} in {store.url} is {info.size} bytes, expected {obj.size} (truncated?)"
+                )
+            dest = workdir / obj.key.replace("/", "_")
+            store.get_file(obj.key, dest)
+            if sha256_file(dest) != obj.sha256 or (info.sha256 is not None and info.sha256 != obj.sha256):
+                raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its SHA-256 (corrupted)")
+            local.append(dest)
+        try:
+            got = duck_fingerprint(local, manifest.fmt)
+        except Exception as exc:  # a file that hashes right but does not parse is still not an archive
+            raise ArchiveVerifyFailed(f"{tenant}'s objects in {store.url} cannot be read back: {exc}") from exc
+        if got != entry.fingerprint:
+            raise ArchiveVerifyFailed(
+                f"tenant {tenant} of {manifest.partition}: archive has {got.rows} rows (fingerprint {got.digest}), "
+                f"the database {entry.fingerprint.rows} ({entry.fingerprint.digest})"
+            )
+        for dest in local:
+            dest.unlink(missing_ok=True)
+
+
+def step_verify(ctx: _Ctx, job: _Job) -> None:
+    manifest = _manifest(ctx, job)
+    with tempfile.TemporaryDirectory(prefix="callvault-verify-", dir=ctx.spool) as tmp:
+        verify_manifest(ctx.store, manifest, layout.manifest_key(ctx.tdir, ctx.interval, job.start), Path(tmp))
+
+
+def step_drop(ctx: _Ctx, job: _Job) -> None:
+    expected = sum(int(fp["rows"]) for fp in job.state["source"].values())
+
+    def attempt() -> None:
+        with ctx.conn.transaction():
+            if _relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
+                job.step = "dropped"
+                _save(ctx.conn, ctx.settings, job)
+                return
+            row = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ctx.child(job))).fetchone()
+            if row is None or int(row[0]) != expected:
+                raise ArchiveVerifyFailed(
+                    f"{job.partition} now has {row[0] if row else '?'} rows, {expected} were archived: rows were "
+                    "written into the detached table after export. Not dropped; the next run archives it again"
+                )
+            ctx.conn.execute(sql.SQL("DROP TABLE {}").format(ctx.child(job)))
+            job.step = "dropped"
+            _save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
+
+    retry_locks(attempt, f"dropping {job.partition}")
+    shutil.rmtree(ctx.job_spool(job), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _advance(ctx: _Ctx, job: _Job) -> PartitionResult:
+    result = PartitionResult(job.partition, job.start, job.end, job.step, job.step)
+    t_all = time.perf_counter()
+    conn, settings = ctx.conn, ctx.settings
+    while job.step != "dropped":
+        t0 = time.perf_counter()
+        rows: int | None = None
+        size: int | None = None
+        if job.step == "pending":
+            step_detach(ctx, job)
+            job.step, point = "detached", "detach"
+        elif job.step == "detached":
+            rows, size = step_export(ctx, job)
+            job.state["exported_at"] = datetime.now(UTC).isoformat()
+            job.step, point = "exported", "export"
+        elif job.step == "exported":
+            if not _spool_intact(job):  # spool lost (reboot, tmp cleaner): export again
+                job.step = "detached"
+                continue
+            size = step_upload(ctx, job)
+            job.step, point = "uploaded", "upload"
+        elif job.step == "uploaded":
+            try:
+                step_verify(ctx, job)
+            except ArchiveVerifyFailed as exc:
+                job.step = "detached"  # export and upload again next run; the table is kept
+                _save(conn, settings, job, error=f"verify: {exc}", bump=True)
+                _log(conn, settings, job, "verify-failed", time.perf_counter() - t0, None, None, str(exc))
+                raise
+            job.step, point = "verified", "verify"
+        elif job.step == "verified":
+            step_drop(ctx, job)
+            point = "drop"
+        else:
+            raise CallvaultError(f"archive journal of {job.partition} has an unknown step {job.step!r}")
+        if job.step != "dropped":
+            _save(conn, settings, job)
+        seconds = time.perf_counter() - t0
+        _log(conn, settings, job, job.step, seconds, rows, size)
+        if rows is not None:
+            result.rows = rows
+        if job.step == "exported":
+            result.bytes = size or 0
+        result.step_after = job.step
+        fault_point(point)
+    result.seconds = time.perf_counter() - t_all
+    return result
+
+
+def _lock(conn: Conn, settings: Settings) -> int:
+    row = conn.execute("SELECT hashtext(%s)", (settings.qualified + "#archive",)).fetchone()
+    assert row is not None
+    key = int(row[0])
+    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)).fetchone()
+    if not (got and got[0]):
+        raise AlreadyRunning(f"an archive run for {settings.qualified} is already in progress; try again later")
+    return key
+
+
+def archive(
+    settings: Settings,
+    *,
+    store_url: str | None = None,
+    fmt: str = "parquet",
+    at: datetime | None = None,
+    dry_run: bool = False,
+    spool: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> ArchiveReport:
+    """Archive every partition past retention at ``at`` (default now); see the module docstring."""
+    if fmt not in layout.FORMATS:
+        raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
+    url = store_url or default_store_url(settings)
+    store = open_store(url)
+    when = at or datetime.now(UTC)
+    report = ArchiveReport(table=settings.qualified, store=store.url, fmt=fmt, dry_run=dry_run)
+    with connect(settings, autocommit=True) as conn:
+        pm = require_partman(conn, settings)
+        ensure_tables(conn)
+        jobs = candidates(conn, settings, when, store.url, fmt)
+        if dry_run:
+            report.partitions = [PartitionResult(j.partition, j.start, j.end, j.step, "dropped") for j in jobs]
+            return report
+        if not jobs:
+            return report
+        store.check()  # unreachable store or bad credentials: stop before anything is detached
+        key = _lock(conn, settings)
+        try:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
+            config = current_plan(conn, settings, pm, when)
+            work = spool or default_spool()
+            work.mkdir(parents=True, exist_ok=True)
+            ctx = _Ctx(conn, settings, store, work, config.interval)
+            for job in jobs:
+                if should_stop():
+                    break
+                if job.store_url != store.url or job.fmt != fmt:
+                    if job.step not in ("pending", "detached"):
+                        raise InvalidSetting(
+                            f"{job.partition} is half-way into {job.store_url} ({job.fmt}); finish it with "
+                            f"--to {job.store_url} --format {job.fmt}"
+                        )
+                    job.store_url, job.fmt = store.url, fmt
+                try:
+                    report.partitions.append(_advance(ctx, job))
+                except (CallvaultError, psycopg.Error) as exc:
+                    code = exc.exit_code if isinstance(exc, CallvaultError) else 69
+                    res = PartitionResult(
+                        job.partition, job.start, job.end, job.step, job.step, error=str(exc), exit_code=code
+                    )
+                    report.partitions.append(res)
+                    if not isinstance(exc, ArchiveVerifyFailed):
+                        _save(conn, settings, job, error=str(exc), bump=True)
+                    if isinstance(exc, StoreUnavailable | psycopg.OperationalError):
+                        break  # the store or the database is gone: the next partitions would fail the same way
+        finally:
+            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+    return report
+
+
+def journal_problems(conn: Conn, settings: Settings) -> list[str]:
+    """Journal entries that failed their last attempt (shown by ``status``, failing ``health``)."""
+    if not catalog_has_journal(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT partition, step, error, attempts FROM {} WHERE parent_table = %s AND error IS NOT NULL "
+            "AND step <> 'dropped' ORDER BY range_start"
+        ).format(_meta("archive_journal")),
+        (settings.qualified,),
+    ).fetchall()
+    return [f"archive of {p} stuck at step {s} after {a} attempt(s): {e}" for p, s, e, a in rows]
+
+
+def catalog_has_journal(conn: Conn) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.archive_journal",)).fetchone()
+    return bool(row and row[0])
+
+
+def journal_rows(conn: Conn, settings: Settings) -> list[dict[str, object]]:
+    if not catalog_has_journal(conn):
+        return []
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT partition, range_start, step, error, attempts, updated_at FROM {} WHERE parent_table = %s "
+            "ORDER BY range_start"
+        ).format(_meta("archive_journal")),
+        (settings.qualified,),
+    ).fetchall()
+    return [
+        {"partition": p, "from": s.isoformat(), "step": st, "error": e, "attempts": a, "updated_at": u.isoformat()}
+        for p, s, st, e, a, u in rows
+    ]
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, indent=2, default=str)

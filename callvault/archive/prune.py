@@ -1,0 +1,142 @@
+"""Per-tenant archive retention: ``callvault archive policy`` and ``callvault archive prune``.
+
+Policy rows live in ``callvault.archive_policy``: one default per table (``tenant_id IS NULL``) and
+any per-tenant overrides (e.g. 7 years for HIPAA tenants). Without a row the default is
+``DEFAULT_KEEP``. A tenant's objects of a period expire when the period's end plus the tenant's
+``keep`` is in the past; pruning deletes that tenant's prefix for the period (a prefix operation, thanks
+to the Hive layout) and marks the tenant ``pruned_at`` in the period's manifest, which stays as the
+record of what was archived and when it was deleted (no call content is in it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from psycopg import sql
+
+from callvault.archive import layout
+from callvault.archive.layout import Manifest, TenantEntry
+from callvault.archive.pipeline import default_store_url, ensure_tables
+from callvault.archive.store import open_store
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn, connect
+from callvault.errors import InvalidSetting
+from callvault.plan import Retention
+
+DEFAULT_KEEP = Retention(months=12, days=0)  # one year in the archive unless a policy says otherwise
+
+_POLICY = sql.Identifier(META_SCHEMA, "archive_policy")
+
+
+@dataclass
+class PruneReport:
+    store: str
+    at: datetime
+    dry_run: bool
+    deleted: list[dict[str, object]] = field(default_factory=list)  # tenant, period, objects, rows
+
+    def to_dict(self) -> dict[str, object]:
+        return {"store": self.store, "at": self.at.isoformat(), "dry_run": self.dry_run, "deleted": self.deleted}
+
+
+def _tenant(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidSetting(f"tenant {value!r} is not a UUID") from None
+
+
+def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None:
+    """Keep archived data of ``tenant`` (None: the table default) for ``keep`` (e.g. '7 years')."""
+    ret = Retention.parse(keep)
+    with connect(settings, autocommit=True) as conn:
+        ensure_tables(conn)
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} AS p (parent_table, tenant_id, keep) VALUES (%s, %s, %s::interval) "
+                "ON CONFLICT (parent_table, tenant_id) DO UPDATE SET keep = excluded.keep, updated_at = now()"
+            ).format(_POLICY),
+            (settings.qualified, _tenant(tenant) if tenant else None, ret.to_pg()),
+        )
+
+
+def clear_policy(settings: Settings, tenant: str | None = None) -> None:
+    with connect(settings, autocommit=True) as conn:
+        ensure_tables(conn)
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE parent_table = %s AND tenant_id IS NOT DISTINCT FROM %s").format(_POLICY),
+            (settings.qualified, _tenant(tenant) if tenant else None),
+        )
+
+
+def policies(conn: Conn, settings: Settings) -> tuple[Retention, dict[str, Retention]]:
+    """(table default, per-tenant overrides)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT tenant_id::text, (extract(year FROM keep) * 12 + extract(month FROM keep))::int, "
+            "extract(day FROM keep)::int FROM {} WHERE parent_table = %s"
+        ).format(_POLICY),
+        (settings.qualified,),
+    ).fetchall()
+    default, per = DEFAULT_KEEP, {}
+    for tenant, months, days in rows:
+        r = Retention(months=months, days=days)
+        if tenant is None:
+            default = r
+        else:
+            per[tenant] = r
+    return default, per
+
+
+def expires(ret: Retention, period_end: datetime) -> datetime:
+    """When a period ending at ``period_end`` leaves the archive under ``ret`` (pure)."""
+    # Retention.cutoff(now) = now - keep; solve now - keep >= end by adding the parts back.
+    months, days = ret.months, ret.days
+    year, month0 = divmod(period_end.month - 1 + months, 12)
+    shifted = period_end.replace(year=period_end.year + year, month=month0 + 1, day=1)
+    import calendar
+
+    day = min(period_end.day, calendar.monthrange(shifted.year, shifted.month)[1])
+    return shifted.replace(day=day) + timedelta(days=days)
+
+
+def prune(settings: Settings, *, store_url: str | None = None, at: datetime | None = None,
+          dry_run: bool = False) -> PruneReport:  # fmt: skip
+    """Delete archived objects whose tenant's keep period is over; record it in the manifests."""
+    store = open_store(store_url or default_store_url(settings))
+    now = at or datetime.now(UTC)
+    report = PruneReport(store=store.url, at=now, dry_run=dry_run)
+    with connect(settings, autocommit=True) as conn:
+        ensure_tables(conn)
+        default, per = policies(conn, settings)
+    tdir = layout.table_dir(settings.schema, settings.table)
+    for obj in list(store.iter_objects(layout.manifests_prefix(tdir))):
+        if not obj.key.endswith(".json"):
+            continue
+        manifest = Manifest.from_json(store.get_bytes(obj.key))
+        changed = dict(manifest.tenants)
+        for tenant, entry in manifest.tenants.items():
+            if entry.pruned_at or expires(per.get(tenant, default), manifest.end) > now:
+                continue
+            report.deleted.append(
+                {
+                    "tenant": tenant,
+                    "period": manifest.period.isoformat(),
+                    "objects": len(entry.objects),
+                    "rows": entry.fingerprint.rows,
+                }
+            )
+            if dry_run:
+                continue
+            store.delete([o.key for o in entry.objects])
+            changed[tenant] = TenantEntry(entry.fingerprint, entry.objects, pruned_at=now.isoformat())
+        if changed != manifest.tenants and not dry_run:
+            updated = Manifest(
+                table=manifest.table, partition=manifest.partition, interval=manifest.interval,
+                start=manifest.start, end=manifest.end, fmt=manifest.fmt, tenants=changed,
+                created_at=manifest.created_at, schema_version=manifest.schema_version,
+            )  # fmt: skip
+            store.put_bytes(obj.key, updated.to_json())
+    return report

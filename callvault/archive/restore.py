@@ -1,0 +1,220 @@
+"""``callvault restore``: load an archived period back, verified against its manifest.
+
+* Into the hot table (default): when the period's partition is gone, a new table is filled, checked
+  against the partition bounds and attached (``ATTACH PARTITION`` takes only a SHARE UPDATE EXCLUSIVE
+  lock on the parent: writers go on); when it is still attached, rows are added with ``ON CONFLICT DO
+  NOTHING``. Everything happens in one transaction: a failed restore leaves nothing behind. A restored
+  period that is past retention is archived again (same objects) and dropped by the next archive run;
+  restore into a side table to keep it for longer.
+* Into a side table (``--into <name>``): a plain table shaped like the hot one, created if missing;
+  restoring twice adds nothing (``ON CONFLICT DO NOTHING``).
+
+Afterwards the fingerprint of each restored tenant's rows, computed by Postgres over the target,
+must equal the manifest's; otherwise the transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from psycopg import sql
+
+from callvault import catalog, partman
+from callvault.archive import layout
+from callvault.archive.layout import Fingerprint, Manifest
+from callvault.archive.pipeline import _relation_state, default_store_url
+from callvault.archive.store import Store, open_store, sha256_file
+from callvault.config import Settings, check_identifier
+from callvault.db import Conn, connect
+from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
+from callvault.maintain import require_partman
+from callvault.plan import Interval
+
+_COLS = ("id", "tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
+_STAGE = "callvault_restore_stage"
+
+
+@dataclass
+class RestoreReport:
+    period: date
+    target: str
+    tenants: dict[str, int] = field(default_factory=dict)  # tenant -> rows verified in the target
+    attached: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "period": self.period.isoformat(), "target": self.target, "tenants": self.tenants,
+            "rows": sum(self.tenants.values()), "attached_partition": self.attached,
+        }  # fmt: skip
+
+
+def load_manifest(store: Store, settings: Settings, interval: Interval, start: datetime) -> Manifest:
+    key = layout.manifest_key(layout.table_dir(settings.schema, settings.table), interval, start)
+    if store.head(key) is None:
+        raise CallvaultError(
+            f"no archive of {settings.qualified} for the {layout.PERIOD_KEY[interval]} of {start.date()} in "
+            f"{store.url} ({key} is missing): see `callvault archive list` for what is archived"
+        )
+    return Manifest.from_json(store.get_bytes(key))
+
+
+def _rows(path: Path, fmt: str) -> list[tuple[object, ...]]:
+    import duckdb
+
+    if fmt == "parquet":
+        src = "read_parquet($f, hive_partitioning = false)"
+    else:
+        src = "read_csv($f, header = true, all_varchar = true, allow_quoted_nulls = false)"
+    cols = (
+        "id, tenant_id::VARCHAR, call_id::VARCHAR, started_at::VARCHAR, ended_at::VARCHAR, duration_sec, "
+        "transcript, metadata::VARCHAR"
+    )
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(f"SELECT {cols} FROM {src}", {"f": str(path)}).fetchall()
+
+
+def _stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], workdir: Path) -> None:
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {} (id bigint, tenant_id uuid, call_id uuid, started_at timestamptz, "
+            "ended_at timestamptz, duration_sec integer, transcript text, metadata text) ON COMMIT DROP"
+        ).format(sql.Identifier(_STAGE))
+    )
+    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, _COLS))
+    )
+    for tenant in tenants:
+        for obj in manifest.tenants[tenant].objects:
+            dest = workdir / obj.key.replace("/", "_")
+            store.get_file(obj.key, dest)
+            if sha256_file(dest) != obj.sha256:
+                raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its manifest SHA-256 (corrupted)")
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                for row in _rows(dest, manifest.fmt):
+                    copy.write_row(row)
+            dest.unlink()
+
+
+def _insert_from_stage(conn: Conn, target: sql.Identifier) -> None:
+    cols = sql.SQL(", ").join(map(sql.Identifier, _COLS))
+    select = sql.SQL(", ").join(
+        sql.SQL("{}::jsonb").format(sql.Identifier(c)) if c == "metadata" else sql.Identifier(c) for c in _COLS
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+            target, cols, select, sql.Identifier(_STAGE)
+        )
+    )
+
+
+def restore(
+    settings: Settings,
+    period: date,
+    *,
+    tenant: str | None = None,
+    into: str | None = None,
+    store_url: str | None = None,
+) -> RestoreReport:
+    """Restore the archived partition containing ``period`` (optionally one tenant) and verify it."""
+    store = open_store(store_url or default_store_url(settings))
+    if tenant is not None:
+        try:
+            tenant = str(uuid.UUID(tenant))
+        except ValueError:
+            raise InvalidSetting(f"tenant {tenant!r} is not a UUID") from None
+    with connect(settings) as conn:
+        pm = require_partman(conn, settings)
+        config = partman.read_config(conn, settings, pm)
+        assert config is not None
+        interval = config.interval
+        start = interval.floor(datetime(period.year, period.month, period.day, tzinfo=UTC))
+        manifest = load_manifest(store, settings, interval, start)
+        live = {t: e for t, e in manifest.tenants.items() if not e.pruned_at}
+        if tenant is not None and tenant not in live:
+            why = "was pruned from" if tenant in manifest.tenants else "has no rows in"
+            raise CallvaultError(f"tenant {tenant} {why} the archive of {manifest.partition}; nothing to restore")
+        tenants = [tenant] if tenant else sorted(live)
+        hot = into is None or into == settings.table
+        name = manifest.partition if hot else check_identifier(str(into), "--into table")
+        report = RestoreReport(period=start.date(), target=f"{settings.schema}.{settings.table if hot else name}")
+        parent = sql.Identifier(settings.schema, settings.table)
+        target = sql.Identifier(settings.schema, name)
+        with conn.transaction(), tempfile.TemporaryDirectory(prefix="callvault-restore-") as tmp:
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
+            _stage(conn, store, manifest, tenants, Path(tmp))
+            state = _relation_state(conn, settings, name)
+            if hot and state in ("detached", "pending"):
+                raise CallvaultError(
+                    f"{name} still exists (detached, waiting to be archived): its rows were never dropped; "
+                    "run `callvault archive` to finish it, or restore --into a side table"
+                )
+            if hot and state == "missing":
+                overlap = [
+                    b for b in catalog.partition_bounds(conn, settings) if b[0] < manifest.end and manifest.start < b[1]
+                ]
+                if overlap:
+                    raise CallvaultError(
+                        f"partition range [{manifest.start}, {manifest.end}) overlaps existing partitions {overlap}: "
+                        "restore --into a side table instead"
+                    )
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(target, parent)
+                )
+                _insert_from_stage(conn, target)
+                check = sql.Identifier(f"{name}_restore_bound")
+                bounds = (sql.Literal(manifest.start), sql.Literal(manifest.end))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (started_at >= {} AND started_at < {})").format(
+                        target, check, *bounds
+                    )
+                )
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                        parent, target, *bounds
+                    )
+                )
+                conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, check))
+                report.attached = True
+            elif hot:
+                _insert_from_stage(conn, parent)
+            else:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                        "INCLUDING INDEXES)"
+                    ).format(target, parent)
+                )
+                _insert_from_stage(conn, target)
+            check_target = parent if hot else target
+            for t in tenants:
+                where = sql.SQL("WHERE tenant_id = {} AND started_at >= {} AND started_at < {}").format(
+                    sql.Literal(t), sql.Literal(manifest.start), sql.Literal(manifest.end)
+                )
+                rows = conn.execute(layout.pg_fingerprint_sql(check_target, where)).fetchall()
+                got = Fingerprint(int(rows[0][1]), str(rows[0][2]), rows[0][3], rows[0][4]) if rows else None
+                if got != live[t].fingerprint:
+                    raise ArchiveVerifyFailed(
+                        f"restored rows of tenant {t} do not match the manifest of {manifest.partition} "
+                        f"({got.rows if got else 0} rows vs {live[t].fingerprint.rows}); the target already held "
+                        "other rows in that range, or the archive is damaged. Nothing was restored"
+                    )
+                report.tenants[t] = got.rows
+    return report
+
+
+def list_archived(settings: Settings, store_url: str | None = None) -> list[Manifest]:
+    store = open_store(store_url or default_store_url(settings))
+    prefix = layout.manifests_prefix(layout.table_dir(settings.schema, settings.table))
+    out = []
+    try:
+        for obj in store.iter_objects(prefix):
+            if obj.key.endswith(".json"):
+                out.append(Manifest.from_json(store.get_bytes(obj.key)))
+    except ValueError as exc:
+        raise StoreUnavailable(f"a manifest under {store.url}/{prefix} cannot be read: {exc}") from exc
+    return sorted(out, key=lambda m: m.start)

@@ -1,0 +1,184 @@
+"""``callvault worker``: archive, maintenance and archive pruning on a schedule, one instance at a time.
+
+* One instance per table: a session-level advisory lock held on its own connection for the worker's
+  life; a second worker exits 75 (``AlreadyRunning``) at once.
+* Each cycle: ``archive`` (detach concurrently, export, upload, verify, drop), then ``maintain``
+  (pg_partman premake; its retention finds nothing left to detach), then ``prune``.
+* SIGTERM/SIGINT: the current step finishes (or is abandoned; the archive journal resumes it), no new
+  partition or step starts, the worker exits 0.
+* One JSON line per event on stderr (``ts``, ``event``, details), for journald/Kubernetes logs.
+* ``callvault.worker_status`` records the last cycle start, the last good cycle and the last error;
+  ``status`` shows it and ``health`` fails when the last good cycle is older than three periods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, TextIO
+
+import psycopg
+from psycopg import sql
+
+from callvault.archive.pipeline import archive, ensure_tables
+from callvault.archive.prune import prune
+from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn, connect
+from callvault.errors import AlreadyRunning, CallvaultError, InvalidSetting
+from callvault.maintain import LOCK_NAMESPACE, maintain
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_STATUS = sql.Identifier(META_SCHEMA, "worker_status")
+
+
+def parse_every(text: str) -> int:
+    """'15m' -> 900 seconds (s, m, h, d units)."""
+    t = text.strip().lower()
+    try:
+        n, unit = (int(t[:-1]), t[-1]) if t[-1:] in _UNITS else (int(t), "s")
+    except ValueError:
+        raise InvalidSetting(f"--every {text!r} is not a period: use e.g. 30s, 15m, 1h") from None
+    if n <= 0:
+        raise InvalidSetting(f"--every {text!r} must be positive")
+    return n * _UNITS[unit]
+
+
+@dataclass
+class WorkerOptions:
+    every_s: int = 900
+    store_url: str | None = None
+    fmt: str = "parquet"
+    once: bool = False
+    prune: bool = True
+
+
+class Log:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
+        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.flush()
+
+
+def _lock(conn: Conn, settings: Settings) -> None:
+    row = conn.execute("SELECT hashtext(%s)", (settings.qualified + "#worker",)).fetchone()
+    assert row is not None
+    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, int(row[0]))).fetchone()
+    if not (got and got[0]):
+        raise AlreadyRunning(f"a worker for {settings.qualified} is already running; only one may run at a time")
+
+
+def _beat(conn: Conn, settings: Settings, every_s: int, **cols: Any) -> None:
+    names = ["parent_table", "pid", "host", "every_seconds", *cols]
+    values = [settings.qualified, os.getpid(), socket.gethostname(), every_s, *cols.values()]
+    updates = sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in names[1:])
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (parent_table) DO UPDATE SET {}, updated_at = now()"
+        ).format(
+            _STATUS,
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.SQL(", ").join(sql.Placeholder() * len(names)),
+            updates,
+        ),
+        values,
+    )
+
+
+def cycle(settings: Settings, opts: WorkerOptions, log: Log, stop: Callable[[], bool]) -> bool:
+    """One archive + maintain + prune pass; True when every step succeeded."""
+    ok = True
+    t0 = time.perf_counter()
+    try:
+        rep = archive(settings, store_url=opts.store_url, fmt=opts.fmt, should_stop=stop)
+        for p in rep.partitions:
+            log("archive", partition=p.partition, step_before=p.step_before, step_after=p.step_after,
+                rows=p.rows, bytes=p.bytes, seconds=round(p.seconds, 3), error=p.error)  # fmt: skip
+        if rep.failed:
+            ok = False
+    except (CallvaultError, psycopg.Error) as exc:
+        log("error", step="archive", error=str(exc))
+        ok = False
+    if not stop():
+        try:
+            m = maintain(settings, wait=True)
+            log("maintain", created=m.created, detached=m.detached, seconds=round(m.seconds, 3))
+        except (CallvaultError, psycopg.Error) as exc:
+            log("error", step="maintain", error=str(exc))
+            ok = False
+    if opts.prune and not stop():
+        try:
+            pr = prune(settings, store_url=opts.store_url)
+            log("prune", deleted=pr.deleted)
+        except (CallvaultError, psycopg.Error) as exc:
+            log("error", step="prune", error=str(exc))
+            ok = False
+    log("cycle", ok=ok, seconds=round(time.perf_counter() - t0, 3), stopped=stop())
+    return ok
+
+
+def run(
+    settings: Settings, opts: WorkerOptions, log: Log | None = None, stop_event: threading.Event | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT (or once). Returns the process exit code."""
+    log = log or Log()
+    stop = stop_event or threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log("signal", signal=signal.Signals(signum).name, action="finishing the current step, then exiting")
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        with connect(settings, autocommit=True) as conn:
+            ensure_tables(conn)
+            _lock(conn, settings)
+            log("start", table=settings.qualified, every_s=opts.every_s, pid=os.getpid())
+            ok = True
+            while not stop.is_set():
+                _beat(conn, settings, opts.every_s, cycle_started=datetime.now(UTC))
+                ok = cycle(settings, opts, log, stop.is_set)
+                if ok:
+                    _beat(conn, settings, opts.every_s, cycle_ok=datetime.now(UTC), last_error=None)
+                else:
+                    _beat(conn, settings, opts.every_s, last_error="last cycle had errors: see the worker log")
+                if opts.once:
+                    break
+                stop.wait(opts.every_s)
+            log("stop", reason="signal" if stop.is_set() else "once")
+            return 0 if ok or not opts.once else 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def last_run(conn: Conn, settings: Settings) -> dict[str, Any] | None:
+    """The worker's heartbeat row for ``status``/``health``, or None when no worker ever ran."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.worker_status",)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        sql.SQL(
+            "SELECT pid, host, every_seconds, cycle_started, cycle_ok, last_error, updated_at FROM {} "
+            "WHERE parent_table = %s"
+        ).format(_STATUS),
+        (settings.qualified,),
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("pid", "host", "every_seconds", "cycle_started", "cycle_ok", "last_error", "updated_at")
+    return dict(zip(keys, row, strict=True))
