@@ -46,6 +46,12 @@ def target_options(f: F) -> F:
                         help="Postgres URL; default: the embedded cluster (started when needed).")(f)  # fmt: skip
 
 
+def store_option(f: F) -> F:
+    return click.option("--to", "store_url", envvar="CALLVAULT_ARCHIVE_URL", default=None, metavar="URL",
+                        help="Archive store: s3://bucket/prefix or file:///dir. Default: CALLVAULT_ARCHIVE_URL, or "
+                             "<callvault home>/archive with the embedded database.")(f)  # fmt: skip
+
+
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
 
@@ -360,6 +366,23 @@ def bench_keys(dsn: str | None, schema: str, table: str, rows: int, as_json: boo
         out.print(f"{name:14} " + "  ".join(f"{k}={v}" for k, v in r.items()))
 
 
+@bench.command(name="archive")
+@target_options
+@store_option
+@click.option("--rows", default=500_000, show_default=True, help="Rows in the archived partition.")
+@json_option
+def bench_archive(dsn: str | None, schema: str, table: str, store_url: str | None, rows: int, as_json: bool) -> None:
+    """Archive throughput vs raw COPY TO of the same partition; a writer's worst wait during detach/drop."""
+    from callvault.bench import archive as ab
+
+    result = ab.run(settings_of(dsn, schema, table), rows, store_url, lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:32} {value}")
+
+
 @main.group()
 def dev() -> None:
     """The embedded private Postgres (used when no DSN is configured)."""
@@ -427,12 +450,6 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
     for line in lines:
         out.print(line, soft_wrap=True)
     out.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
-
-
-def store_option(f: F) -> F:
-    return click.option("--to", "store_url", envvar="CALLVAULT_ARCHIVE_URL", default=None, metavar="URL",
-                        help="Archive store: s3://bucket/prefix or file:///dir. Default: CALLVAULT_ARCHIVE_URL, or "
-                             "<callvault home>/archive with the embedded database.")(f)  # fmt: skip
 
 
 @main.group(name="archive", invoke_without_command=True)
