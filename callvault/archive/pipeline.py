@@ -356,7 +356,7 @@ def step_upload(ctx: _Ctx, job: _Job) -> int:
     return sent
 
 
-def duck_fingerprint(paths: list[Path], fmt: str) -> Fingerprint:
+def duck_fingerprint(paths: list[Path], fmt: str, con: Any = None) -> Fingerprint:
     """The content fingerprint of archived files, computed by DuckDB (independently of Postgres)."""
     import duckdb
 
@@ -369,46 +369,57 @@ def duck_fingerprint(paths: list[Path], fmt: str) -> Fingerprint:
             "'ended_at': 'TIMESTAMPTZ', 'duration_sec': 'INTEGER', 'transcript': 'VARCHAR', 'metadata': 'VARCHAR'}"
         )
         source = f"read_csv($files, header = true, columns = {cols}, allow_quoted_nulls = false)"
-    with duckdb.connect() as con:
+    own = con is None
+    con = con or duckdb.connect()
+    try:
         con.execute("SET TimeZone = 'UTC'")
         row = con.execute(layout.DUCK_FINGERPRINT.format(source=source), {"files": files}).fetchone()
+    finally:
+        if own:
+            con.close()
     assert row is not None
     return Fingerprint(int(row[0]), str(row[1]), row[2], row[3])
 
 
 def verify_manifest(store: Store, manifest: Manifest, key: str, workdir: Path) -> None:
     """Read every object of ``manifest`` back from ``store`` and check it; ArchiveVerifyFailed otherwise."""
+    import duckdb
+
     stored = store.get_bytes(key)
     if Manifest.from_json(stored).to_json() != manifest.to_json():
         raise ArchiveVerifyFailed(f"manifest {key} read back from {store.url} differs from the one written")
-    for tenant, entry in sorted(manifest.tenants.items()):
-        if entry.pruned_at:
-            continue
-        local = []
-        for obj in entry.objects:
-            info = store.head(obj.key)
-            if info is None:
-                raise ArchiveVerifyFailed(f"{obj.key} is missing from {store.url}")
-            if info.size != obj.size:
-                raise ArchiveVerifyFailed(
-                    f"{obj.key} in {store.url} is {info.size} bytes, expected {obj.size} (truncated?)"
-                )
-            dest = workdir / obj.key.replace("/", "_")
-            store.get_file(obj.key, dest)
-            if sha256_file(dest) != obj.sha256 or (info.sha256 is not None and info.sha256 != obj.sha256):
-                raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its SHA-256 (corrupted)")
-            local.append(dest)
-        try:
-            got = duck_fingerprint(local, manifest.fmt)
-        except Exception as exc:  # a file that hashes right but does not parse is still not an archive
-            raise ArchiveVerifyFailed(f"{tenant}'s objects in {store.url} cannot be read back: {exc}") from exc
-        if got != entry.fingerprint:
+    with duckdb.connect() as con:  # one DuckDB for every tenant: connecting costs ~10 ms
+        for tenant, entry in sorted(manifest.tenants.items()):
+            if not entry.pruned_at:
+                _verify_tenant(store, manifest, tenant, entry, workdir, con)
+
+
+def _verify_tenant(store: Store, manifest: Manifest, tenant: str, entry: TenantEntry, workdir: Path, con: Any) -> None:
+    local = []
+    for obj in entry.objects:
+        info = store.head(obj.key)
+        if info is None:
+            raise ArchiveVerifyFailed(f"{obj.key} is missing from {store.url}")
+        if info.size != obj.size:
             raise ArchiveVerifyFailed(
-                f"tenant {tenant} of {manifest.partition}: archive has {got.rows} rows (fingerprint {got.digest}), "
-                f"the database {entry.fingerprint.rows} ({entry.fingerprint.digest})"
+                f"{obj.key} in {store.url} is {info.size} bytes, expected {obj.size} (truncated?)"
             )
-        for dest in local:
-            dest.unlink(missing_ok=True)
+        dest = workdir / obj.key.replace("/", "_")
+        store.get_file(obj.key, dest)
+        if sha256_file(dest) != obj.sha256 or (info.sha256 is not None and info.sha256 != obj.sha256):
+            raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its SHA-256 (corrupted)")
+        local.append(dest)
+    try:
+        got = duck_fingerprint(local, manifest.fmt, con)
+    except Exception as exc:  # a file that hashes right but does not parse is still not an archive
+        raise ArchiveVerifyFailed(f"{tenant}'s objects in {store.url} cannot be read back: {exc}") from exc
+    if got != entry.fingerprint:
+        raise ArchiveVerifyFailed(
+            f"tenant {tenant} of {manifest.partition}: archive has {got.rows} rows (fingerprint {got.digest}), "
+            f"the database {entry.fingerprint.rows} ({entry.fingerprint.digest})"
+        )
+    for dest in local:
+        dest.unlink(missing_ok=True)
 
 
 def step_verify(ctx: _Ctx, job: _Job) -> None:
