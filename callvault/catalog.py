@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from callvault.config import Settings
+from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.plan import PartitionInfo
 
@@ -57,6 +57,14 @@ def parent_regclass(settings: Settings) -> str:
 
 def table_exists(conn: Conn, settings: Settings) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (parent_regclass(settings),)).fetchone()
+    return bool(row and row[0])
+
+
+def meta_table_exists(conn: Conn, name: str) -> bool:
+    """Whether callvault's bookkeeping table ``callvault.<name>`` exists (older installs may lack it)."""
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (sql.Identifier(META_SCHEMA, name).as_string(),)
+    ).fetchone()
     return bool(row and row[0])
 
 

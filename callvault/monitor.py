@@ -125,8 +125,7 @@ def classify(info: PartitionInfo, now: datetime) -> str:
 
 
 def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.maintenance_log",)).fetchone()
-    if not exists or not exists[0]:
+    if not catalog.meta_table_exists(conn, "maintenance_log"):
         return None
     query = sql.SQL("SELECT max(finished_at) FROM {} WHERE parent_table = %s").format(
         sql.Identifier(META_SCHEMA, "maintenance_log")

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
+from callvault import catalog
 from callvault.archive.pipeline import archive, ensure_tables
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
@@ -168,8 +169,7 @@ def run(
 
 def last_run(conn: Conn, settings: Settings) -> dict[str, Any] | None:
     """The worker's heartbeat row for ``status``/``health``, or None when no worker ever ran."""
-    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.worker_status",)).fetchone()
-    if not exists or not exists[0]:
+    if not catalog.meta_table_exists(conn, "worker_status"):
         return None
     row = conn.execute(
         sql.SQL(

@@ -19,7 +19,6 @@ nothing left to detach.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -177,8 +176,9 @@ def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt
     pm = require_partman(conn, settings)
     plan = current_plan(conn, settings, pm, at)
     interval = plan.interval
-    jobs = {s: j for s, j in _journal(conn, settings).items() if j.step != "dropped"}
-    done = {s for s, j in _journal(conn, settings).items() if j.step == "dropped"}
+    journal = _journal(conn, settings)
+    jobs = {s: j for s, j in journal.items() if j.step != "dropped"}
+    done = {s for s, j in journal.items() if j.step == "dropped"}
     found: dict[datetime, tuple[str, datetime]] = {}
     for p in plan.retire:
         if p.start is not None and p.end is not None:
@@ -575,27 +575,8 @@ def archive(
     return report
 
 
-def journal_problems(conn: Conn, settings: Settings) -> list[str]:
-    """Journal entries that failed their last attempt (shown by ``status``, failing ``health``)."""
-    if not catalog_has_journal(conn):
-        return []
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT partition, step, error, attempts FROM {} WHERE parent_table = %s AND error IS NOT NULL "
-            "AND step <> 'dropped' ORDER BY range_start"
-        ).format(_meta("archive_journal")),
-        (settings.qualified,),
-    ).fetchall()
-    return [f"archive of {p} stuck at step {s} after {a} attempt(s): {e}" for p, s, e, a in rows]
-
-
-def catalog_has_journal(conn: Conn) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.archive_journal",)).fetchone()
-    return bool(row and row[0])
-
-
 def journal_rows(conn: Conn, settings: Settings) -> list[dict[str, object]]:
-    if not catalog_has_journal(conn):
+    if not catalog.meta_table_exists(conn, "archive_journal"):
         return []
     rows = conn.execute(
         sql.SQL(
@@ -608,7 +589,3 @@ def journal_rows(conn: Conn, settings: Settings) -> list[dict[str, object]]:
         {"partition": p, "from": s.isoformat(), "step": st, "error": e, "attempts": a, "updated_at": u.isoformat()}
         for p, s, st, e, a, u in rows
     ]
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, default=str)

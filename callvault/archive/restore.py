@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -62,7 +63,8 @@ def load_manifest(store: Store, settings: Settings, interval: Interval, start: d
     return Manifest.from_json(store.get_bytes(key))
 
 
-def _rows(path: Path, fmt: str) -> list[tuple[object, ...]]:
+def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
+    """The file's rows as Postgres text input, streamed in batches (bounded memory for 1M-row parts)."""
     import duckdb
 
     if fmt == "parquet":
@@ -75,7 +77,9 @@ def _rows(path: Path, fmt: str) -> list[tuple[object, ...]]:
     )
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(f"SELECT {cols} FROM {src}", {"f": str(path)}).fetchall()
+        cur = con.execute(f"SELECT {cols} FROM {src}", {"f": str(path)})
+        while batch := cur.fetchmany(10_000):
+            yield from batch
 
 
 def _stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], workdir: Path) -> None:

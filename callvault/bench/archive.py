@@ -26,7 +26,7 @@ from typing import Any
 
 from psycopg import sql
 
-from callvault import bootstrap
+from callvault import bootstrap, catalog
 from callvault.archive.pipeline import archive
 from callvault.bench import data
 from callvault.bench._timing import pct
@@ -52,7 +52,7 @@ def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str
             ),
             (f"{SCHEMA}.%",),
         )
-        if _has_journal(conn):
+        if catalog.meta_table_exists(conn, "archive_journal"):
             conn.execute("DELETE FROM callvault.archive_journal WHERE parent_table = %s", (s.qualified,))
         conn.commit()
         bootstrap.init(conn, s)
@@ -63,11 +63,6 @@ def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str
     with connect(s, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(SCHEMA, TABLE)))
     return s, f"{TABLE}_{Interval.WEEKLY.suffix(week)}"
-
-
-def _has_journal(conn: Any) -> bool:
-    row = conn.execute("SELECT to_regclass('callvault.archive_journal') IS NOT NULL").fetchone()
-    return bool(row and row[0])
 
 
 def _raw_copy(s: Settings, partition: str) -> tuple[float, int]:
