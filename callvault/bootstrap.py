@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
-from callvault import catalog, partman, schema
+from callvault import catalog, partman, schema, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import InvalidSetting, NotInitialised, SchemaMismatch
 from callvault.partman import PartmanInfo
+from callvault.roles import require_role_admin, role_steps
+from callvault.tenancy import policy
 
 OFFLINE_PARTMAN = PartmanInfo(version="4.7.2", schema="partman")  # what --sql assumes with no database
 
@@ -46,10 +48,11 @@ class Step:
 @dataclass
 class InitReport:
     steps: list[Step] = field(default_factory=list)
+    secured: list[str] = field(default_factory=list)  # partition repairs (tenant policy, grants, owner)
 
     @property
     def changed(self) -> bool:
-        return bool(self.steps)
+        return bool(self.steps or self.secured)
 
 
 def first_partition_start(settings: Settings, now: datetime) -> datetime:
@@ -119,19 +122,51 @@ def _schema_exists(conn: Conn, name: str) -> bool:
 def _meta_steps(conn: Conn | None, pm: PartmanInfo) -> list[Step]:
     if conn is not None:
         row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL",
-            (f"{META_SCHEMA}.maintenance_log", f"{META_SCHEMA}.quarantine", f"{META_SCHEMA}.run_maintenance(text)"),
-        ).fetchone()
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL "
+            "AND to_regprocedure(%s) IS NOT NULL",
+            (f"{META_SCHEMA}.maintenance_log", f"{META_SCHEMA}.quarantine", f"{META_SCHEMA}.run_maintenance(text)",
+             f"{META_SCHEMA}.quarantine_once(text,text,text)"),
+        ).fetchone()  # fmt: skip
         if row and row[0]:
             return []
     meta = schema.meta_schema_sql()
     steps = [Step(f"callvault bookkeeping ({i}/{len(meta)})", stmt) for i, stmt in enumerate(meta, 1)]
     steps.append(Step("maintenance procedure for pg_cron", schema.maintenance_procedure_sql(pm.schema)))
+    steps.append(Step("only granted roles may quarantine through the definer", schema.revoke_quarantine_once_sql()))
     return steps
 
 
-def init_steps(conn: Conn | None, settings: Settings, now: datetime | None = None) -> list[Step]:
-    """What ``init`` would run, given what exists (``conn=None``: assume an empty database)."""
+RLS_STATE_SQL = """
+SELECT c.relrowsecurity, c.relforcerowsecurity,
+       EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = %s)
+FROM pg_class c WHERE c.oid = %s::regclass
+"""
+
+
+def _rls_steps(conn: Conn | None, settings: Settings) -> list[Step]:
+    """Row-level security on the parent: enabled, forced, callvault's tenant policy (always, with or
+    without --roles). Partitions get the same from :func:`callvault.tenancy.secure` after creation."""
+    rls = force = has_policy = False
+    if conn is not None and catalog.table_exists(conn, settings):
+        row = conn.execute(RLS_STATE_SQL, (policy.POLICY_NAME, catalog.parent_regclass(settings))).fetchone()
+        assert row is not None
+        rls, force, has_policy = row
+    parent = policy.table(settings)
+    steps = []
+    if not rls:
+        steps.append(Step("enable row-level security on the parent", policy.enable_rls_sql(parent)))
+    if not force:
+        steps.append(Step("force row-level security on the parent (its owner too)", policy.force_rls_sql(parent)))
+    if not has_policy:
+        steps.append(Step(f"tenant policy {policy.POLICY_NAME} (app.tenant_id)", policy.create_policy_sql(parent)))
+    return steps
+
+
+def init_steps(
+    conn: Conn | None, settings: Settings, now: datetime | None = None, *, roles: bool = False
+) -> list[Step]:
+    """What ``init`` would run, given what exists (``conn=None``: assume an empty database).
+    ``roles``: also create the four roles and their grants (:mod:`callvault.roles`)."""
     now = now or datetime.now(UTC)
     steps: list[Step] = []
     pm = partman.installed(conn) if conn is not None else None
@@ -143,17 +178,25 @@ def init_steps(conn: Conn | None, settings: Settings, now: datetime | None = Non
             for i, stmt in enumerate(partman.install_sql(pm.schema), 1)
         ]
     steps += _table_steps(conn, settings, pm, now)
-    steps += _meta_steps(conn, pm)
+    meta = _meta_steps(conn, pm)
+    steps += meta
+    steps += _rls_steps(conn, settings)
+    if roles:
+        fresh = bool(meta) or not (conn is not None and catalog.table_exists(conn, settings))
+        steps += [Step(s.what, s.statement) for s in role_steps(conn, settings, pm, fresh=fresh)]
     return steps
 
 
-def init(conn: Conn, settings: Settings, now: datetime | None = None) -> InitReport:
-    """Run :func:`init_steps` in one transaction; a failure changes nothing."""
+def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: bool = False) -> InitReport:
+    """Run :func:`init_steps` in one transaction, then secure every partition; a failure changes nothing."""
     with conn.transaction():
-        steps = init_steps(conn, settings, now)
+        steps = init_steps(conn, settings, now, roles=roles)
+        if roles:
+            require_role_admin(conn, steps)
         for step in steps:
             conn.execute(step.statement)
-    return InitReport(steps=steps)
+        secured = tenancy.secure(conn, settings)
+    return InitReport(steps=steps, secured=secured)
 
 
 def render(steps: list[Step], conn: Conn | None) -> str:

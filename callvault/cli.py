@@ -4,6 +4,7 @@ on stderr and the error's exit code (see docs/cli.md for the table)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +14,7 @@ import click
 from psycopg import sql
 from rich.console import Console
 
-from callvault import bootstrap, catalog, config, demo, monitor, render, schedule
+from callvault import bootstrap, catalog, config, demo, monitor, render, schedule, tenancy
 from callvault import maintain as maintenance
 from callvault.db import connect
 from callvault.embedded import Cluster
@@ -44,6 +45,13 @@ def target_options(f: F) -> F:
                      help="Schema of the table.")(f)  # fmt: skip
     return click.option("--dsn", envvar="CALLVAULT_DSN", default=None,
                         help="Postgres URL; default: the embedded cluster (started when needed).")(f)  # fmt: skip
+
+
+def role_option(f: F) -> F:
+    return click.option("--role-prefix", envvar="CALLVAULT_ROLE_PREFIX", default=config.DEFAULT_ROLE_PREFIX,
+                        show_default=True, help="Roles are <prefix>_owner, _ingest, _app, _tenant_writer; "
+                        "CALLVAULT_OWNER_ROLE, _INGEST_ROLE, _APP_ROLE, _TENANT_WRITER_ROLE name one "
+                        "each.")(f)  # fmt: skip
 
 
 def store_option(f: F) -> F:
@@ -92,27 +100,58 @@ def main() -> None:
 @click.option("--retention", default="90 days", show_default=True, help="Hot retention, e.g. '90 days', or 'none'.")
 @click.option("--default-partition/--no-default-partition", default=False, show_default=True,
               help="Keep a default partition (policy: none; see docs/design.md).")  # fmt: skip
+@click.option(
+    "--roles",
+    "with_roles",
+    is_flag=True,
+    help="Also create the owner, ingest, app and tenant_writer roles and their grants (needs a superuser).",
+)
+@role_option
 @click.option("--sql", "print_sql", is_flag=True, help="Print the DDL that would run; change nothing.")
 def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, retention: str,
-         default_partition: bool, print_sql: bool) -> None:  # fmt: skip
-    """Create the partitioned table and hand it to pg_partman (idempotent)."""
+         default_partition: bool, with_roles: bool, role_prefix: str, print_sql: bool) -> None:  # fmt: skip
+    """Create the partitioned table, hand it to pg_partman, enforce tenant isolation (idempotent)."""
     lifecycle = config.lifecycle_from(interval, premake, retention)
-    s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition)
+    s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition,
+                    roles=config.roles_from_env(os.environ, role_prefix))  # fmt: skip
     if print_sql:
         try:
             with connect(s) as conn:
-                click.echo(bootstrap.render(bootstrap.init_steps(conn, s), conn), nl=False)
+                click.echo(bootstrap.render(bootstrap.init_steps(conn, s, roles=with_roles), conn), nl=False)
         except DatabaseUnavailable as exc:
             click.echo(f"-- offline (database unreachable: {exc}); assuming an empty database, pg_partman "
                        f"{bootstrap.OFFLINE_PARTMAN.version}")  # fmt: skip
-            click.echo(bootstrap.render(bootstrap.init_steps(None, s), None), nl=False)
+            click.echo(bootstrap.render(bootstrap.init_steps(None, s, roles=with_roles), None), nl=False)
         return
     with connect(s) as conn:
-        report = bootstrap.init(conn, s)
+        report = bootstrap.init(conn, s, roles=with_roles)
     if not report.changed:
         out.print(f"{s.qualified} is already initialised; nothing to do")
     for step in report.steps:
         out.print(f"  done: {step.what}")
+    if report.secured:
+        out.print(f"  secured: {render.secured_summary(report.secured)}", soft_wrap=True)
+    if with_roles and report.steps:
+        r = s.roles
+        out.print(f"roles: owner {r.owner}, ingest {r.ingest}, app {r.app}, tenant_writer {r.tenant_writer} "
+                  "(LOGIN without a password: set one with ALTER ROLE ... PASSWORD, see docs/tenancy.md)")  # fmt: skip
+
+
+@main.command(name="audit")
+@target_options
+@role_option
+@click.option("--fix", is_flag=True, help="Repair partitions first (policy, RLS, grants, owner), as maintain does.")
+@json_option
+def audit_cmd(dsn: str | None, schema: str, table: str, role_prefix: str, fix: bool, as_json: bool) -> None:
+    """Prove tenant isolation on the parent and every partition; exit 3 naming each leak or gap."""
+    s = settings_of(dsn, schema, table, roles=config.roles_from_env(os.environ, role_prefix))
+    with connect(s) as conn:
+        report = tenancy.audit(conn, s, fix=fix)
+    emit(report.to_dict()) if as_json else render.audit(out, report)
+    if report.failed:
+        first = report.failed[0]
+        raise Unhealthy(f"tenant isolation of {s.qualified}: {first.problem}"
+                        + (f" (+{len(report.failed) - 1} more)" if len(report.failed) > 1 else ""))  # fmt: skip
 
 
 @main.command()

@@ -25,6 +25,8 @@ DEFAULT_LOCK_TIMEOUT_MS = 3_000
 DEFAULT_PARTITION_WARN = 8_000
 
 DEFAULT_RETENTION = Retention(months=0, days=90)
+DEFAULT_ROLE_PREFIX = "callvault"
+ROLE_SUFFIXES = {"owner": "_owner", "ingest": "_ingest", "app": "_app", "tenant_writer": "_tenant_writer"}
 META_SCHEMA = "callvault"  # callvault's own bookkeeping tables (maintenance log, ...)
 
 
@@ -46,6 +48,46 @@ def check_identifier(value: str, what: str, max_bytes: int = MAX_IDENTIFIER_BYTE
 
 
 @dataclass(frozen=True)
+class Roles:
+    """The four roles ``callvault init --roles`` creates (see docs/tenancy.md for what each may do).
+
+    * ``owner``: owns the table and every partition; DDL, maintenance, archive, restore. BYPASSRLS
+      (it must read every tenant's rows to archive them); never used by the application.
+    * ``ingest``: the trusted batching writer. BYPASSRLS because Postgres refuses ``COPY FROM`` to any
+      role row-level security applies to; INSERT only, so it cannot read a transcript.
+    * ``app``: tenant-scoped reads; SELECT on the parent only, subject to the tenant policy.
+    * ``tenant_writer``: untrusted, tenant-scoped writes (stage + ``INSERT ... SELECT`` through the
+      parent, so the policy's WITH CHECK refuses another tenant's rows); INSERT on the parent only.
+    """
+
+    owner: str = DEFAULT_ROLE_PREFIX + ROLE_SUFFIXES["owner"]
+    ingest: str = DEFAULT_ROLE_PREFIX + ROLE_SUFFIXES["ingest"]
+    app: str = DEFAULT_ROLE_PREFIX + ROLE_SUFFIXES["app"]
+    tenant_writer: str = DEFAULT_ROLE_PREFIX + ROLE_SUFFIXES["tenant_writer"]
+
+    def __post_init__(self) -> None:
+        names = self.as_dict()
+        for kind, name in names.items():
+            check_identifier(name, f"{kind} role name")
+            if name.lower().startswith("pg_"):
+                raise InvalidSetting(f"{kind} role name {name!r} starts with 'pg_', which Postgres reserves")
+        if len(set(names.values())) != len(names):
+            raise InvalidSetting(f"role names must be four different roles, got {names}")
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Roles:
+        return cls(**{kind: prefix + suffix for kind, suffix in ROLE_SUFFIXES.items()})
+
+    def as_dict(self) -> dict[str, str]:
+        return {"owner": self.owner, "ingest": self.ingest, "app": self.app, "tenant_writer": self.tenant_writer}
+
+    @property
+    def application(self) -> tuple[str, str]:
+        """Roles that must stay subject to the tenant policy."""
+        return (self.app, self.tenant_writer)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything callvault needs to know about one managed table."""
 
@@ -57,6 +99,7 @@ class Settings:
     default_partition: bool = False
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     partition_warn: int = DEFAULT_PARTITION_WARN
+    roles: Roles = field(default_factory=Roles)
 
     def __post_init__(self) -> None:
         check_identifier(self.schema, "schema")
@@ -98,8 +141,21 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
             values[key] = env[var]
     if env.get("CALLVAULT_LOCK_TIMEOUT_MS"):
         values["lock_timeout_ms"] = _int(env["CALLVAULT_LOCK_TIMEOUT_MS"], "CALLVAULT_LOCK_TIMEOUT_MS")
+    values["roles"] = roles_from_env(env)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def roles_from_env(env: Mapping[str, str], prefix: str | None = None) -> Roles:
+    """``CALLVAULT_ROLE_PREFIX`` (default ``callvault``) names all four roles; ``CALLVAULT_<KIND>_ROLE``
+    (OWNER, INGEST, APP, TENANT_WRITER) overrides one. ``prefix`` (the CLI's --role-prefix) wins."""
+    base = Roles.with_prefix(prefix or env.get("CALLVAULT_ROLE_PREFIX") or DEFAULT_ROLE_PREFIX)
+    names = base.as_dict()
+    for kind in names:
+        value = env.get(f"CALLVAULT_{kind.upper()}_ROLE")
+        if value:
+            names[kind] = value
+    return Roles(**names)
 
 
 def _int(text: str, name: str) -> int:

@@ -41,6 +41,10 @@ def connect(settings: Settings, *, autocommit: bool = False) -> Conn:
             "CALLVAULT_DSN, or unset both to use the embedded Postgres"
         ) from exc
     conn.execute("SET timezone TO 'UTC'")
+    # callvault's own commands (maintain, archive, restore, status) must see every row or fail:
+    # with row_security off, a role that row-level security would filter gets an error instead of
+    # a silently partial view (an archive of nothing, a count of zero).
+    conn.execute("SET row_security TO off")
     if not autocommit:
         conn.commit()
     return conn

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, partman
+from callvault import catalog, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, CallvaultError, NotInitialised
@@ -42,18 +42,19 @@ class MaintenanceReport:
     created: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    secured: list[str] = field(default_factory=list)  # tenant-isolation repairs (see callvault.tenancy.audit)
     attempts: int = 0
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.detached or self.dropped)
+        return bool(self.created or self.detached or self.dropped or self.secured)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "table": self.table, "at": self.at.isoformat() if self.at else None,
             "created": self.created, "detached": self.detached, "dropped": self.dropped,
-            "attempts": self.attempts, "seconds": round(self.seconds, 3),
+            "secured": self.secured, "attempts": self.attempts, "seconds": round(self.seconds, 3),
         }  # fmt: skip
 
 
@@ -135,6 +136,12 @@ def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None)
             conn.execute(partman.retention_sql(settings, pm, at))
 
 
+def _secure(conn: Conn, settings: Settings, report: MaintenanceReport) -> None:
+    """Every run re-checks tenant isolation on every partition (new ones included) and repairs drift."""
+    with conn.transaction():
+        report.secured = tenancy.secure(conn, settings)
+
+
 def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
     conn.execute(
         sql.SQL(
@@ -167,6 +174,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             gone = before_attached - after_attached
             report.detached = sorted(gone & after_detached)
             report.dropped = sorted(gone - after_detached)
+            retry_locks(lambda: _secure(conn, settings, report), f"securing partitions of {report.table}")
             report.seconds = time.perf_counter() - t0
             _log(conn, report, started)
         finally:

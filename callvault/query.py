@@ -5,6 +5,10 @@ or wider than ``max_window`` (default: the table's hot retention) is refused bef
 Statements use the bounds as parameters, never functions of ``started_at``, so the planner prunes
 partitions — at plan time for custom plans, at executor start ("Subplans Removed") for the generic
 plans Postgres may switch to after psycopg prepares a statement (5th execution on).
+
+Every read runs in its own transaction with the tenant set transaction-locally
+(:func:`callvault.tenancy.tenant`), so under row-level security the application role sees that
+tenant's rows and nothing else, even if a statement's own ``tenant_id`` filter were wrong.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from psycopg import sql
 from callvault.config import DEFAULT_RETENTION, Settings
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
+from callvault.tenancy.session import atenant, tenant
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000  # a page bigger than this is an export, not a query: use the archive tools
@@ -181,22 +186,28 @@ class Reader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        rows = self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params).fetchall()
+        with tenant(self.conn, tenant_id):
+            rows = self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params).fetchall()
         return _page(rows, limit)
 
     def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        row = self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params).fetchone()
+        with tenant(self.conn, tenant_id):
+            row = self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params).fetchone()
         return CallRecord(*row) if row else None
 
     def count_calls(self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None) -> int:
-        row = self.conn.execute(count_sql(self.settings), self._window(tenant_id, since, until)).fetchone()
+        params = self._window(tenant_id, since, until)
+        with tenant(self.conn, tenant_id):
+            row = self.conn.execute(count_sql(self.settings), params).fetchone()
         return int(row[0]) if row else 0
 
     def daily_stats(
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
-        rows = self.conn.execute(daily_sql(self.settings), self._window(tenant_id, since, until)).fetchall()
+        params = self._window(tenant_id, since, until)
+        with tenant(self.conn, tenant_id):
+            rows = self.conn.execute(daily_sql(self.settings), params).fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
     def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
@@ -225,27 +236,35 @@ class AsyncReader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params)
-        return _page(await cur.fetchall(), limit)
+        async with atenant(self.conn, tenant_id):
+            cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params)
+            rows = await cur.fetchall()
+        return _page(rows, limit)
 
     async def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        cur = await self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params)
-        row = await cur.fetchone()
+        async with atenant(self.conn, tenant_id):
+            cur = await self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params)
+            row = await cur.fetchone()
         return CallRecord(*row) if row else None
 
     async def count_calls(
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
-        cur = await self.conn.execute(count_sql(self.settings), self._window(tenant_id, since, until))
-        row = await cur.fetchone()
+        params = self._window(tenant_id, since, until)
+        async with atenant(self.conn, tenant_id):
+            cur = await self.conn.execute(count_sql(self.settings), params)
+            row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def daily_stats(
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
-        cur = await self.conn.execute(daily_sql(self.settings), self._window(tenant_id, since, until))
-        return [DayStat(day, int(n), int(total)) for day, n, total in await cur.fetchall()]
+        params = self._window(tenant_id, since, until)
+        async with atenant(self.conn, tenant_id):
+            cur = await self.conn.execute(daily_sql(self.settings), params)
+            rows = await cur.fetchall()
+        return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
     def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         return window_params(tenant_id, since, until, self.max_window)

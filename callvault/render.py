@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from callvault.archive.pipeline import ArchiveReport
 from callvault.maintain import MaintenanceReport
 from callvault.monitor import Status
 from callvault.plan import Plan
+from callvault.tenancy.audit import AuditReport
 
 
 def _d(ts: datetime | None) -> str:
@@ -96,6 +98,26 @@ def maintenance(console: Console, r: MaintenanceReport) -> None:
     console.print(f"maintenance of {r.table}{when}: {r.seconds:.2f}s, {r.attempts} attempt(s)")
     for label, names in (("created", r.created), ("detached", r.detached), ("dropped", r.dropped)):
         console.print(f"  {label}: {len(names)}" + (f"  {', '.join(names)}" if names else ""))
+    if r.secured:
+        console.print(f"  secured: {secured_summary(r.secured)}", soft_wrap=True)
+
+
+def secured_summary(repairs: list[str]) -> str:
+    """'<relation>: <what>' repairs as one line: how many relations, and which."""
+    names = sorted({r.split(":", 1)[0] for r in repairs})
+    return f"{len(names)} relation(s) given the tenant policy / RLS / owner / no grants: {', '.join(names)}"
+
+
+def audit(console: Console, r: AuditReport) -> None:
+    for what in r.repaired:
+        console.print(f"  repaired: {what}", soft_wrap=True)
+    colour = {"leak": "red", "error": "red", "warning": "yellow"}
+    for f in r.findings:
+        console.print(f"[{colour[f.severity]}]{f.severity.upper()}[/] {escape(f.problem)}. Fix: {escape(f.fix)}",
+                      soft_wrap=True, highlight=False)  # fmt: skip
+    verdict = "FAILED" if r.failed else "ok"
+    console.print(f"tenant isolation of {r.table}: {verdict} ({r.partitions} partitions checked, "
+                  f"{len(r.failed)} problems, {len(r.findings) - len(r.failed)} warnings)")  # fmt: skip
 
 
 def archive(console: Console, r: ArchiveReport) -> None:

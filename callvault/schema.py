@@ -144,7 +144,23 @@ def quarantine_sql() -> list[sql.Composed]:
         ).format(meta),
         sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_target_idx ON {}.quarantine (target_table, id)").format(meta),
         sql.SQL("CREATE INDEX IF NOT EXISTS quarantine_raw_idx ON {}.quarantine (target_table, md5(raw))").format(meta),
+        quarantine_once_sql(),
     ]
+
+
+def quarantine_once_sql() -> sql.Composed:
+    """Quarantine a row of a re-sent batch unless the first attempt already did.
+
+    SECURITY DEFINER so the trusted ingest role needs only EXECUTE: checking for the earlier copy
+    means reading ``raw`` (transcripts), which that role must not be able to do itself. The
+    search_path is pinned, as every SECURITY DEFINER function's must be."""
+    return sql.SQL(
+        """CREATE OR REPLACE FUNCTION {f}(p_target text, p_reason text, p_raw text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+    INSERT INTO {q} (target_table, reason, raw) SELECT p_target, p_reason, p_raw
+    WHERE NOT EXISTS (SELECT 1 FROM {q} WHERE target_table = p_target AND md5(raw) = md5(p_raw) AND raw = p_raw)
+$fn$"""
+    ).format(f=sql.Identifier(META_SCHEMA, "quarantine_once"), q=sql.Identifier(META_SCHEMA, "quarantine"))
 
 
 def archive_sql() -> list[sql.Composed]:
@@ -205,6 +221,13 @@ def archive_sql() -> list[sql.Composed]:
 )"""
         ).format(meta),
     ]
+
+
+def revoke_quarantine_once_sql() -> sql.Composed:
+    """Functions are executable by PUBLIC by default; this one is for the ingest role only."""
+    return sql.SQL("REVOKE ALL ON FUNCTION {}(text, text, text) FROM PUBLIC").format(
+        sql.Identifier(META_SCHEMA, "quarantine_once")
+    )
 
 
 def maintenance_procedure_sql(partman_schema: str) -> sql.Composed:

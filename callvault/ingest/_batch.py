@@ -121,11 +121,15 @@ STAGE_COPY = copy_sql(sql.Identifier(STAGE))
 
 
 def merge_sql(settings: Settings) -> sql.Composed:
-    """Staged rows into the table; a retried row (same tenant, call id, started_at) is skipped."""
+    """Staged rows into the table; a retried row (same tenant, call id, started_at) is skipped.
+
+    ``ON CONFLICT DO NOTHING`` without a conflict target: with a target Postgres also demands SELECT
+    on the key columns, and the writers hold INSERT only. The primary key's ``id`` comes from the
+    sequence, so the only key a retried row can hit is ``(tenant_id, call_id, started_at)``."""
     cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-    return sql.SQL(
-        "INSERT INTO {} ({cols}) SELECT {cols} FROM {} ON CONFLICT (tenant_id, call_id, started_at) DO NOTHING"
-    ).format(sql.Identifier(settings.schema, settings.table), sql.Identifier(STAGE), cols=cols)
+    return sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {} ON CONFLICT DO NOTHING").format(
+        sql.Identifier(settings.schema, settings.table), sql.Identifier(STAGE), cols=cols
+    )
 
 
 def quarantine_sql(*, dedupe: bool = False) -> sql.Composed:
@@ -134,10 +138,7 @@ def quarantine_sql(*, dedupe: bool = False) -> sql.Composed:
     q = sql.Identifier(META_SCHEMA, "quarantine")
     if not dedupe:
         return sql.SQL("INSERT INTO {} (target_table, reason, raw) VALUES (%s, %s, %s)").format(q)
-    return sql.SQL(
-        "INSERT INTO {q} (target_table, reason, raw) SELECT %(t)s, %(r)s, %(raw)s WHERE NOT EXISTS "
-        "(SELECT 1 FROM {q} WHERE target_table = %(t)s AND md5(raw) = md5(%(raw)s) AND raw = %(raw)s)"
-    ).format(q=q)
+    return sql.SQL("SELECT {}(%(t)s, %(r)s, %(raw)s)").format(sql.Identifier(META_SCHEMA, "quarantine_once"))
 
 
 def quarantine_params(settings: Settings, rejected: list[Rejected], *, dedupe: bool = False) -> list[Any]:

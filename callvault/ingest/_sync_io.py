@@ -35,7 +35,7 @@ def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected], *, ded
             cur.executemany(b.quarantine_sql(dedupe=dedupe), b.quarantine_params(settings, rejected, dedupe=dedupe))
 
 
-def _merge(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+def merge_rows(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
     if not rows:
         return 0, []
     try:
@@ -49,7 +49,7 @@ def _merge(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[R
         if len(rows) == 1:
             return 0, [Rejected(b.row_as_input(rows[0]), b.db_reason(exc))]
     mid = len(rows) // 2
-    left, right = _merge(conn, settings, rows[:mid]), _merge(conn, settings, rows[mid:])
+    left, right = merge_rows(conn, settings, rows[:mid]), merge_rows(conn, settings, rows[mid:])
     return left[0] + right[0], left[1] + right[1]
 
 
@@ -73,7 +73,7 @@ def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range:
     with conn.transaction():
         conn.execute(b.DURABLE)
         conn.execute(b.STAGE_DDL)
-        written, refused = _merge(conn, settings, rows)
+        written, refused = merge_rows(conn, settings, rows)
         rejected += refused
         _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     return b.idempotent_result(rows, written, len(refused), len(rejected))

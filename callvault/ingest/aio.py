@@ -32,8 +32,10 @@ from callvault.ingest.writer import (
     DEFAULT_MAX_PENDING,
     DEFAULT_RETRY_FOR,
     RANGE_REFRESH_S,
+    RLS_SQL,
     CallLike,
     as_settings,
+    refuse_if_rls,
 )
 
 _STOP = object()
@@ -91,6 +93,8 @@ class AsyncWriter:
                 row = await (await conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",))).fetchone()
                 if row is None or row[0] is None:
                     raise NotInitialised(f"{self.settings.qualified} is not initialised: run `callvault init` first")
+                cur = await conn.execute(RLS_SQL, (catalog.parent_regclass(self.settings),))
+                refuse_if_rls(await cur.fetchone(), self.settings)
                 await self._load_range(conn)
         except BaseException:
             if self._own_pool:

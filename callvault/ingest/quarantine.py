@@ -19,7 +19,7 @@ from callvault import catalog
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.ingest import _batch as b
-from callvault.ingest._sync_io import _merge, _quarantine
+from callvault.ingest._sync_io import _quarantine, merge_rows
 from callvault.ingest.validate import LiveRange, Rejected, Row, Rules, validate
 
 Q = sql.Identifier(META_SCHEMA, "quarantine")
@@ -106,7 +106,7 @@ def replay(
                 good.append(out)
                 done.append(qid)
         conn.execute(b.STAGE_DDL)
-        written, refused = _merge(conn, settings, good)
+        written, refused = merge_rows(conn, settings, good)
         _quarantine(conn, settings, refused)  # refused by the database: back in with its reason
         conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(Q), (done,))
     bad = len(picked) - len(done) + len(refused)

@@ -67,10 +67,24 @@ def configure_connection(conn: Conn) -> None:
     b.prepare_connection(conn)
 
 
+RLS_SQL = "SELECT row_security_active(%s::regclass), current_user"
+
+
+def refuse_if_rls(row: tuple[Any, ...] | None, settings: Settings) -> None:
+    """Fail at start-up, not at the first batch, when row-level security binds the writer's role."""
+    if row and row[0]:
+        raise WriterError(
+            f"role {row[1]} is subject to row-level security on {settings.qualified}, and Postgres refuses COPY for "
+            f"such roles: connect the writer as the trusted ingest role ({settings.roles.ingest}, made by "
+            "`callvault init --roles`), or write one tenant's calls with callvault.tenancy.TenantWriter"
+        )
+
+
 def check_ready(conn: Conn, settings: Settings) -> LiveRange:
     row = conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",)).fetchone()
     if not catalog.table_exists(conn, settings) or not row or row[0] is None:
         raise NotInitialised(f"{settings.qualified} or its quarantine table is missing: run `callvault init` first")
+    refuse_if_rls(conn.execute(RLS_SQL, (catalog.parent_regclass(settings),)).fetchone(), settings)
     live = LiveRange(catalog.partition_bounds(conn, settings))
     conn.commit()
     return live

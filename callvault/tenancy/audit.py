@@ -1,0 +1,195 @@
+"""Prove isolation (``callvault audit``) and repair drift (every ``maintain`` run).
+
+The invariant, on the parent and on every partition (attached, default, detached awaiting archive,
+restored):
+
+* RLS enabled and forced, callvault's tenant policy present and unchanged, no other permissive
+  policy (Postgres ORs permissive policies together, so any other one widens access);
+* partitions carry no grants at all (the parent is the only way in) and share the parent's owner;
+* the application roles are not superuser, have no BYPASSRLS, cannot become a role that has or that
+  owns the table, and read no partition by name; the trusted ingest role reads no transcript.
+
+:func:`evaluate` and :func:`repairs` are pure (facts in, findings/statements out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from callvault import catalog
+from callvault.config import Settings
+from callvault.db import Conn
+from callvault.errors import NotInitialised
+from callvault.tenancy import policy as p
+from callvault.tenancy.facts import Facts, RelFact, RoleFact, read_facts
+
+LEAK, ERROR, WARNING = "leak", "error", "warning"
+KIND_NAMES = {"partition": "partition", "default": "default partition", "detached": "detached partition"}
+FIX = "run `callvault audit --fix` (every `callvault maintain` does the same)"
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # leak: some role can read across tenants now; error: a defence is missing; warning
+    relation: str | None
+    role: str | None
+    problem: str
+    fix: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AuditReport:
+    table: str
+    partitions: int
+    findings: list[Finding] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity != WARNING]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "table": self.table, "partitions_checked": self.partitions, "ok": not self.failed,
+            "findings": [f.to_dict() for f in self.findings], "repaired": self.repaired,
+        }  # fmt: skip
+
+
+def _relation(rel: RelFact) -> list[Finding]:
+    out: list[Finding] = []
+    where = f"the parent {rel.name}" if rel.kind == "parent" else f"{KIND_NAMES[rel.kind]} {rel.name}"
+    if not rel.rls:
+        out.append(Finding(LEAK if rel.kind == "parent" else ERROR, rel.name, None,
+                           f"row-level security is off on {where}", FIX))  # fmt: skip
+    elif not rel.force:
+        out.append(Finding(ERROR, rel.name, rel.owner, f"row-level security is not forced on {where}: its owner "
+                           "reads every tenant", FIX))  # fmt: skip
+    if not rel.has_policy:
+        out.append(Finding(ERROR, rel.name, None, f"{where} lacks the unchanged policy {p.POLICY_NAME}", FIX))
+    for pol in rel.widening:
+        out.append(Finding(LEAK, rel.name, None, f"permissive policy {pol.name!r} on {where} (USING {pol.using}) "
+                           "is OR-ed with the tenant policy and widens access",
+                           "DROP POLICY it, or make it AS RESTRICTIVE"))  # fmt: skip
+    return out
+
+
+def _child(rel: RelFact, parent: RelFact) -> list[Finding]:
+    out = _relation(rel)
+    if not rel.isolated and not rel.grantees:  # nobody but the owner can open it: a missing defence
+        out = [Finding(WARNING, f.relation, f.role, f.problem, f.fix) for f in out]
+    for role in rel.grantees:
+        out.append(Finding(
+            ERROR if rel.isolated else LEAK, rel.name, role,
+            f"{role} holds privileges on {KIND_NAMES[rel.kind]} {rel.name}"
+            + ("" if rel.isolated else " and the partition does not enforce the tenant policy: it reads every tenant"),
+            f"partitions carry no grants: REVOKE ALL ON it FROM {role}, or {FIX}",
+        ))  # fmt: skip
+    if rel.owner != parent.owner:
+        out.append(Finding(ERROR, rel.name, rel.owner,
+                           f"{rel.name} is owned by {rel.owner}, the parent by {parent.owner}", FIX))  # fmt: skip
+    return out
+
+
+def _role(role: RoleFact, facts: Facts) -> list[Finding]:
+    if not role.exists:
+        return [
+            Finding(
+                ERROR,
+                None,
+                role.name,
+                f"the {role.kind} role {role.name} does not exist",
+                f"run `callvault init --roles`, or set CALLVAULT_{role.kind.upper()}_ROLE to your role",
+            )
+        ]
+    out: list[Finding] = []
+    owners = {facts.parent.owner, *(c.owner for c in facts.children)}
+    if role.kind in ("app", "tenant_writer"):
+        why = [w for w, bad in (("is superuser", role.superuser), ("has BYPASSRLS", role.bypassrls),
+                                ("owns the table", role.name in owners)) if bad]  # fmt: skip
+        why += [f"can become {other}" for other in role.can_become]
+        out += [Finding(LEAK, None, role.name, f"application role {role.name} {w}: row-level security does not "
+                        "bind it", f"ALTER ROLE / REVOKE so that it does not ({w})") for w in why]  # fmt: skip
+    if role.kind != "owner":  # through PUBLIC or a role it belongs to (a direct grant is reported above)
+        direct = {c.name for c in facts.children if role.name in c.grantees}
+        out += [Finding(LEAK if role.kind == "ingest" else ERROR, name, role.name,
+                        f"{role.name} can read partition {name} by name (through PUBLIC or a role it is member of)",
+                        f"REVOKE it, or {FIX}")
+                for name in role.reads_children if name not in direct]  # fmt: skip
+    if role.kind == "ingest":
+        out += [Finding(LEAK, name, role.name, f"the trusted ingest role {role.name} can SELECT transcripts of {name}",
+                        f"REVOKE SELECT ON {name} FROM {role.name}: it writes, it never reads")
+                for name in role.reads_transcript if name == facts.parent.name]  # fmt: skip
+    return out
+
+
+def evaluate(facts: Facts) -> list[Finding]:
+    """Every way the invariant is broken, leaks first (pure)."""
+    out = _relation(facts.parent)
+    if "PUBLIC" in facts.parent.grantees:
+        out.append(Finding(ERROR, facts.parent.name, "PUBLIC", "PUBLIC holds privileges on the parent: any role "
+                           "can set app.tenant_id and read that tenant", "REVOKE ALL ON it FROM PUBLIC"))  # fmt: skip
+    for child in facts.children:
+        out += _child(child, facts.parent)
+    for role in facts.roles:
+        out += _role(role, facts)
+    for who in facts.default_grantees:
+        out.append(Finding(WARNING, None, who, f"ALTER DEFAULT PRIVILEGES grants {who} privileges on every new "
+                           "table in the schema, so new partitions start with grants",
+                           "ALTER DEFAULT PRIVILEGES ... REVOKE; maintenance revokes them meanwhile"))  # fmt: skip
+    order = {LEAK: 0, ERROR: 1, WARNING: 2}
+    return sorted(out, key=lambda f: order[f.severity])
+
+
+def repairs(facts: Facts, settings: Settings) -> list[p.Statement]:
+    """Statements that restore the invariant where it drifted (pure; empty when nothing drifted).
+    Widening policies and role attributes are reported, not changed: they are someone's decision."""
+    out: list[p.Statement] = []
+    for rel in (facts.parent, *facts.children):
+        ident = p.table(settings, rel.name)
+        if rel.kind != "parent" and rel.owner != facts.parent.owner:
+            out.append(p.Statement(f"{rel.name}: owner {facts.parent.owner}", p.owner_sql(ident, facts.parent.owner)))
+        if not rel.rls:
+            out.append(p.Statement(f"{rel.name}: enable row-level security", p.enable_rls_sql(ident)))
+        if not rel.force:
+            out.append(p.Statement(f"{rel.name}: force row-level security", p.force_rls_sql(ident)))
+        if rel.kind != "parent":
+            out += [p.Statement(f"{rel.name}: drop policy {pol.name}", p.drop_policy_sql(pol.name, ident))
+                    for pol in rel.policies if not pol.canonical]  # fmt: skip
+            out += [p.Statement(f"{rel.name}: revoke all from {who}", p.revoke_all_sql(ident, who))
+                    for who in rel.grantees]  # fmt: skip
+        if not rel.has_policy:
+            if any(pol.name == p.POLICY_NAME for pol in rel.policies) and rel.kind == "parent":
+                out.append(p.Statement(f"{rel.name}: replace altered {p.POLICY_NAME}",
+                                       p.drop_policy_sql(p.POLICY_NAME, ident)))  # fmt: skip
+            out.append(p.Statement(f"{rel.name}: create {p.POLICY_NAME}", p.create_policy_sql(ident)))
+    return out
+
+
+def _require_table(conn: Conn, settings: Settings) -> None:
+    if not catalog.table_exists(conn, settings):
+        raise NotInitialised(f"{settings.qualified} does not exist: run `callvault init --roles` first")
+
+
+def secure(conn: Conn, settings: Settings) -> list[str]:
+    """Repair drift on the parent and every partition, in the caller's transaction. Returns what it did."""
+    _require_table(conn, settings)
+    done = []
+    for step in repairs(read_facts(conn, settings), settings):
+        conn.execute(step.statement)
+        done.append(step.what)
+    return done
+
+
+def audit(conn: Conn, settings: Settings, *, fix: bool = False) -> AuditReport:
+    """Findings after an optional repair (``fix``: one transaction, under the lock budget)."""
+    _require_table(conn, settings)
+    repaired: list[str] = []
+    if fix:
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
+            repaired = secure(conn, settings)
+    facts = read_facts(conn, settings)
+    return AuditReport(settings.qualified, len(facts.children), evaluate(facts), repaired)

@@ -1,0 +1,61 @@
+"""``with tenant(conn, tenant_id):`` -- run a block as one tenant.
+
+The tenant is set with ``set_config('app.tenant_id', ..., true)``: transaction-local, so it ends
+with the block's transaction and a pooled connection (or a PgBouncer server connection in
+transaction mode) handed to the next request carries nothing over. No session-level ``SET``.
+
+* On an idle connection the block is its own transaction (committed at the end, rolled back on an
+  exception).
+* Inside a transaction the caller already opened, the block is a savepoint and the tenant is reset
+  to ``''`` (no rows) when it ends, so code after the block in the same transaction sees nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from callvault.errors import InvalidSetting
+from callvault.tenancy.policy import SET_TENANT_SQL
+
+
+def tenant_value(tenant_id: UUID | str) -> str:
+    """The tenant as the canonical UUID text, or InvalidSetting naming the bad value (pure)."""
+    if isinstance(tenant_id, UUID):
+        return str(tenant_id)
+    try:
+        return str(UUID(str(tenant_id)))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidSetting(
+            f"tenant id {tenant_id!r} is not a UUID; pass the tenant's UUID (e.g. uuid.UUID('...'))"
+        ) from None
+
+
+@contextmanager
+def tenant(conn: psycopg.Connection[Any], tenant_id: UUID | str) -> Iterator[psycopg.Connection[Any]]:
+    value = tenant_value(tenant_id)
+    nested = conn.info.transaction_status != TransactionStatus.IDLE
+    with conn.transaction():
+        conn.execute(SET_TENANT_SQL, (value,))
+        yield conn
+        if nested:
+            conn.execute(SET_TENANT_SQL, ("",))
+
+
+@asynccontextmanager
+async def atenant(
+    conn: psycopg.AsyncConnection[Any], tenant_id: UUID | str
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The asyncio twin of :func:`tenant`."""
+    value = tenant_value(tenant_id)
+    nested = conn.info.transaction_status != TransactionStatus.IDLE
+    async with conn.transaction():
+        await conn.execute(SET_TENANT_SQL, (value,))
+        yield conn
+        if nested:
+            await conn.execute(SET_TENANT_SQL, ("",))
