@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" tests/test_plan.py tests/test_archive_layout.py
+	$(BIN)/python -m pytest -m "not slow" tests/test_plan.py tests/test_archive_layout.py tests/test_tenancy_rules.py
 
 docs: $(STAMP)
 	$(BIN)/python -m callvault.clidoc > docs/cli.md

@@ -76,6 +76,8 @@ class Roles:
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Roles:
+        if not prefix:
+            raise InvalidSetting("role prefix must not be empty; e.g. --role-prefix callvault")
         return cls(**{kind: prefix + suffix for kind, suffix in ROLE_SUFFIXES.items()})
 
     def as_dict(self) -> dict[str, str]:
@@ -149,7 +151,7 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> S
 def roles_from_env(env: Mapping[str, str], prefix: str | None = None) -> Roles:
     """``CALLVAULT_ROLE_PREFIX`` (default ``callvault``) names all four roles; ``CALLVAULT_<KIND>_ROLE``
     (OWNER, INGEST, APP, TENANT_WRITER) overrides one. ``prefix`` (the CLI's --role-prefix) wins."""
-    base = Roles.with_prefix(prefix or env.get("CALLVAULT_ROLE_PREFIX") or DEFAULT_ROLE_PREFIX)
+    base = Roles.with_prefix(prefix if prefix is not None else env.get("CALLVAULT_ROLE_PREFIX", DEFAULT_ROLE_PREFIX))
     names = base.as_dict()
     for kind in names:
         value = env.get(f"CALLVAULT_{kind.upper()}_ROLE")

@@ -90,11 +90,11 @@ class AsyncWriter:
         self._pool = pool
         try:
             async with self._pool.connection() as conn:
+                cur = await conn.execute(RLS_SQL, (catalog.parent_regclass(self.settings),))
+                refuse_if_rls(await cur.fetchone(), self.settings)
                 row = await (await conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",))).fetchone()
                 if row is None or row[0] is None:
                     raise NotInitialised(f"{self.settings.qualified} is not initialised: run `callvault init` first")
-                cur = await conn.execute(RLS_SQL, (catalog.parent_regclass(self.settings),))
-                refuse_if_rls(await cur.fetchone(), self.settings)
                 await self._load_range(conn)
         except BaseException:
             if self._own_pool:

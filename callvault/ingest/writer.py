@@ -67,7 +67,7 @@ def configure_connection(conn: Conn) -> None:
     b.prepare_connection(conn)
 
 
-RLS_SQL = "SELECT row_security_active(%s::regclass), current_user"
+RLS_SQL = "SELECT row_security_active(to_regclass(%s)), current_user"  # checked first: names the fix
 
 
 def refuse_if_rls(row: tuple[Any, ...] | None, settings: Settings) -> None:
@@ -81,10 +81,10 @@ def refuse_if_rls(row: tuple[Any, ...] | None, settings: Settings) -> None:
 
 
 def check_ready(conn: Conn, settings: Settings) -> LiveRange:
+    refuse_if_rls(conn.execute(RLS_SQL, (catalog.parent_regclass(settings),)).fetchone(), settings)
     row = conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",)).fetchone()
     if not catalog.table_exists(conn, settings) or not row or row[0] is None:
         raise NotInitialised(f"{settings.qualified} or its quarantine table is missing: run `callvault init` first")
-    refuse_if_rls(conn.execute(RLS_SQL, (catalog.parent_regclass(settings),)).fetchone(), settings)
     live = LiveRange(catalog.partition_bounds(conn, settings))
     conn.commit()
     return live

@@ -57,10 +57,11 @@ class TenantWriter:
                     result.rejected.append(out)
                 elif out[0] != self.tenant:
                     reason = f"tenant_id {out[0]} is not this writer's tenant {self.tenant}"
-                    result.rejected.append(Rejected(b.row_as_input(out), reason))
+                    result.rejected.append(Rejected(call, reason))  # the input, unchanged
                 else:
                     rows.append(out)
             if rows:
+                b.prepare_connection(self.conn)  # metadata is pre-encoded JSON bytes
                 self.conn.execute(b.STAGE_DDL)
                 written, refused = merge_rows(self.conn, self.settings, rows)
                 result.written = written
