@@ -468,8 +468,8 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
 
     s = settings_of(dsn, schema, table)
     with connect(s) as conn:
-        report = bootstrap.init(conn, s)
-        out.rule("init")
+        report = bootstrap.init(conn, s, roles=True)
+        out.rule("init --roles")
         out.print("initialised" if report.changed else f"{s.qualified} already initialised")
         seeded = demo.seed(conn, s, calls)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(s.schema, s.table)))
@@ -489,6 +489,14 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
     for line in lines:
         out.print(line, soft_wrap=True)
     out.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
+    with connect(s) as conn:
+        iso = demo.isolation(conn, s, seeded.tenants[0])
+        audit = tenancy.audit(conn, s)
+    out.rule(f"tenant isolation: reading as {iso.role}")
+    out.print(f"no tenant set: {iso.no_tenant} rows (of {iso.total:,}); tenant {seeded.tenants[0]} set: {iso.own:,} "
+              f"rows, {iso.tenants_seen} tenant; partition {iso.partition} by name: "
+              f"{'permission denied' if iso.partition_denied else 'READABLE'}")  # fmt: skip
+    render.audit(out, audit)
 
 
 @main.group(name="archive", invoke_without_command=True)

@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+from psycopg import sql
+
 from callvault import catalog
 from callvault.config import Settings
 from callvault.db import Conn
 from callvault.ingest import Call, Writer
+from callvault.tenancy import tenant
 
 TENANTS = 20
 HISTORY = timedelta(weeks=13)
@@ -68,3 +72,36 @@ def seed(
         writer.write_many(synthetic_calls(calls, start, end, rng))
         result = writer.flush()
     return SeedReport(rows=result.written, tenants=tenant_ids(), first=start, last=end)
+
+
+@dataclass(frozen=True)
+class IsolationReport:
+    role: str
+    total: int  # rows in the table (all tenants)
+    no_tenant: int  # what the app role sees with no tenant set
+    own: int  # ... with one tenant set
+    tenants_seen: int  # distinct tenants in those rows (1)
+    partition: str
+    partition_denied: bool  # reading that partition by name was refused
+
+
+def isolation(conn: Conn, settings: Settings, tenant_id: uuid.UUID) -> IsolationReport:
+    """Read as the RLS-bound app role (``SET LOCAL ROLE``, rolled back): no tenant, one tenant, and one
+    partition by name. Needs ``init --roles`` and a connection that may ``SET ROLE`` to the app role."""
+    parent = sql.Identifier(settings.schema, settings.table)
+    count = sql.SQL("SELECT count(*), count(DISTINCT tenant_id) FROM {}")
+    total = conn.execute(count.format(parent)).fetchone() or (0, 0)
+    first = catalog.list_partitions(conn, settings)[0].info.name
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(settings.roles.app)))
+        conn.execute("SET LOCAL row_security TO on")  # callvault's own sessions run with it off
+        none = conn.execute(count.format(parent)).fetchone() or (0, 0)
+        with tenant(conn, tenant_id):
+            own = conn.execute(count.format(parent)).fetchone() or (0, 0)
+        try:
+            with conn.transaction():
+                conn.execute(count.format(sql.Identifier(settings.schema, first)))
+            denied = False
+        except psycopg.errors.InsufficientPrivilege:
+            denied = True
+    return IsolationReport(settings.roles.app, total[0], none[0], own[0], own[1], first, denied)

@@ -186,19 +186,19 @@ class Reader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        with tenant(self.conn, tenant_id):
+        with tenant(self.conn, tenant_id, pipeline=True):
             rows = self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params).fetchall()
         return _page(rows, limit)
 
     def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        with tenant(self.conn, tenant_id):
+        with tenant(self.conn, tenant_id, pipeline=True):
             row = self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params).fetchone()
         return CallRecord(*row) if row else None
 
     def count_calls(self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None) -> int:
         params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id):
+        with tenant(self.conn, tenant_id, pipeline=True):
             row = self.conn.execute(count_sql(self.settings), params).fetchone()
         return int(row[0]) if row else 0
 
@@ -206,7 +206,7 @@ class Reader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id):
+        with tenant(self.conn, tenant_id, pipeline=True):
             rows = self.conn.execute(daily_sql(self.settings), params).fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
@@ -236,14 +236,14 @@ class AsyncReader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        async with atenant(self.conn, tenant_id):
+        async with atenant(self.conn, tenant_id, pipeline=True):
             cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params)
             rows = await cur.fetchall()
         return _page(rows, limit)
 
     async def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        async with atenant(self.conn, tenant_id):
+        async with atenant(self.conn, tenant_id, pipeline=True):
             cur = await self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params)
             row = await cur.fetchone()
         return CallRecord(*row) if row else None
@@ -252,7 +252,7 @@ class AsyncReader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
         params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id):
+        async with atenant(self.conn, tenant_id, pipeline=True):
             cur = await self.conn.execute(count_sql(self.settings), params)
             row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -261,7 +261,7 @@ class AsyncReader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id):
+        async with atenant(self.conn, tenant_id, pipeline=True):
             cur = await self.conn.execute(daily_sql(self.settings), params)
             rows = await cur.fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]

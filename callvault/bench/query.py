@@ -3,6 +3,8 @@
 Loads N rows with the writer (200 tenants, time-ordered over the last 87 days: 13+ weekly
 partitions), copies them into a flat table with the same indexes, then measures warm p50/p95/p99 of:
 the tenant 7-day window (LIMIT 100), ``get_call`` with and without ``started_at``, a 1-day aggregate,
+the window through :class:`~callvault.query.Reader` (a transaction with the tenant set) as the owner
+and as a role row-level security binds,
 and the ``date_trunc`` anti-pattern beside its pinned rewrite — on both tables, and the window again
 while a writer ingests >= 10k rows/s into the partitioned table. Statements run as an application
 runs them: psycopg prepares after 5 executions, so most samples use prepared (possibly generic) plans.
@@ -25,13 +27,14 @@ from callvault.bench._timing import pct, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
-from callvault.query import count_sql, daily_sql, get_call_sql, window_sql
+from callvault.query import Reader, count_sql, daily_sql, get_call_sql, window_sql
 
 SCHEMA = "callvault_bench"
 SPAN = timedelta(days=87)  # inside 90-day retention, over 13+ weekly partitions
 TENANTS = 200
 SAMPLES = 400  # timed executions per query and table, after warm-up
 BACKGROUND_RATE = 12_000  # rows/s the background writer aims for during the "under ingest" run
+APP_ROLE = "callvault_bench_app"  # an RLS-bound reader (no BYPASSRLS, not the owner), like callvault_app
 DATE_TRUNC_SQL = "SELECT count(*) FROM {t} WHERE tenant_id = %(tenant)s AND date_trunc('day', started_at) = %(day)s"
 
 
@@ -97,6 +100,43 @@ def _measure(conn: Conn, s: Settings, p: dict[str, list[dict[str, Any]]]) -> dic
     }
 
 
+def _reader_window(conn: Conn, s: Settings, windows: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """Seconds per ``Reader.recent_calls`` (its own transaction, tenant set, then the window), after a
+    warm-up pass; and the rows the timed pass returned."""
+    reader = Reader(conn, s, max_window=timedelta(days=8))
+    out, rows = [], 0
+    for timing in (False, True):
+        for w in windows:
+            t0 = time.perf_counter()
+            page = reader.recent_calls(w["tenant"], since=w["since"], until=w["until"], limit=w["limit"])
+            if timing:
+                out.append(time.perf_counter() - t0)
+                rows += len(page.calls)
+    return out, rows
+
+
+def _rls(conn: Conn, s: Settings, windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The window through the Reader as the table's owner (RLS bypassed) and as an RLS-bound role."""
+    owner, owner_rows = _reader_window(conn, s, windows)
+    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (APP_ROLE,)).fetchone():
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN NOBYPASSRLS").format(sql.Identifier(APP_ROLE)))
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(s.schema), sql.Identifier(APP_ROLE)))
+    conn.execute(
+        sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(s.schema, s.table), sql.Identifier(APP_ROLE))
+    )
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(APP_ROLE)))
+    conn.execute("SET row_security TO on")  # callvault's own connections turn it off (see db.connect)
+    try:
+        app, app_rows = _reader_window(conn, s, windows)
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute("SET row_security TO off")
+    out: dict[str, Any] = {f"reader_window_p{q}_ms": pct(owner, q) for q in (50, 95, 99)}
+    out.update({f"reader_window_rls_p{q}_ms": pct(app, q) for q in (50, 95, 99)})
+    out["rls_rows_equal"] = owner_rows == app_rows  # the policy filtered nothing the query wanted
+    return out
+
+
 class _Background:
     """A writer ingesting fresh rows (started_at ~ now) at BACKGROUND_RATE until stopped."""
 
@@ -133,6 +173,8 @@ def run(settings: Settings, rows: int, progress: Callable[[str], None] = lambda 
         progress("measuring: partitioned")
         for name, samples in _measure(conn, part, p).items():
             out.update({f"{name}_p{q}_ms": pct(samples, q) for q in (50, 95, 99)})
+        progress("measuring: through the Reader, as the owner and as an RLS-bound app role")
+        out.update(_rls(conn, part, p["window"]))
         progress("measuring: flat")
         for name, samples in _measure(conn, flat, p).items():
             out.update({f"flat_{name}_p{q}_ms": pct(samples, q) for q in (50, 95, 99)})

@@ -13,7 +13,7 @@ transaction mode) handed to the next request carries nothing over. No session-le
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any
 from uuid import UUID
 
@@ -37,10 +37,14 @@ def tenant_value(tenant_id: UUID | str) -> str:
 
 
 @contextmanager
-def tenant(conn: psycopg.Connection[Any], tenant_id: UUID | str) -> Iterator[psycopg.Connection[Any]]:
+def tenant(
+    conn: psycopg.Connection[Any], tenant_id: UUID | str, *, pipeline: bool = False
+) -> Iterator[psycopg.Connection[Any]]:
+    """``pipeline``: send BEGIN, the tenant and the block's first statement in one round trip
+    (psycopg pipeline mode; the block must not use COPY). The reads in :mod:`callvault.query` do."""
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
-    with conn.transaction():
+    with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
         conn.execute(SET_TENANT_SQL, (value,))
         yield conn
         if nested:
@@ -49,12 +53,12 @@ def tenant(conn: psycopg.Connection[Any], tenant_id: UUID | str) -> Iterator[psy
 
 @asynccontextmanager
 async def atenant(
-    conn: psycopg.AsyncConnection[Any], tenant_id: UUID | str
+    conn: psycopg.AsyncConnection[Any], tenant_id: UUID | str, *, pipeline: bool = False
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """The asyncio twin of :func:`tenant`."""
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
-    async with conn.transaction():
+    async with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
         await conn.execute(SET_TENANT_SQL, (value,))
         yield conn
         if nested:
