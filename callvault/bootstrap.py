@@ -195,7 +195,7 @@ def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: 
             require_role_admin(conn, steps)
         for step in steps:
             conn.execute(step.statement)
-        secured = tenancy.secure(conn, settings)
+        secured = tenancy.secure(conn, settings).require(f"init of {settings.qualified}")
     return InitReport(steps=steps, secured=secured)
 
 

@@ -43,6 +43,7 @@ class MaintenanceReport:
     detached: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     secured: list[str] = field(default_factory=list)  # tenant-isolation repairs (see callvault.tenancy.audit)
+    unsecured: list[str] = field(default_factory=list)  # repairs that failed, with why
     attempts: int = 0
     seconds: float = 0.0
 
@@ -54,7 +55,8 @@ class MaintenanceReport:
         return {
             "table": self.table, "at": self.at.isoformat() if self.at else None,
             "created": self.created, "detached": self.detached, "dropped": self.dropped,
-            "secured": self.secured, "attempts": self.attempts, "seconds": round(self.seconds, 3),
+            "secured": self.secured, "unsecured": self.unsecured,
+            "attempts": self.attempts, "seconds": round(self.seconds, 3),
         }  # fmt: skip
 
 
@@ -137,9 +139,11 @@ def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None)
 
 
 def _secure(conn: Conn, settings: Settings, report: MaintenanceReport) -> None:
-    """Every run re-checks tenant isolation on every partition (new ones included) and repairs drift."""
+    """Every run re-checks tenant isolation on every partition (new ones included) and repairs drift.
+    A repair that fails (a lock, a partition someone else owns) is reported; the next run retries."""
     with conn.transaction():
-        report.secured = tenancy.secure(conn, settings)
+        result = tenancy.secure(conn, settings)
+    report.secured, report.unsecured = result.done, result.failed
 
 
 def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
@@ -174,7 +178,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             gone = before_attached - after_attached
             report.detached = sorted(gone & after_detached)
             report.dropped = sorted(gone - after_detached)
-            retry_locks(lambda: _secure(conn, settings, report), f"securing partitions of {report.table}")
+            _secure(conn, settings, report)
             report.seconds = time.perf_counter() - t0
             _log(conn, report, started)
         finally:

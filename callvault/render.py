@@ -100,6 +100,8 @@ def maintenance(console: Console, r: MaintenanceReport) -> None:
         console.print(f"  {label}: {len(names)}" + (f"  {', '.join(names)}" if names else ""))
     if r.secured:
         console.print(f"  secured: {secured_summary(r.secured)}", soft_wrap=True)
+    for failed in r.unsecured:
+        console.print(f"  [red]not secured[/red]: {escape(failed)}", soft_wrap=True)
 
 
 def secured_summary(repairs: list[str]) -> str:

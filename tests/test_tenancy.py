@@ -6,6 +6,7 @@ made by ``init --roles``; it connects as those roles with passwords set here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -31,6 +32,7 @@ from callvault.errors import InvalidSetting, WriterError
 from callvault.ingest.writer import Writer
 from callvault.query import Reader
 from callvault.tenancy import TenantWriter, tenant
+from callvault.tenancy.facts import read_facts
 from tests.helpers import make_calls, run
 
 PASSWORD = "tenancy-test"
@@ -91,6 +93,15 @@ def env(dsn: str) -> Iterator[Env]:
     e = make_env(dsn, f"cvt{os.getpid()}_{next(_counter)}")
     yield e
     drop_roles(dsn, e.roles)
+
+
+def assert_isolated(env: Env) -> None:
+    """Every partition (and detached table) has forced RLS, callvault's policy unchanged, no grants."""
+    with psycopg.connect(env.dsn) as c:
+        facts = read_facts(c, env.settings)
+    assert facts.children
+    bad = [(r.name, r.rls, r.force, r.has_policy, r.grantees) for r in facts.children if not r.isolated or r.grantees]
+    assert bad == []
 
 
 def children(env: Env) -> list[str]:
@@ -165,8 +176,9 @@ def test_audit_names_every_kind_of_gap(env: Env) -> None:
 def test_app_role_reads_only_its_tenant_through_parent_and_every_child(env: Env) -> None:
     a, b, _ = env.tenants
     before = set(children(env))  # and partitions created by maintain after init (none detached yet)
-    run("maintain", "--dsn", env.dsn, "--at", (datetime.now(UTC) + timedelta(weeks=2)).isoformat())
+    run("maintain", "--dsn", env.as_("owner"), "--at", (datetime.now(UTC) + timedelta(weeks=2)).isoformat())
     assert set(children(env)) > before
+    assert_isolated(env)
     with psycopg.connect(env.as_("app")) as app:
         for t in (a, b):
             with tenant(app, t):
@@ -207,16 +219,22 @@ def test_restored_and_default_partitions_get_the_policy(dsn: str, tmp_path: Path
         later = (datetime.now(UTC) + timedelta(days=75)).isoformat()
         with psycopg.connect(dsn) as c:
             before, _ = catalog.partition_names(c, e.settings)
-        run("archive", "--dsn", dsn, "--to", store, "--at", later)
+        owner = e.as_("owner")  # the role operations run as
+        run("archive", "--dsn", owner, "--to", store, "--at", later)
         week = (datetime.now(UTC) - timedelta(days=58)).date().isoformat()
-        restored = run("restore", "--dsn", dsn, "--to", store, "--week", week, "--json").stdout
+        restored = run("restore", "--dsn", owner, "--to", store, "--week", week, "--json").stdout
         assert '"attached_partition": true' in restored
+        assert_isolated(e)  # restore secured the week it attached, in the attaching transaction
+        run("restore", "--dsn", owner, "--to", store, "--week", week, "--into", "investigation")
         with psycopg.connect(dsn) as c:
             attached, _ = catalog.partition_names(c, e.settings)
             facts = tenancy.audit(c, e.settings)
         assert len(attached) < len(before)  # weeks were archived and dropped, one came back
         assert "call_logs_default" in attached
-        assert not facts.failed, facts.findings
+        assert facts.findings == []
+        with psycopg.connect(dsn) as c:  # the side table got the same treatment
+            side = read_facts(c, e.settings, side=("investigation",)).children
+        assert [(r.isolated, r.grantees, r.owner) for r in side if r.kind == "side"] == [(True, (), e.roles.owner)]
         a = e.tenants[0]
         with psycopg.connect(e.as_("app")) as app:
             for name in sorted(attached):
@@ -330,7 +348,8 @@ def test_unique_key_errors_do_not_reveal_other_tenants(env: Env) -> None:
 
 
 # -- pooled connections --------------------------------------------------------------------------------
-def test_ten_thousand_interleaved_pooled_transactions_never_leak(env: Env) -> None:
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_ten_thousand_interleaved_pooled_transactions_never_leak(env: Env, autocommit: bool) -> None:
     stmt = "SELECT tenant_id FROM call_logs WHERE started_at >= %s AND started_at < %s"
     window = (env.since, env.until)
     leaks: list[str] = []
@@ -345,6 +364,12 @@ def test_ten_thousand_interleaved_pooled_transactions_never_leak(env: Env) -> No
                 if i % 10 == 9:  # a request that forgets the tenant sees nothing
                     got = [r[0] for r in conn.execute(stmt, window).fetchall()]
                     bad = bool(got)
+                elif i % 10 == 4:  # a request that fails half-way: the tenant goes with its transaction
+                    with contextlib.suppress(RuntimeError), tenant(conn, t):
+                        conn.execute(stmt, window).fetchall()
+                        raise RuntimeError("request failed")
+                    got = [r[0] for r in conn.execute(stmt, window).fetchall()]
+                    bad = bool(got)
                 else:
                     with tenant(conn, t):
                         got = [r[0] for r in conn.execute(stmt, window).fetchall()]
@@ -354,7 +379,7 @@ def test_ten_thousand_interleaved_pooled_transactions_never_leak(env: Env) -> No
                 if bad:
                     leaks.append(f"{t}: {Counter(got)}")
 
-    with ConnectionPool(env.as_("app"), min_size=2, max_size=2, kwargs={"autocommit": True}) as pool:
+    with ConnectionPool(env.as_("app"), min_size=2, max_size=2, kwargs={"autocommit": autocommit}) as pool:
         threads = [threading.Thread(target=work, args=(s, 5_000)) for s in range(2)]
         for th in threads:
             th.start()
@@ -396,3 +421,56 @@ def test_bad_role_names_are_refused_before_any_sql(dsn: str, args: list[str], me
     assert message in result.stderr
     with psycopg.connect(dsn) as c:
         assert c.execute("SELECT to_regclass('public.call_logs')").fetchone() == (None,)
+
+
+def test_maintain_as_owner_secures_what_it_can_and_reports_the_rest(env: Env) -> None:
+    """A partition a superuser owns (pg_cron as postgres) cannot be changed by the owner role; a grant
+    passed on WITH GRANT OPTION needs CASCADE. Neither stops the other repairs."""
+    names = children(env)
+    stuck, chained, plain = names[-1], names[-2], names[-3]
+    bi = f"{env.roles.app}_bi"
+    with psycopg.connect(env.dsn, autocommit=True) as c:
+        ident = sql.Identifier
+        c.execute(sql.SQL("CREATE ROLE {}").format(ident(bi)))
+        c.execute(sql.SQL("ALTER TABLE {} OWNER TO CURRENT_USER").format(ident(stuck)))
+        c.execute(sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(ident(plain)))
+        c.execute(sql.SQL("GRANT SELECT ON {} TO {} WITH GRANT OPTION").format(ident(chained), ident(bi)))
+        c.execute(sql.SQL("SET ROLE {}").format(ident(bi)))
+        c.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(ident(chained), ident(env.roles.app)))
+        c.execute("RESET ROLE")
+    try:
+        report = run("maintain", "--dsn", env.as_("owner"), "--json").stdout
+        assert f"{plain}: force row-level security" in report
+        assert f"{chained}: revoke all from {bi}" in report
+        assert f"{stuck}: owner {env.roles.owner}: must be owner of table {stuck}" in report
+        with psycopg.connect(env.dsn) as c:
+            facts = read_facts(c, env.settings)
+        assert {r.name: r.grantees for r in facts.children}[chained] == ()
+        run("audit", "--dsn", env.dsn, "--role-prefix", env.roles.app.removesuffix("_app"), "--fix")  # superuser
+        assert_isolated(env)
+    finally:
+        with psycopg.connect(env.dsn, autocommit=True) as c:
+            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(bi)))
+            c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(bi)))
+
+
+@pytest.mark.parametrize(
+    ("setup", "expect"),
+    [
+        ("GRANT TRUNCATE ON call_logs TO {app}", "holds TRUNCATE on the parent"),
+        ("CREATE VIEW all_calls AS SELECT * FROM call_logs; GRANT SELECT ON all_calls TO {app}",
+         "view all_calls reads the table with the rights of"),
+        ("GRANT USAGE ON SCHEMA callvault TO {app}; GRANT SELECT ON callvault.quarantine TO {app}",
+         "can SELECT callvault.quarantine"),
+        ("ALTER ROLE {app} CREATEROLE", "can become any role (CREATEROLE)"),
+        ("GRANT SELECT (call_id) ON call_logs TO {ingest}", "holds SELECT on the parent"),
+    ],
+)  # fmt: skip
+def test_audit_catches_ways_around_the_policy(env: Env, setup: str, expect: str) -> None:
+    names = {"app": sql.Identifier(env.roles.app), "ingest": sql.Identifier(env.roles.ingest)}
+    with psycopg.connect(env.dsn, autocommit=True) as c:
+        for stmt in setup.split("; "):
+            c.execute(sql.SQL(stmt).format(**names))
+    result = audit_cli(env, ok=False)
+    assert result.exit_code == 3
+    assert expect in result.stdout

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from callvault.config import Roles, Settings, roles_from_env
 from callvault.errors import InvalidSetting
 from callvault.tenancy.audit import ERROR, LEAK, WARNING, evaluate, repairs
-from callvault.tenancy.facts import Facts, PolicyFact, RelFact, RoleFact
+from callvault.tenancy.facts import Facts, Grant, PolicyFact, RelFact, RoleFact, ViewFact
 from callvault.tenancy.policy import POLICY_NAME, TENANT_EXPR_STORED, create_policy_sql, role_sql, table
 from callvault.tenancy.session import tenant_value
 
@@ -90,12 +90,54 @@ def test_an_altered_callvault_policy_is_replaced_on_the_parent() -> None:
 
 
 def test_repairs_revoke_every_grant_and_align_the_owner() -> None:
-    child = rel("call_logs_p2026w03", owner="postgres", grantees=("PUBLIC", "bi"))
+    """In the partition's own schema; CASCADE takes grants passed on WITH GRANT OPTION; the parent's
+    owner keeps its rights once it owns the partition."""
+    child = rel("call_logs_p2026w03", owner="postgres", grantees=("PUBLIC", "bi", "callvault_owner"), schema="old")
     stmts = [s.statement.as_string(None) for s in repairs(facts(child), Settings())]
     assert stmts == [
-        'ALTER TABLE "public"."call_logs_p2026w03" OWNER TO "callvault_owner"',
-        'REVOKE ALL ON TABLE "public"."call_logs_p2026w03" FROM PUBLIC',
-        'REVOKE ALL ON TABLE "public"."call_logs_p2026w03" FROM "bi"',
+        'ALTER TABLE "old"."call_logs_p2026w03" OWNER TO "callvault_owner"',
+        'REVOKE ALL ON TABLE "old"."call_logs_p2026w03" FROM PUBLIC CASCADE',
+        'REVOKE ALL ON TABLE "old"."call_logs_p2026w03" FROM "bi" CASCADE',
+    ]
+
+
+def test_restrictive_policies_on_a_partition_are_kept_permissive_extras_dropped() -> None:
+    narrow = PolicyFact("eu_only", False, "r", True, "(region = 'eu')", None)
+    wide = PolicyFact("support", True, "r", True, "true", None)
+    f = facts(rel("call_logs_p2026w04", policies=(GOOD, narrow, wide)))
+    assert [s.what for s in repairs(f, Settings())] == ["call_logs_p2026w04: drop policy support"]
+
+
+@pytest.mark.parametrize(
+    ("grant", "severity"),
+    [
+        (Grant("callvault_app", "TRUNCATE", False), LEAK),  # TRUNCATE ignores row-level security
+        (Grant("callvault_app", "REFERENCES", False), LEAK),
+        (Grant("bi", "SELECT", True), LEAK),  # a BYPASSRLS role reading the parent
+        (Grant("callvault_ingest", "SELECT", True), LEAK),
+        (Grant("callvault_app", "UPDATE", False), ERROR),  # bound by RLS, but beyond the role's purpose
+        (Grant("PUBLIC", "SELECT", False), ERROR),
+        (Grant("bi", "SELECT", False), None),  # bound by RLS like the app role
+        (Grant("callvault_ingest", "INSERT", True), None),
+    ],
+)
+def test_grants_on_the_parent_are_checked_against_each_roles_needs(grant: Grant, severity: str | None) -> None:
+    found = evaluate(replace(facts(), parent_grants=(grant,)))
+    assert [f.severity for f in found] == ([severity] if severity else [])
+
+
+def test_views_quarantine_and_createrole_are_leaks() -> None:
+    roles = tuple(RoleFact(name, kind, True) for kind, name in ROLES.as_dict().items())
+    roles = (roles[0], roles[1], replace(roles[2], reads_quarantine=True, can_become=("any role (CREATEROLE)",)),
+             roles[3])  # fmt: skip
+    views = (ViewFact("public.all_calls", "postgres", False, True), ViewFact("public.mine", "postgres", True, True))
+    found = severities(replace(facts(roles=roles), views=views))
+    assert (LEAK, "application role callvault_app can become any role (CREATEROLE): row-level security "
+            "does not bind it") in found  # fmt: skip
+    assert any(s == LEAK and "callvault.quarantine" in p for s, p in found)
+    assert [p for _, p in found if "view" in p] == [
+        "view public.all_calls reads the table with the rights of postgres, which bypasses row-level security "
+        "(and others may select from it)"
     ]
 
 

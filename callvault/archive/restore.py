@@ -34,7 +34,6 @@ from callvault.db import Conn, connect
 from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
 from callvault.maintain import require_partman
 from callvault.plan import Interval
-from callvault.tenancy import policy as tenancy_policy
 
 _COLS = ("id", "tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
 _STAGE = "callvault_restore_stage"
@@ -117,21 +116,6 @@ def _insert_from_stage(conn: Conn, target: sql.Identifier) -> None:
     )
 
 
-def _protect_side_table(conn: Conn, target: sql.Identifier) -> None:
-    """A side table holds every restored tenant's rows: same policy as the hot table, no grants."""
-    row = conn.execute(
-        "SELECT c.relrowsecurity AND c.relforcerowsecurity, EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid "
-        "AND p.polname = %s) FROM pg_class c WHERE c.oid = %s::regclass",
-        (tenancy_policy.POLICY_NAME, target.as_string(conn)),
-    ).fetchone()
-    assert row is not None
-    if not row[0]:
-        conn.execute(tenancy_policy.enable_rls_sql(target))
-        conn.execute(tenancy_policy.force_rls_sql(target))
-    if not row[1]:
-        conn.execute(tenancy_policy.create_policy_sql(target))
-
-
 def restore(
     settings: Settings,
     period: date,
@@ -199,7 +183,8 @@ def restore(
                     )
                 )
                 conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, check))
-                tenancy.secure(conn, settings)  # the new partition gets the tenant policy before anyone sees it
+                # the new partition gets the tenant policy before anyone can see it, or nothing is restored
+                tenancy.secure(conn, settings).require(f"restore of {name}")
                 report.attached = True
             elif hot:
                 _insert_from_stage(conn, parent)
@@ -210,7 +195,9 @@ def restore(
                         "INCLUDING INDEXES)"
                     ).format(target, parent)
                 )
-                _protect_side_table(conn, target)
+                # a side table holds every restored tenant: the partitions' rules (policy, owner, no
+                # grants) apply to it before any row lands, even if it existed already
+                tenancy.secure(conn, settings, side=(name,)).require(f"restore into {name}")
                 _insert_from_stage(conn, target)
             check_target = parent if hot else target
             for t in tenants:

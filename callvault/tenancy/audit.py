@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psycopg
+from psycopg import sql
+
 from callvault import catalog
 from callvault.config import Settings
 from callvault.db import Conn
-from callvault.errors import NotInitialised
+from callvault.errors import CallvaultError, NotInitialised
 from callvault.tenancy import policy as p
 from callvault.tenancy.facts import Facts, RelFact, RoleFact, read_facts
 
@@ -122,15 +125,74 @@ def _role(role: RoleFact, facts: Facts) -> list[Finding]:
         out += [Finding(LEAK, name, role.name, f"the trusted ingest role {role.name} can SELECT transcripts of {name}",
                         f"REVOKE SELECT ON {name} FROM {role.name}: it writes, it never reads")
                 for name in role.reads_transcript if name == facts.parent.name]  # fmt: skip
+    if role.kind != "owner" and role.reads_quarantine:
+        out.append(Finding(LEAK, "callvault.quarantine", role.name, f"{role.name} can SELECT callvault.quarantine, "
+                           "which holds rejected rows of every tenant", f"REVOKE SELECT ON callvault.quarantine "
+                           f"FROM {role.name} (and from PUBLIC)"))  # fmt: skip
     return out
+
+
+# What each role may hold on the parent; anything else is a finding. Other (non-bypassing) roles may
+# hold what row-level security governs; TRUNCATE ignores it, REFERENCES/TRIGGER reach around it.
+ALLOWED = {"app": {"SELECT"}, "tenant_writer": {"INSERT"}, "ingest": {"INSERT"}}
+AROUND_RLS = {"TRUNCATE", "REFERENCES", "TRIGGER"}
+
+
+def _parent_grants(facts: Facts) -> list[Finding]:
+    kinds = {r.name: r.kind for r in facts.roles if r.kind != "owner"}
+    out = []
+    for g in facts.parent_grants:
+        what = f"{g.role} holds {g.privilege} on the parent {facts.parent.name}"
+        revoke = f"REVOKE {g.privilege} ON {facts.parent.name} FROM {g.role}"
+        if g.privilege in AROUND_RLS:
+            out.append(
+                Finding(
+                    LEAK,
+                    facts.parent.name,
+                    g.role,
+                    f"{what}, which row-level security does not "
+                    "restrict (TRUNCATE empties every tenant; REFERENCES/TRIGGER see their rows)",
+                    revoke,
+                )
+            )
+        elif g.bypasses and not (kinds.get(g.role) == "ingest" and g.privilege == "INSERT"):
+            out.append(Finding(LEAK, facts.parent.name, g.role, f"{what} and bypasses row-level security", revoke))
+        elif g.role in kinds and g.privilege not in ALLOWED[kinds[g.role]]:
+            out.append(
+                Finding(
+                    ERROR,
+                    facts.parent.name,
+                    g.role,
+                    f"{what}: the {kinds[g.role]} role needs only {'/'.join(sorted(ALLOWED[kinds[g.role]]))}",
+                    revoke,
+                )
+            )
+        elif g.role == "PUBLIC":
+            out.append(
+                Finding(
+                    ERROR,
+                    facts.parent.name,
+                    "PUBLIC",
+                    f"{what}: any role can set app.tenant_id and use it for that tenant",
+                    revoke,
+                )
+            )
+    return out  # fmt: skip
+
+
+def _views(facts: Facts) -> list[Finding]:
+    return [
+        Finding(LEAK if v.granted else WARNING, v.name, v.owner,
+                f"view {v.name} reads the table with the rights of {v.owner}, which bypasses row-level security"
+                + (" (and others may select from it)" if v.granted else ""),
+                f"ALTER VIEW {v.name} SET (security_invoker = true), or change its owner")
+        for v in facts.views if not v.security_invoker
+    ]  # fmt: skip
 
 
 def evaluate(facts: Facts) -> list[Finding]:
     """Every way the invariant is broken, leaks first (pure)."""
-    out = _relation(facts.parent)
-    if "PUBLIC" in facts.parent.grantees:
-        out.append(Finding(ERROR, facts.parent.name, "PUBLIC", "PUBLIC holds privileges on the parent: any role "
-                           "can set app.tenant_id and read that tenant", "REVOKE ALL ON it FROM PUBLIC"))  # fmt: skip
+    out = _relation(facts.parent) + _parent_grants(facts) + _views(facts)
     for child in facts.children:
         out += _child(child, facts.parent)
     for role in facts.roles:
@@ -146,20 +208,24 @@ def evaluate(facts: Facts) -> list[Finding]:
 def repairs(facts: Facts, settings: Settings) -> list[p.Statement]:
     """Statements that restore the invariant where it drifted (pure; empty when nothing drifted).
     Widening policies and role attributes are reported, not changed: they are someone's decision."""
+    del settings  # every relation carries its own schema
     out: list[p.Statement] = []
+    owner = facts.parent.owner
     for rel in (facts.parent, *facts.children):
-        ident = p.table(settings, rel.name)
-        if rel.kind != "parent" and rel.owner != facts.parent.owner:
-            out.append(p.Statement(f"{rel.name}: owner {facts.parent.owner}", p.owner_sql(ident, facts.parent.owner)))
+        ident = sql.Identifier(rel.schema, rel.name)
+        if rel.kind != "parent" and rel.owner != owner:
+            out.append(p.Statement(f"{rel.name}: owner {owner}", p.owner_sql(ident, owner)))
         if not rel.rls:
             out.append(p.Statement(f"{rel.name}: enable row-level security", p.enable_rls_sql(ident)))
         if not rel.force:
             out.append(p.Statement(f"{rel.name}: force row-level security", p.force_rls_sql(ident)))
-        if rel.kind != "parent":
+        if rel.kind != "parent":  # permissive extras widen access; restrictive ones only narrow it: kept
             out += [p.Statement(f"{rel.name}: drop policy {pol.name}", p.drop_policy_sql(pol.name, ident))
-                    for pol in rel.policies if not pol.canonical]  # fmt: skip
+                    for pol in rel.policies
+                    if not pol.canonical and (pol.permissive or pol.name == p.POLICY_NAME)]  # fmt: skip
+            # CASCADE: also what a grantee passed on WITH GRANT OPTION. The parent's owner keeps its rights.
             out += [p.Statement(f"{rel.name}: revoke all from {who}", p.revoke_all_sql(ident, who))
-                    for who in rel.grantees]  # fmt: skip
+                    for who in rel.grantees if who != owner]  # fmt: skip
         if not rel.has_policy:
             if any(pol.name == p.POLICY_NAME for pol in rel.policies) and rel.kind == "parent":
                 out.append(p.Statement(f"{rel.name}: replace altered {p.POLICY_NAME}",
@@ -173,14 +239,33 @@ def _require_table(conn: Conn, settings: Settings) -> None:
         raise NotInitialised(f"{settings.qualified} does not exist: run `callvault init --roles` first")
 
 
-def secure(conn: Conn, settings: Settings) -> list[str]:
-    """Repair drift on the parent and every partition, in the caller's transaction. Returns what it did."""
+@dataclass
+class SecureResult:
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # "<what>: <why>"; the next run tries again
+
+    def require(self, what: str) -> list[str]:
+        """``done``, or CallvaultError when a repair failed (for callers that must not go on unprotected)."""
+        if self.failed:
+            more = f" (+{len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
+            raise CallvaultError(f"{what}: could not secure {'; '.join(self.failed[:3])}{more}. Run it as the "
+                                 "table's owner role or a superuser")  # fmt: skip
+        return self.done
+
+
+def secure(conn: Conn, settings: Settings, *, side: tuple[str, ...] = ()) -> SecureResult:
+    """Repair drift on the parent, every partition and ``side`` tables, each repair in its own
+    savepoint: one that cannot succeed (say, a partition a superuser owns) is reported, the rest land."""
     _require_table(conn, settings)
-    done = []
-    for step in repairs(read_facts(conn, settings), settings):
-        conn.execute(step.statement)
-        done.append(step.what)
-    return done
+    result = SecureResult()
+    for step in repairs(read_facts(conn, settings, side), settings):
+        try:
+            with conn.transaction():
+                conn.execute(step.statement)
+            result.done.append(step.what)
+        except psycopg.Error as exc:
+            result.failed.append(f"{step.what}: {exc.diag.message_primary or exc}")
+    return result
 
 
 def audit(conn: Conn, settings: Settings, *, fix: bool = False) -> AuditReport:
@@ -190,6 +275,7 @@ def audit(conn: Conn, settings: Settings, *, fix: bool = False) -> AuditReport:
     if fix:
         with conn.transaction():
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
-            repaired = secure(conn, settings)
+            result = secure(conn, settings)
+        repaired = result.done + [f"FAILED {f}" for f in result.failed]
     facts = read_facts(conn, settings)
     return AuditReport(settings.qualified, len(facts.children), evaluate(facts), repaired)

@@ -11,23 +11,25 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from callvault import catalog
-from callvault.config import Settings
+from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.tenancy.policy import POLICY_NAME, TENANT_EXPR_STORED
 
 RELS_SQL = """
 WITH rels AS (
-    SELECT c.oid, c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity, c.relacl,
+    SELECT c.oid, c.relnamespace, c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity, c.relacl,
            CASE WHEN c.oid = %(parent)s::regclass THEN 'parent'
                 WHEN c.relispartition AND pg_get_expr(c.relpartbound, 0) = 'DEFAULT' THEN 'default'
                 WHEN c.relispartition THEN 'partition'
+                WHEN c.oid IN (SELECT to_regclass(x) FROM unnest(%(side)s::text[]) AS x) THEN 'side'
                 ELSE 'detached' END AS kind
     FROM pg_class c
     WHERE c.oid = %(parent)s::regclass
        OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(parent)s::regclass)
-       OR c.oid IN (SELECT to_regclass(x) FROM unnest(%(detached)s::text[]) AS x)
+       OR c.oid IN (SELECT to_regclass(x) FROM unnest(%(detached)s::text[] || %(side)s::text[]) AS x)
 )
-SELECT r.oid, r.relname, r.kind, pg_get_userbyid(r.relowner), r.relrowsecurity, r.relforcerowsecurity,
+SELECT r.oid, (SELECT nspname FROM pg_namespace WHERE oid = r.relnamespace), r.relname, r.kind,
+       pg_get_userbyid(r.relowner), r.relrowsecurity, r.relforcerowsecurity,
        ARRAY(SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(g.grantee) END
              FROM (SELECT (aclexplode(r.relacl)).grantee
                    UNION ALL
@@ -44,15 +46,49 @@ SELECT p.polrelid, p.polname, p.polpermissive, p.polcmd, p.polroles = '{0}'::oid
 FROM pg_policy p WHERE p.polrelid = ANY(%s::oid[]) ORDER BY p.polname
 """
 
+# Grants on the parent, per privilege; whether the grantee escapes row-level security.
+PARENT_GRANTS_SQL = """
+SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE r.rolname END, g.privilege_type,
+       COALESCE(r.rolsuper OR r.rolbypassrls, false)
+FROM pg_class c,
+     LATERAL (SELECT (aclexplode(c.relacl)).*
+              UNION ALL
+              SELECT (aclexplode(a.attacl)).* FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL) g
+     LEFT JOIN pg_roles r ON r.oid = g.grantee
+WHERE c.oid = %s::regclass AND g.grantee <> c.relowner
+ORDER BY 1, 2
+"""
+
+# Views over the table run with their owner's rights: one owned by a role that escapes row-level
+# security (and not security_invoker) reads every tenant for whoever may select from it.
+VIEWS_SQL = """
+SELECT DISTINCT v.oid::regclass::text, o.rolname,
+       EXISTS (SELECT 1 FROM unnest(v.reloptions) opt WHERE opt ~* '^security_invoker=(true|on|1|yes)$'),
+       EXISTS (SELECT 1 FROM aclexplode(v.relacl) g WHERE g.grantee <> v.relowner)
+FROM pg_depend d
+JOIN pg_rewrite w ON w.oid = d.objid
+JOIN pg_class v ON v.oid = w.ev_class
+JOIN pg_roles o ON o.oid = v.relowner
+WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.refobjid = ANY(%s::oid[]) AND v.oid <> d.refobjid AND (o.rolsuper OR o.rolbypassrls)
+ORDER BY 1
+"""
+
+# Built-in roles that reach table data around privileges and row-level security.
+ESCALATING_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+
 ROLES_SQL = """
 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
        ARRAY(SELECT o.rolname FROM pg_roles o
-             WHERE o.oid <> r.oid AND (o.rolsuper OR o.rolbypassrls OR o.rolname = ANY(%(owners)s))
-               AND pg_has_role(r.oid, o.oid, 'MEMBER') ORDER BY 1),
+             WHERE o.oid <> r.oid
+               AND (o.rolsuper OR o.rolbypassrls OR o.rolname = ANY(%(owners)s) OR o.rolname = ANY(%(escalating)s))
+               AND pg_has_role(r.oid, o.oid, 'MEMBER') ORDER BY 1)
+       || CASE WHEN r.rolcreaterole THEN ARRAY['any role (CREATEROLE)']::name[] ELSE '{}' END,
        ARRAY(SELECT c.relname FROM unnest(%(children)s::oid[]) AS u(oid) JOIN pg_class c ON c.oid = u.oid
              WHERE has_any_column_privilege(r.oid, u.oid, 'SELECT') ORDER BY 1),
        ARRAY(SELECT c.relname FROM unnest(%(all)s::oid[]) AS u(oid) JOIN pg_class c ON c.oid = u.oid
-             WHERE has_column_privilege(r.oid, u.oid, 'transcript', 'SELECT') ORDER BY 1)
+             WHERE has_column_privilege(r.oid, u.oid, 'transcript', 'SELECT') ORDER BY 1),
+       COALESCE(has_table_privilege(r.oid, to_regclass(%(quarantine)s), 'SELECT'), false)
 FROM pg_roles r WHERE r.rolname = ANY(%(names)s)
 """
 
@@ -86,12 +122,13 @@ class PolicyFact:
 @dataclass(frozen=True)
 class RelFact:
     name: str
-    kind: str  # parent | partition | default | detached
+    kind: str  # parent | partition | default | detached | side (a restore --into table)
     owner: str
     rls: bool
     force: bool
     policies: tuple[PolicyFact, ...] = ()
     grantees: tuple[str, ...] = ()  # roles other than the owner holding any table or column privilege
+    schema: str = "public"
 
     @property
     def has_policy(self) -> bool:
@@ -117,6 +154,22 @@ class RoleFact:
     can_become: tuple[str, ...] = ()  # superuser/BYPASSRLS/owner roles it is a member of
     reads_children: tuple[str, ...] = ()  # partitions it can SELECT by name
     reads_transcript: tuple[str, ...] = ()  # relations whose transcript column it can SELECT
+    reads_quarantine: bool = False  # callvault.quarantine holds rejected rows of every tenant, raw
+
+
+@dataclass(frozen=True)
+class Grant:
+    role: str  # or PUBLIC
+    privilege: str  # SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER
+    bypasses: bool  # superuser or BYPASSRLS
+
+
+@dataclass(frozen=True)
+class ViewFact:
+    name: str
+    owner: str  # superuser or BYPASSRLS (only those are listed)
+    security_invoker: bool
+    granted: bool  # someone besides its owner holds privileges on it
 
 
 @dataclass(frozen=True)
@@ -125,28 +178,34 @@ class Facts:
     children: tuple[RelFact, ...]
     roles: tuple[RoleFact, ...]
     default_grantees: tuple[str, ...] = ()  # ALTER DEFAULT PRIVILEGES grants on new tables
+    parent_grants: tuple[Grant, ...] = ()
+    views: tuple[ViewFact, ...] = ()
 
 
-def read_facts(conn: Conn, settings: Settings) -> Facts:
+def read_facts(conn: Conn, settings: Settings, side: tuple[str, ...] = ()) -> Facts:
+    """``side``: extra tables (in the table's schema) held to the partitions' rules, e.g. restore targets."""
     detached = [sql.Identifier(settings.schema, name).as_string() for name, _ in catalog.list_detached(conn, settings)]
-    rows = conn.execute(RELS_SQL, {"parent": catalog.parent_regclass(settings), "detached": detached}).fetchall()
+    side_names = [sql.Identifier(settings.schema, name).as_string() for name in side]
+    params = {"parent": catalog.parent_regclass(settings), "detached": detached, "side": side_names}
+    rows = conn.execute(RELS_SQL, params).fetchall()
     oids = [r[0] for r in rows]
     policies: dict[int, list[PolicyFact]] = {oid: [] for oid in oids}
     for relid, *values in conn.execute(POLICIES_SQL, (oids,)).fetchall():
         policies[relid].append(PolicyFact(*values))
     rels = [
         RelFact(name=name, kind=kind, owner=owner, rls=rls, force=force, policies=tuple(policies[oid]),
-                grantees=tuple(sorted(grantees)))
-        for oid, name, kind, owner, rls, force, grantees in rows
+                grantees=tuple(sorted(grantees)), schema=schema)
+        for oid, schema, name, kind, owner, rls, force, grantees in rows
     ]  # fmt: skip
     child_oids = [oid for oid, rel in zip(oids, rels, strict=True) if rel.kind != "parent"]
     wanted = settings.roles.as_dict()
     found = {
-        name: RoleFact(name, "", True, su, bypass, tuple(become), tuple(children), tuple(transcript))
-        for name, su, bypass, become, children, transcript in conn.execute(
+        name: RoleFact(name, "", True, su, bypass, tuple(become), tuple(children), tuple(transcript), quarantine)
+        for name, su, bypass, become, children, transcript, quarantine in conn.execute(
             ROLES_SQL,
             {"owners": sorted({r.owner for r in rels}), "children": child_oids, "all": oids,
-             "names": list(wanted.values())},
+             "names": list(wanted.values()), "escalating": list(ESCALATING_ROLES),
+             "quarantine": sql.Identifier(META_SCHEMA, "quarantine").as_string()},
         ).fetchall()
     }  # fmt: skip
     roles = tuple(
@@ -154,4 +213,6 @@ def read_facts(conn: Conn, settings: Settings) -> Facts:
         for kind, name in wanted.items()
     )
     defaults = tuple(r[0] for r in conn.execute(DEFAULT_ACL_SQL, (settings.schema,)).fetchall())
-    return Facts(parent=rels[0], children=tuple(rels[1:]), roles=roles, default_grantees=defaults)
+    grants = tuple(Grant(*r) for r in conn.execute(PARENT_GRANTS_SQL, (catalog.parent_regclass(settings),)))
+    views = tuple(ViewFact(*r) for r in conn.execute(VIEWS_SQL, (oids,)))
+    return Facts(rels[0], tuple(rels[1:]), roles, defaults, grants, views)

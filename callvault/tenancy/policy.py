@@ -74,8 +74,9 @@ def grantee(name: str) -> sql.Composable:
 
 
 def revoke_all_sql(rel: sql.Identifier, who: str) -> sql.Composed:
-    """Also revokes column privileges (REVOKE ALL ON TABLE covers every column)."""
-    return sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(rel, grantee(who))
+    """Also revokes column privileges (REVOKE ALL ON TABLE covers every column), and with CASCADE what
+    ``who`` granted onwards WITH GRANT OPTION (otherwise the REVOKE fails)."""
+    return sql.SQL("REVOKE ALL ON TABLE {} FROM {} CASCADE").format(rel, grantee(who))
 
 
 def role_sql(name: str, kind: str, *, exists: bool) -> sql.Composed:
