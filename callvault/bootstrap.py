@@ -202,4 +202,10 @@ def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: 
 def render(steps: list[Step], conn: Conn | None) -> str:
     """The steps as a SQL script (``init --sql``)."""
     parts = [f"-- {s.what}\n{s.statement.as_string(conn)};\n" for s in steps]
-    return "\n".join(parts) if parts else "-- nothing to do: already initialised\n"
+    if not parts:
+        return "-- nothing to do: already initialised\n"
+    parts.append(
+        "-- then each partition gets the same policy, forced row-level security and the parent's owner, and\n"
+        "-- loses any grant: `callvault init` does it in the same transaction, `callvault audit --fix` later.\n"
+    )
+    return "\n".join(parts)

@@ -173,10 +173,18 @@ def daily_sql(settings: Settings) -> sql.Composed:
 class Reader:
     """Tenant-scoped, time-pinned reads on one connection (sync). See :class:`AsyncReader`."""
 
-    def __init__(self, conn: Conn, settings: Settings | None = None, *, max_window: timedelta | None = None) -> None:
+    def __init__(
+        self, conn: Conn, settings: Settings | None = None, *, max_window: timedelta | None = None,
+        pipeline: bool = False,
+    ) -> None:  # fmt: skip
+        """``pipeline``: send BEGIN, the tenant and the query in one round trip (psycopg pipeline mode).
+        Each read is BEGIN, set tenant, query, COMMIT: 4 round trips, ~0.45 ms p50 on loopback here
+        against 0.15 ms for a bare query; pipelining makes it 2, which pays over a network (0.3 ms+
+        per round trip) but costs ~0.25 ms of client CPU on loopback (docs/tenancy.md#figures)."""
         self.conn = conn
         self.settings = settings or Settings()
         self.max_window = max_window or max_window_of(self.settings)
+        self.pipeline = pipeline
 
     def recent_calls(
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None,
@@ -186,19 +194,19 @@ class Reader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        with tenant(self.conn, tenant_id, pipeline=True):
+        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
             rows = self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params).fetchall()
         return _page(rows, limit)
 
     def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        with tenant(self.conn, tenant_id, pipeline=True):
+        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
             row = self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params).fetchone()
         return CallRecord(*row) if row else None
 
     def count_calls(self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None) -> int:
         params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id, pipeline=True):
+        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
             row = self.conn.execute(count_sql(self.settings), params).fetchone()
         return int(row[0]) if row else 0
 
@@ -206,7 +214,7 @@ class Reader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id, pipeline=True):
+        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
             rows = self.conn.execute(daily_sql(self.settings), params).fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
@@ -223,10 +231,12 @@ class AsyncReader:
         settings: Settings | None = None,
         *,
         max_window: timedelta | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.conn = conn
         self.settings = settings or Settings()
         self.max_window = max_window or max_window_of(self.settings)
+        self.pipeline = pipeline
 
     async def recent_calls(
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None,
@@ -236,14 +246,14 @@ class AsyncReader:
         params["limit"] = check_limit(limit)
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
-        async with atenant(self.conn, tenant_id, pipeline=True):
+        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
             cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params)
             rows = await cur.fetchall()
         return _page(rows, limit)
 
     async def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        async with atenant(self.conn, tenant_id, pipeline=True):
+        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
             cur = await self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params)
             row = await cur.fetchone()
         return CallRecord(*row) if row else None
@@ -252,7 +262,7 @@ class AsyncReader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
         params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id, pipeline=True):
+        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
             cur = await self.conn.execute(count_sql(self.settings), params)
             row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -261,7 +271,7 @@ class AsyncReader:
         self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id, pipeline=True):
+        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
             cur = await self.conn.execute(daily_sql(self.settings), params)
             rows = await cur.fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]

@@ -6,6 +6,7 @@ made by ``init --roles``; it connects as those roles with passwords set here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -30,8 +31,8 @@ from callvault import bootstrap, catalog, tenancy
 from callvault.config import Roles, Settings
 from callvault.errors import InvalidSetting, WriterError
 from callvault.ingest.writer import Writer
-from callvault.query import Reader
-from callvault.tenancy import TenantWriter, tenant
+from callvault.query import AsyncReader, Reader
+from callvault.tenancy import TenantWriter, atenant, tenant
 from callvault.tenancy.facts import read_facts
 from tests.helpers import make_calls, run
 
@@ -474,3 +475,28 @@ def test_audit_catches_ways_around_the_policy(env: Env, setup: str, expect: str)
     result = audit_cli(env, ok=False)
     assert result.exit_code == 3
     assert expect in result.stdout
+
+
+def test_readers_scope_every_read_pipelined_or_not_sync_and_async(env: Env) -> None:
+    a, b, _ = env.tenants
+    window = {"since": env.since, "until": env.until}
+    with psycopg.connect(env.as_("app"), autocommit=True) as app:
+        for pipeline in (False, True):
+            r = Reader(app, env.settings, pipeline=pipeline)
+            assert [r.count_calls(t, **window) for t in (a, b)] == [env.counts[a], env.counts[b]]
+            calls = r.recent_calls(a, limit=10_000, **window).calls
+            assert len(calls) == env.counts[a]
+            assert r.get_call(b, calls[0].call_id) is None  # a's call, asked for as b: not there
+
+    async def go() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(env.as_("app")) as aconn:
+            out = []
+            for pipeline in (False, True):
+                r = AsyncReader(aconn, env.settings, pipeline=pipeline)
+                out += [await r.count_calls(t, **window) for t in (a, b)]
+            async with atenant(aconn, a):
+                cur = await aconn.execute("SELECT count(*) FROM call_logs")
+                out.append((await cur.fetchone())[0])  # type: ignore[index]
+            return out
+
+    assert asyncio.run(go()) == [env.counts[a], env.counts[b]] * 2 + [env.counts[a]]

@@ -100,10 +100,12 @@ def _measure(conn: Conn, s: Settings, p: dict[str, list[dict[str, Any]]]) -> dic
     }
 
 
-def _reader_window(conn: Conn, s: Settings, windows: list[dict[str, Any]]) -> tuple[list[float], int]:
+def _reader_window(
+    conn: Conn, s: Settings, windows: list[dict[str, Any]], pipeline: bool = False
+) -> tuple[list[float], int]:
     """Seconds per ``Reader.recent_calls`` (its own transaction, tenant set, then the window), after a
     warm-up pass; and the rows the timed pass returned."""
-    reader = Reader(conn, s, max_window=timedelta(days=8))
+    reader = Reader(conn, s, max_window=timedelta(days=8), pipeline=pipeline)
     out, rows = [], 0
     for timing in (False, True):
         for w in windows:
@@ -128,11 +130,13 @@ def _rls(conn: Conn, s: Settings, windows: list[dict[str, Any]]) -> dict[str, An
     conn.execute("SET row_security TO on")  # callvault's own connections turn it off (see db.connect)
     try:
         app, app_rows = _reader_window(conn, s, windows)
+        piped, _ = _reader_window(conn, s, windows, pipeline=True)
     finally:
         conn.execute("RESET ROLE")
         conn.execute("SET row_security TO off")
     out: dict[str, Any] = {f"reader_window_p{q}_ms": pct(owner, q) for q in (50, 95, 99)}
     out.update({f"reader_window_rls_p{q}_ms": pct(app, q) for q in (50, 95, 99)})
+    out.update({f"reader_window_rls_pipeline_p{q}_ms": pct(piped, q) for q in (50, 95, 99)})
     out["rls_rows_equal"] = owner_rows == app_rows  # the policy filtered nothing the query wanted
     return out
 
