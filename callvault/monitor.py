@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import sql
 
-from callvault import catalog, partman
+from callvault import catalog, partman, tenancy
 from callvault.archive.pipeline import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import NotInitialised
 from callvault.plan import LifecycleConfig, PartitionInfo
+from callvault.tenancy.audit import LEAK
 from callvault.worker import last_run
 
 # health: the premake horizon must reach at least this many intervals past now. With premake 4 and
@@ -55,6 +56,7 @@ class Status:
     partition_warn: int
     archive_pending: list[dict[str, object]] = field(default_factory=list)  # journal rows not yet dropped
     worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
+    isolation_leaks: list[str] = field(default_factory=list)  # `callvault audit` LEAK findings
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -156,6 +158,7 @@ def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Stat
         partition_warn=settings.partition_warn,
         archive_pending=[r for r in journal_rows(conn, settings) if r["step"] != "dropped"],
         worker=last_run(conn, settings),
+        isolation_leaks=[f.problem for f in tenancy.audit(conn, settings).findings if f.severity == LEAK],
     )
     status.problems = problems(status)
     return status
@@ -198,6 +201,7 @@ def problems(status: Status) -> list[str]:
                 f"worker on {w['host']} (pid {w['pid']}) has not completed a good cycle since {since} "
                 f"(every {every}): check its log{error}"
             )
+    out += [f"tenant isolation: {leak} (details: `callvault audit`)" for leak in status.isolation_leaks]
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "

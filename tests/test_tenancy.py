@@ -500,3 +500,12 @@ def test_readers_scope_every_read_pipelined_or_not_sync_and_async(env: Env) -> N
             return out
 
     assert asyncio.run(go()) == [env.counts[a], env.counts[b]] * 2 + [env.counts[a]]
+
+
+def test_health_fails_on_a_leak(env: Env) -> None:
+    assert run("health", "--dsn", env.dsn).exit_code == 0
+    with psycopg.connect(env.dsn, autocommit=True) as c:
+        c.execute("CREATE POLICY see_all ON call_logs USING (true)")
+    result = run("health", "--dsn", env.dsn, ok=False)
+    assert result.exit_code == 3
+    assert "tenant isolation: permissive policy 'see_all'" in result.stderr

@@ -119,6 +119,7 @@ def test_restrictive_policies_on_a_partition_are_kept_permissive_extras_dropped(
         (Grant("PUBLIC", "SELECT", False), ERROR),
         (Grant("bi", "SELECT", False), None),  # bound by RLS like the app role
         (Grant("callvault_ingest", "INSERT", True), None),
+        (Grant("etl", "INSERT", True), ERROR),  # writes for any tenant, reads nothing
     ],
 )
 def test_grants_on_the_parent_are_checked_against_each_roles_needs(grant: Grant, severity: str | None) -> None:

@@ -155,8 +155,19 @@ def _parent_grants(facts: Facts) -> list[Finding]:
                     revoke,
                 )
             )
-        elif g.bypasses and not (kinds.get(g.role) == "ingest" and g.privilege == "INSERT"):
+        elif g.bypasses and g.privilege != "INSERT":
             out.append(Finding(LEAK, facts.parent.name, g.role, f"{what} and bypasses row-level security", revoke))
+        elif g.bypasses and kinds.get(g.role) != "ingest":
+            out.append(
+                Finding(
+                    ERROR,
+                    facts.parent.name,
+                    g.role,
+                    f"{what} and bypasses row-level security: it can "
+                    "write rows for any tenant, which only the trusted ingest role should",
+                    revoke,
+                )
+            )
         elif g.role in kinds and g.privilege not in ALLOWED[kinds[g.role]]:
             out.append(
                 Finding(
