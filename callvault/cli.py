@@ -80,6 +80,8 @@ def parse_at(text: str | None) -> datetime | None:
 
 
 def settings_of(dsn: str | None, schema: str, table: str, **more: Any) -> config.Settings:
+    """Flags win; role names come from CALLVAULT_ROLE_PREFIX / CALLVAULT_*_ROLE (audit, health, status)."""
+    more.setdefault("roles", config.roles_from_env(os.environ))
     return config.from_env({}, dsn=dsn, schema=schema, table=table, **more)
 
 

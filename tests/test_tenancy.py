@@ -233,9 +233,16 @@ def test_restored_and_default_partitions_get_the_policy(dsn: str, tmp_path: Path
         assert len(attached) < len(before)  # weeks were archived and dropped, one came back
         assert "call_logs_default" in attached
         assert facts.findings == []
-        with psycopg.connect(dsn) as c:  # the side table got the same treatment
-            side = read_facts(c, e.settings, side=("investigation",)).children
+        with psycopg.connect(dsn) as c:  # the side table got the same treatment, and stays audited
+            side = read_facts(c, e.settings).children
         assert [(r.isolated, r.grantees, r.owner) for r in side if r.kind == "side"] == [(True, (), e.roles.owner)]
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("ALTER TABLE investigation DISABLE ROW LEVEL SECURITY")
+            c.execute(sql.SQL("GRANT SELECT ON investigation TO {}").format(sql.Identifier(e.roles.app)))
+        bad = run("audit", "--dsn", dsn, "--role-prefix", e.roles.app.removesuffix("_app"), ok=False)
+        assert bad.exit_code == 3 and "investigation" in bad.stdout
+        run("maintain", "--dsn", dsn)  # repairs it like a partition
+        assert audit_cli(e).exit_code == 0
         a = e.tenants[0]
         with psycopg.connect(e.as_("app")) as app:
             for name in sorted(attached):
@@ -465,16 +472,29 @@ def test_maintain_as_owner_secures_what_it_can_and_reports_the_rest(env: Env) ->
          "can SELECT callvault.quarantine"),
         ("ALTER ROLE {app} CREATEROLE", "can become any role (CREATEROLE)"),
         ("GRANT SELECT (call_id) ON call_logs TO {ingest}", "holds SELECT on the parent"),
+        ("CREATE ROLE {extra} CREATEROLE; GRANT {extra} TO {app}", "can become"),  # CREATEROLE one hop away
+        ("ALTER ROLE {app} REPLICATION", "can become a WAL reader (REPLICATION)"),
+        ("ALTER ROLE {ingest} REPLICATION", "ingest role"),
+        ("GRANT USAGE ON SCHEMA callvault TO {app}; GRANT SELECT (raw) ON callvault.quarantine TO {app}",
+         "can SELECT callvault.quarantine"),
+        ("CREATE VIEW v1 AS SELECT * FROM call_logs; CREATE VIEW v2 AS SELECT * FROM v1; "
+         "GRANT SELECT ON v2 TO {app}", "view v1 reads the table with the rights of"),
     ],
 )  # fmt: skip
 def test_audit_catches_ways_around_the_policy(env: Env, setup: str, expect: str) -> None:
-    names = {"app": sql.Identifier(env.roles.app), "ingest": sql.Identifier(env.roles.ingest)}
-    with psycopg.connect(env.dsn, autocommit=True) as c:
-        for stmt in setup.split("; "):
-            c.execute(sql.SQL(stmt).format(**names))
-    result = audit_cli(env, ok=False)
-    assert result.exit_code == 3
-    assert expect in result.stdout
+    extra = f"{env.roles.app}_x"
+    names = {"app": sql.Identifier(env.roles.app), "ingest": sql.Identifier(env.roles.ingest),
+             "extra": sql.Identifier(extra)}  # fmt: skip
+    try:
+        with psycopg.connect(env.dsn, autocommit=True) as c:
+            for stmt in setup.split("; "):
+                c.execute(sql.SQL(stmt).format(**names))
+        result = audit_cli(env, ok=False)
+        assert result.exit_code == 3
+        assert expect in result.stdout
+    finally:
+        with psycopg.connect(env.dsn, autocommit=True) as c:
+            c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(extra)))
 
 
 def test_readers_scope_every_read_pipelined_or_not_sync_and_async(env: Env) -> None:
@@ -502,8 +522,14 @@ def test_readers_scope_every_read_pipelined_or_not_sync_and_async(env: Env) -> N
     assert asyncio.run(go()) == [env.counts[a], env.counts[b]] * 2 + [env.counts[a]]
 
 
-def test_health_fails_on_a_leak(env: Env) -> None:
+def test_health_fails_on_a_leak(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALLVAULT_ROLE_PREFIX", env.roles.app.removesuffix("_app"))  # status/health read it
     assert run("health", "--dsn", env.dsn).exit_code == 0
+    with psycopg.connect(env.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(env.roles.ingest), sql.Identifier(env.roles.app)))
+    assert f"can become {env.roles.ingest}" in run("health", "--dsn", env.dsn, ok=False).stderr
+    with psycopg.connect(env.dsn, autocommit=True) as c:
+        c.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(env.roles.ingest), sql.Identifier(env.roles.app)))
     with psycopg.connect(env.dsn, autocommit=True) as c:
         c.execute("CREATE POLICY see_all ON call_logs USING (true)")
     result = run("health", "--dsn", env.dsn, ok=False)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from callvault.config import Roles, Settings, roles_from_env
 from callvault.errors import InvalidSetting
 from callvault.tenancy.audit import ERROR, LEAK, WARNING, evaluate, repairs
-from callvault.tenancy.facts import Facts, Grant, PolicyFact, RelFact, RoleFact, ViewFact
+from callvault.tenancy.facts import Facts, Grant, PolicyFact, RelFact, RoleFact, ViewFact, bypassing_views
 from callvault.tenancy.policy import POLICY_NAME, TENANT_EXPR_STORED, create_policy_sql, role_sql, table
 from callvault.tenancy.session import tenant_value
 
@@ -188,3 +188,20 @@ def test_tenant_value_accepts_any_uuid_form(u: UUID) -> None:
 def test_tenant_value_refuses_non_uuids(bad: object) -> None:
     with pytest.raises(InvalidSetting, match="is not a UUID"):
         tenant_value(bad)  # type: ignore[arg-type]
+
+
+def test_a_bypassing_view_is_exposed_through_any_view_built_on_it() -> None:
+    # (view, source, name, owner, bypasses, security_invoker, granted); 1 = the table
+    rows = [
+        (10, 1, "v1", "postgres", True, False, False),
+        (11, 10, "v2", "app_owner", False, False, True),  # granted, reads v1
+        (12, 1, "quiet", "postgres", True, False, False),
+        (13, 1, "invoker", "postgres", True, True, True),
+    ]
+    views = {v.name: v for v in bypassing_views(rows)}
+    assert set(views) == {"v1", "quiet", "invoker"}
+    assert views["v1"].granted and not views["quiet"].granted
+    found = severities(replace(facts(), views=tuple(views.values())))
+    assert [s for s, p in found if "v1" in p] == [LEAK]
+    assert [s for s, p in found if "quiet" in p] == [WARNING]
+    assert not [p for _, p in found if "invoker" in p]

@@ -34,6 +34,7 @@ from callvault.db import Conn, connect
 from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
 from callvault.maintain import require_partman
 from callvault.plan import Interval
+from callvault.tenancy.facts import side_mark
 
 _COLS = ("id", "tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
 _STAGE = "callvault_restore_stage"
@@ -184,7 +185,7 @@ def restore(
                 )
                 conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, check))
                 # the new partition gets the tenant policy before anyone can see it, or nothing is restored
-                tenancy.secure(conn, settings).require(f"restore of {name}")
+                tenancy.secure(conn, settings).require(f"restore of {name}", only=name)
                 report.attached = True
             elif hot:
                 _insert_from_stage(conn, parent)
@@ -197,7 +198,8 @@ def restore(
                 )
                 # a side table holds every restored tenant: the partitions' rules (policy, owner, no
                 # grants) apply to it before any row lands, even if it existed already
-                tenancy.secure(conn, settings, side=(name,)).require(f"restore into {name}")
+                conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(side_mark(settings))))
+                tenancy.secure(conn, settings, side=(name,)).require(f"restore into {name}", only=name)
                 _insert_from_stage(conn, target)
             check_target = parent if hot else target
             for t in tenants:

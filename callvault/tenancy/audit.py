@@ -27,7 +27,10 @@ from callvault.tenancy import policy as p
 from callvault.tenancy.facts import Facts, RelFact, RoleFact, read_facts
 
 LEAK, ERROR, WARNING = "leak", "error", "warning"
-KIND_NAMES = {"partition": "partition", "default": "default partition", "detached": "detached partition"}
+KIND_NAMES = {
+    "partition": "partition", "default": "default partition", "detached": "detached partition",
+    "side": "restored side table",
+}  # fmt: skip
 FIX = "run `callvault audit --fix` (every `callvault maintain` does the same)"
 
 
@@ -90,8 +93,8 @@ def _child(rel: RelFact, parent: RelFact) -> list[Finding]:
             + ("" if rel.isolated else " and the partition does not enforce the tenant policy: it reads every tenant"),
             f"partitions carry no grants: REVOKE ALL ON it FROM {role}, or {FIX}",
         ))  # fmt: skip
-    if rel.owner != parent.owner:
-        out.append(Finding(ERROR, rel.name, rel.owner,
+    if rel.owner != parent.owner:  # e.g. pg_cron ran pg_partman as a superuser; harmless while ungranted
+        out.append(Finding(ERROR if rel.grantees else WARNING, rel.name, rel.owner,
                            f"{rel.name} is owned by {rel.owner}, the parent by {parent.owner}", FIX))  # fmt: skip
     return out
 
@@ -125,6 +128,11 @@ def _role(role: RoleFact, facts: Facts) -> list[Finding]:
         out += [Finding(LEAK, name, role.name, f"the trusted ingest role {role.name} can SELECT transcripts of {name}",
                         f"REVOKE SELECT ON {name} FROM {role.name}: it writes, it never reads")
                 for name in role.reads_transcript if name == facts.parent.name]  # fmt: skip
+    if role.kind == "ingest":
+        why = ["is superuser"] if role.superuser else []
+        why += [f"can become {other}" for other in role.can_become if "REPLICATION" in other or other.startswith("pg_")]
+        out += [Finding(LEAK, None, role.name, f"the trusted ingest role {role.name} {w}: it could read what it must "
+                        "only write", f"ALTER ROLE / REVOKE so that it does not ({w})") for w in why]  # fmt: skip
     if role.kind != "owner" and role.reads_quarantine:
         out.append(Finding(LEAK, "callvault.quarantine", role.name, f"{role.name} can SELECT callvault.quarantine, "
                            "which holds rejected rows of every tenant", f"REVOKE SELECT ON callvault.quarantine "
@@ -255,11 +263,13 @@ class SecureResult:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "<what>: <why>"; the next run tries again
 
-    def require(self, what: str) -> list[str]:
-        """``done``, or CallvaultError when a repair failed (for callers that must not go on unprotected)."""
-        if self.failed:
-            more = f" (+{len(self.failed) - 3} more)" if len(self.failed) > 3 else ""
-            raise CallvaultError(f"{what}: could not secure {'; '.join(self.failed[:3])}{more}. Run it as the "
+    def require(self, what: str, only: str | None = None) -> list[str]:
+        """``done``, or CallvaultError when a repair (of relation ``only``, if given) failed: for callers
+        that must not go on unprotected. Other relations' failures stay reported, for maintenance."""
+        failed = [f for f in self.failed if only is None or f.split(":", 1)[0] == only]
+        if failed:
+            more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+            raise CallvaultError(f"{what}: could not secure {'; '.join(failed[:3])}{more}. Run it as the "
                                  "table's owner role or a superuser")  # fmt: skip
         return self.done
 

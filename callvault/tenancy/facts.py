@@ -7,6 +7,7 @@ Catalog reads only (``pg_get_expr`` on a policy takes an ACCESS SHARE lock, noth
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg import sql
 
@@ -16,17 +17,22 @@ from callvault.db import Conn
 from callvault.tenancy.policy import POLICY_NAME, TENANT_EXPR_STORED
 
 RELS_SQL = """
-WITH rels AS (
+WITH marked AS (
+    SELECT objoid FROM pg_description
+    WHERE classoid = 'pg_class'::regclass AND objsubid = 0 AND description = %(mark)s
+), rels AS (
     SELECT c.oid, c.relnamespace, c.relname, c.relowner, c.relrowsecurity, c.relforcerowsecurity, c.relacl,
            CASE WHEN c.oid = %(parent)s::regclass THEN 'parent'
                 WHEN c.relispartition AND pg_get_expr(c.relpartbound, 0) = 'DEFAULT' THEN 'default'
                 WHEN c.relispartition THEN 'partition'
-                WHEN c.oid IN (SELECT to_regclass(x) FROM unnest(%(side)s::text[]) AS x) THEN 'side'
+                WHEN c.oid IN (SELECT to_regclass(x) FROM unnest(%(side)s::text[]) AS x)
+                  OR c.oid IN (SELECT objoid FROM marked) THEN 'side'
                 ELSE 'detached' END AS kind
     FROM pg_class c
     WHERE c.oid = %(parent)s::regclass
        OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(parent)s::regclass)
        OR c.oid IN (SELECT to_regclass(x) FROM unnest(%(detached)s::text[] || %(side)s::text[]) AS x)
+       OR c.oid IN (SELECT objoid FROM marked)
 )
 SELECT r.oid, (SELECT nspname FROM pg_namespace WHERE oid = r.relnamespace), r.relname, r.kind,
        pg_get_userbyid(r.relowner), r.relrowsecurity, r.relforcerowsecurity,
@@ -59,19 +65,25 @@ WHERE c.oid = %s::regclass AND g.grantee <> c.relowner
 ORDER BY 1, 2
 """
 
-# Views over the table run with their owner's rights: one owned by a role that escapes row-level
-# security (and not security_invoker) reads every tenant for whoever may select from it.
+# Views over the table (directly or through other views) run with their owner's rights: one owned
+# by a role that escapes row-level security (and not security_invoker) reads every tenant for
+# whoever may select from it or from any view built on it.
 VIEWS_SQL = """
-SELECT DISTINCT v.oid::regclass::text, o.rolname,
+WITH RECURSIVE edges(view, source) AS (
+    SELECT DISTINCT w.ev_class, d.refobjid
+    FROM pg_depend d JOIN pg_rewrite w ON w.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+      AND d.refobjid = ANY(%s::oid[]) AND w.ev_class <> d.refobjid
+    UNION
+    SELECT w.ev_class, d.refobjid
+    FROM edges e JOIN pg_depend d ON d.refobjid = e.view
+    JOIN pg_rewrite w ON w.oid = d.objid
+    WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND w.ev_class <> d.refobjid
+)
+SELECT e.view, e.source, v.oid::regclass::text, o.rolname, o.rolsuper OR o.rolbypassrls,
        EXISTS (SELECT 1 FROM unnest(v.reloptions) opt WHERE opt ~* '^security_invoker=(true|on|1|yes)$'),
        EXISTS (SELECT 1 FROM aclexplode(v.relacl) g WHERE g.grantee <> v.relowner)
-FROM pg_depend d
-JOIN pg_rewrite w ON w.oid = d.objid
-JOIN pg_class v ON v.oid = w.ev_class
-JOIN pg_roles o ON o.oid = v.relowner
-WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-  AND d.refobjid = ANY(%s::oid[]) AND v.oid <> d.refobjid AND (o.rolsuper OR o.rolbypassrls)
-ORDER BY 1
+FROM edges e JOIN pg_class v ON v.oid = e.view JOIN pg_roles o ON o.oid = v.relowner
 """
 
 # Built-in roles that reach table data around privileges and row-level security.
@@ -81,14 +93,16 @@ ROLES_SQL = """
 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
        ARRAY(SELECT o.rolname FROM pg_roles o
              WHERE o.oid <> r.oid
-               AND (o.rolsuper OR o.rolbypassrls OR o.rolname = ANY(%(owners)s) OR o.rolname = ANY(%(escalating)s))
+               AND (o.rolsuper OR o.rolbypassrls OR o.rolcreaterole OR o.rolreplication
+                    OR o.rolname = ANY(%(owners)s) OR o.rolname = ANY(%(escalating)s))
                AND pg_has_role(r.oid, o.oid, 'MEMBER') ORDER BY 1)
-       || CASE WHEN r.rolcreaterole THEN ARRAY['any role (CREATEROLE)']::name[] ELSE '{}' END,
+       || CASE WHEN r.rolcreaterole THEN ARRAY['any role (CREATEROLE)']::name[] ELSE '{}' END
+       || CASE WHEN r.rolreplication THEN ARRAY['a WAL reader (REPLICATION)']::name[] ELSE '{}' END,
        ARRAY(SELECT c.relname FROM unnest(%(children)s::oid[]) AS u(oid) JOIN pg_class c ON c.oid = u.oid
              WHERE has_any_column_privilege(r.oid, u.oid, 'SELECT') ORDER BY 1),
        ARRAY(SELECT c.relname FROM unnest(%(all)s::oid[]) AS u(oid) JOIN pg_class c ON c.oid = u.oid
              WHERE has_column_privilege(r.oid, u.oid, 'transcript', 'SELECT') ORDER BY 1),
-       COALESCE(has_table_privilege(r.oid, to_regclass(%(quarantine)s), 'SELECT'), false)
+       COALESCE(has_any_column_privilege(r.oid, to_regclass(%(quarantine)s), 'SELECT'), false)
 FROM pg_roles r WHERE r.rolname = ANY(%(names)s)
 """
 
@@ -169,7 +183,30 @@ class ViewFact:
     name: str
     owner: str  # superuser or BYPASSRLS (only those are listed)
     security_invoker: bool
-    granted: bool  # someone besides its owner holds privileges on it
+    granted: bool  # someone besides its owner may select from it, or from a view built on it
+
+
+def bypassing_views(rows: list[tuple[Any, ...]]) -> tuple[ViewFact, ...]:
+    """Views owned by a role that escapes RLS, each marked granted when it, or any view reading it
+    (transitively), holds a grant. ``rows``: (view, source, name, owner, bypasses, invoker, granted). Pure."""
+    info = {r[0]: r[2:] for r in rows}
+    readers: dict[Any, set[Any]] = {}
+    for view, source, *_ in rows:
+        readers.setdefault(source, set()).add(view)
+
+    def exposed(view: Any, seen: set[Any]) -> bool:
+        if info[view][4]:
+            return True
+        seen.add(view)
+        return any(exposed(r, seen) for r in readers.get(view, ()) if r not in seen)
+
+    return tuple(
+        sorted(
+            (ViewFact(name, owner, invoker, exposed(view, set())) for view, (name, owner, bypasses, invoker, _) in
+             info.items() if bypasses),
+            key=lambda v: v.name,
+        )
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -182,11 +219,18 @@ class Facts:
     views: tuple[ViewFact, ...] = ()
 
 
+def side_mark(settings: Settings) -> str:
+    """The comment ``restore --into`` leaves on a side table, so every later audit and maintenance
+    run holds it to the partitions' rules too."""
+    return f"callvault: restored from the archive of {settings.qualified}"
+
+
 def read_facts(conn: Conn, settings: Settings, side: tuple[str, ...] = ()) -> Facts:
     """``side``: extra tables (in the table's schema) held to the partitions' rules, e.g. restore targets."""
     detached = [sql.Identifier(settings.schema, name).as_string() for name, _ in catalog.list_detached(conn, settings)]
     side_names = [sql.Identifier(settings.schema, name).as_string() for name in side]
-    params = {"parent": catalog.parent_regclass(settings), "detached": detached, "side": side_names}
+    params = {"parent": catalog.parent_regclass(settings), "detached": detached, "side": side_names,
+              "mark": side_mark(settings)}  # fmt: skip
     rows = conn.execute(RELS_SQL, params).fetchall()
     oids = [r[0] for r in rows]
     policies: dict[int, list[PolicyFact]] = {oid: [] for oid in oids}
@@ -214,5 +258,5 @@ def read_facts(conn: Conn, settings: Settings, side: tuple[str, ...] = ()) -> Fa
     )
     defaults = tuple(r[0] for r in conn.execute(DEFAULT_ACL_SQL, (settings.schema,)).fetchall())
     grants = tuple(Grant(*r) for r in conn.execute(PARENT_GRANTS_SQL, (catalog.parent_regclass(settings),)))
-    views = tuple(ViewFact(*r) for r in conn.execute(VIEWS_SQL, (oids,)))
+    views = bypassing_views(conn.execute(VIEWS_SQL, (oids,)).fetchall())
     return Facts(rels[0], tuple(rels[1:]), roles, defaults, grants, views)
