@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from callvault.config import Roles, Settings, roles_from_env
 from callvault.errors import InvalidSetting
-from callvault.tenancy.audit import ERROR, LEAK, WARNING, evaluate, repairs
+from callvault.tenancy.audit import ERROR, LEAK, WARNING, evaluate
 from callvault.tenancy.facts import Facts, Grant, PolicyFact, RelFact, RoleFact, ViewFact, bypassing_views
 from callvault.tenancy.policy import POLICY_NAME, TENANT_EXPR_STORED, create_policy_sql, role_sql, table
+from callvault.tenancy.repair import repairs
 from callvault.tenancy.session import tenant_value
 
 GOOD = PolicyFact(POLICY_NAME, True, "*", True, TENANT_EXPR_STORED, TENANT_EXPR_STORED)

@@ -1,12 +1,13 @@
 """Tenant isolation: roles, row-level security on the parent and every partition, the tenant of a
 transaction, the untrusted write path, and the audit that proves it (see docs/tenancy.md)."""
 
-from callvault.tenancy.audit import AuditReport, Finding, audit, secure
+from callvault.tenancy.audit import AuditReport, Finding, audit
 from callvault.tenancy.policy import POLICY_NAME, TENANT_SETTING
+from callvault.tenancy.repair import SecureResult, secure
 from callvault.tenancy.session import atenant, tenant, tenant_value
 from callvault.tenancy.writer import TenantWriter, TenantWriteResult
 
 __all__ = [
-    "POLICY_NAME", "TENANT_SETTING", "AuditReport", "Finding", "TenantWriteResult", "TenantWriter",
+    "POLICY_NAME", "TENANT_SETTING", "AuditReport", "Finding", "SecureResult", "TenantWriteResult", "TenantWriter",
     "atenant", "audit", "secure", "tenant", "tenant_value",
 ]  # fmt: skip
