@@ -42,7 +42,7 @@ class MaintenanceReport:
     created: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    secured: list[str] = field(default_factory=list)  # tenant-isolation repairs (see callvault.tenancy.audit)
+    secured: list[str] = field(default_factory=list)  # tenant-isolation repairs (see callvault.tenancy.repair)
     unsecured: list[str] = field(default_factory=list)  # repairs that failed, with why
     attempts: int = 0
     seconds: float = 0.0

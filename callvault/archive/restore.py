@@ -199,7 +199,7 @@ def restore(
                 # a side table holds every restored tenant: the partitions' rules (policy, owner, no
                 # grants) apply to it before any row lands, even if it existed already
                 conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(side_mark(settings))))
-                tenancy.secure(conn, settings, side=(name,)).require(f"restore into {name}", only=name)
+                tenancy.secure(conn, settings).require(f"restore into {name}", only=name)
                 _insert_from_stage(conn, target)
             check_target = parent if hot else target
             for t in tenants:

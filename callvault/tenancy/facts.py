@@ -25,13 +25,12 @@ WITH marked AS (
            CASE WHEN c.oid = %(parent)s::regclass THEN 'parent'
                 WHEN c.relispartition AND pg_get_expr(c.relpartbound, 0) = 'DEFAULT' THEN 'default'
                 WHEN c.relispartition THEN 'partition'
-                WHEN c.oid IN (SELECT to_regclass(x) FROM unnest(%(side)s::text[]) AS x)
-                  OR c.oid IN (SELECT objoid FROM marked) THEN 'side'
+                WHEN c.oid IN (SELECT objoid FROM marked) THEN 'side'
                 ELSE 'detached' END AS kind
     FROM pg_class c
     WHERE c.oid = %(parent)s::regclass
        OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(parent)s::regclass)
-       OR c.oid IN (SELECT to_regclass(x) FROM unnest(%(detached)s::text[] || %(side)s::text[]) AS x)
+       OR c.oid IN (SELECT to_regclass(x) FROM unnest(%(detached)s::text[]) AS x)
        OR c.oid IN (SELECT objoid FROM marked)
 )
 SELECT r.oid, (SELECT nspname FROM pg_namespace WHERE oid = r.relnamespace), r.relname, r.kind,
@@ -225,12 +224,11 @@ def side_mark(settings: Settings) -> str:
     return f"callvault: restored from the archive of {settings.qualified}"
 
 
-def read_facts(conn: Conn, settings: Settings, side: tuple[str, ...] = ()) -> Facts:
-    """``side``: extra tables (in the table's schema) held to the partitions' rules, e.g. restore targets."""
+def read_facts(conn: Conn, settings: Settings) -> Facts:
+    """The parent, its partitions, detached tables awaiting archive, and side tables carrying
+    :func:`side_mark`, with their policies and grants; the configured roles; views over the table."""
     detached = [sql.Identifier(settings.schema, name).as_string() for name, _ in catalog.list_detached(conn, settings)]
-    side_names = [sql.Identifier(settings.schema, name).as_string() for name in side]
-    params = {"parent": catalog.parent_regclass(settings), "detached": detached, "side": side_names,
-              "mark": side_mark(settings)}  # fmt: skip
+    params = {"parent": catalog.parent_regclass(settings), "detached": detached, "mark": side_mark(settings)}
     rows = conn.execute(RELS_SQL, params).fetchall()
     oids = [r[0] for r in rows]
     policies: dict[int, list[PolicyFact]] = {oid: [] for oid in oids}

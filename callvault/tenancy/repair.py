@@ -69,12 +69,12 @@ class SecureResult:
         return self.done
 
 
-def secure(conn: Conn, settings: Settings, *, side: tuple[str, ...] = ()) -> SecureResult:
-    """Repair drift on the parent, every partition and ``side`` tables, each repair in its own
+def secure(conn: Conn, settings: Settings) -> SecureResult:
+    """Repair drift on the parent, every partition and marked side tables, each repair in its own
     savepoint: one that cannot succeed (say, a partition a superuser owns) is reported, the rest land."""
     require_table(conn, settings)
     result = SecureResult()
-    for step in repairs(read_facts(conn, settings, side), settings):
+    for step in repairs(read_facts(conn, settings), settings):
         try:
             with conn.transaction():
                 conn.execute(step.statement)
