@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from psycopg import sql
 
-from callvault import catalog, partman, schema, tenancy
+from callvault import catalog, db, partman, schema, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import InvalidSetting, NotInitialised, SchemaMismatch
@@ -96,6 +96,7 @@ def _table_steps(conn: Conn | None, settings: Settings, pm: PartmanInfo, now: da
         elif current == settings.lifecycle:
             return []
         else:
+            # A config change alone: the next maintenance applies it (retention detaches only there).
             return [Step(f"update premake/retention of {settings.qualified}", partman.configure_sql(settings, pm))]
     steps: list[Step] = []
     if not exists:
@@ -112,7 +113,16 @@ def _table_steps(conn: Conn | None, settings: Settings, pm: PartmanInfo, now: da
     if pm.major < 5 and not settings.default_partition:
         steps.append(Step("drop the default partition (policy: none)", schema.drop_default_partition_sql(settings)))
     steps.append(Step("configure retention/premake", partman.configure_sql(settings, pm)))
+    steps.append(_settle(settings, pm))
     return steps
+
+
+def _settle(settings: Settings, pm: PartmanInfo) -> Step:
+    """pg_partman's own maintenance, once, inside init: ``create_parent`` premakes by its own rule,
+    ``run_maintenance`` by another (it counts from now, not from the current partition: see
+    :mod:`callvault.partman_rules`), so init ends where maintenance would, and a `plan` right
+    after init is empty at any instant."""
+    return Step("premake to pg_partman's maintenance horizon", partman.run_maintenance_sql(settings, pm))
 
 
 def _schema_exists(conn: Conn, name: str) -> bool:
@@ -167,7 +177,8 @@ def init_steps(
 ) -> list[Step]:
     """What ``init`` would run, given what exists (``conn=None``: assume an empty database).
     ``roles``: also create the four roles and their grants (:mod:`callvault.roles`)."""
-    now = now or datetime.now(UTC)
+    if now is None:
+        now = db.server_now(conn) if conn is not None else datetime.now(UTC)
     steps: list[Step] = []
     pm = partman.installed(conn) if conn is not None else None
     if pm is None:

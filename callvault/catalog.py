@@ -133,3 +133,20 @@ def bounds_from_rows(rows: list[tuple[Any, ...]]) -> list[tuple[datetime, dateti
 def partition_bounds(conn: Conn, settings: Settings) -> list[tuple[datetime, datetime]]:
     """[start, end) of every attached, non-default partition, from the catalog alone (no locks)."""
     return bounds_from_rows(conn.execute(BOUNDS_SQL, (parent_regclass(settings),)).fetchall())
+
+
+def newest_row(conn: Conn, settings: Settings) -> datetime | None:
+    """``max(started_at)`` over the attached partitions (pg_partman 5.x premakes from it)."""
+    query = sql.SQL("SELECT max(started_at) FROM {}").format(sql.Identifier(settings.schema, settings.table))
+    row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+def default_newest(conn: Conn, settings: Settings) -> datetime | None:
+    """The newest row in the default partition, None when there is none (or it is empty)."""
+    ident = sql.Identifier(settings.schema, f"{settings.table}_default")
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (ident.as_string(),)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(sql.SQL("SELECT max(started_at) FROM ONLY {}").format(ident)).fetchone()
+    return row[0] if row else None

@@ -14,7 +14,7 @@ import click
 from psycopg import sql
 from rich.console import Console
 
-from callvault import bootstrap, catalog, config, demo, monitor, render, schedule, tenancy
+from callvault import bootstrap, catalog, config, db, demo, monitor, render, schedule, tenancy
 from callvault import maintain as maintenance
 from callvault.db import connect
 from callvault.embedded import Cluster
@@ -176,7 +176,7 @@ def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool
     s = settings_of(dsn, schema, table)
     with connect(s) as conn:
         pm = maintenance.require_partman(conn, s)
-        p = maintenance.current_plan(conn, s, pm, parse_at(at) or datetime.now(UTC))
+        p = maintenance.current_plan(conn, s, pm, parse_at(at) or db.server_now(conn))
     emit(p.to_dict()) if as_json else render.plan(out, p)
 
 
@@ -483,7 +483,7 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
     with connect(s) as conn:
         out.rule("status")
         render.status(out, monitor.collect(conn, s))
-        now = datetime.now(UTC)
+        now = db.server_now(conn)
         since = Interval.DAILY.floor(now - timedelta(days=7))
         lines, scanned = explain_window(conn, s, seeded.tenants[0], since, now)
         total = len([r for r in catalog.list_partitions(conn, s)])

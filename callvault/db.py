@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -48,3 +49,15 @@ def connect(settings: Settings, *, autocommit: bool = False) -> Conn:
     if not autocommit:
         conn.commit()
     return conn
+
+
+def server_now(conn: Conn) -> datetime:
+    """The database server's clock: the one "now" every lifecycle decision uses.
+
+    pg_partman decides with the server's ``CURRENT_TIMESTAMP``; callvault plans, reports and archives
+    with the same clock, so a client whose clock drifts (or a test that fakes the server's clock with
+    libfaketime, see docs/design.md) never disagrees with the maintenance it predicts.
+    """
+    row = conn.execute("SELECT statement_timestamp()").fetchone()
+    assert row is not None
+    return row[0].astimezone(UTC)  # type: ignore[no-any-return]

@@ -128,10 +128,19 @@ def server_os_user() -> pwd.struct_passwd:
 class Cluster:
     """One private cluster rooted at ``home``. ``up()`` is idempotent: init once, start if stopped."""
 
-    def __init__(self, home: Path | None = None, *, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | None = None,
+        *,
+        settings: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
+    ) -> None:
         self.home = (home or default_home()).absolute()
         self.state_file = self.home / "cluster.json"
         self.extra_settings = settings or {}
+        # Environment of initdb/pg_ctl and so of the server: a value of None removes the variable.
+        # Tests use it to run the server under libfaketime with a clock they set (tests/clock.py).
+        self.env_overrides = env or {}
 
     # -- paths and state -------------------------------------------------------------------
     def _state(self) -> ClusterState | None:
@@ -331,9 +340,10 @@ class Cluster:
         if os.geteuid() == 0:
             user = pwd.getpwnam(state.os_user)
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        env = {**os.environ, "LC_ALL": "C.UTF-8", **self.env_overrides}
         done = subprocess.run(
             cmd, capture_output=True, text=True, check=False, cwd=self.home,
-            env={**os.environ, "LC_ALL": "C.UTF-8"}, **kwargs,
+            env={k: v for k, v in env.items() if v is not None}, **kwargs,
         )  # fmt: skip
         if check and done.returncode != 0:
             raise EmbeddedError(f"{Path(cmd[0]).name} failed: {done.stderr.strip() or done.stdout.strip()}")

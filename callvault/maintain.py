@@ -16,13 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, partman, tenancy
+from callvault import catalog, db, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, CallvaultError, NotInitialised
@@ -70,6 +70,7 @@ def require_partman(conn: Conn, settings: Settings) -> PartmanInfo:
 
 
 def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) -> Plan:
+    """The plan at ``at`` from what exists now: pg_partman's rules for the installed version."""
     config = partman.read_config(conn, settings, pm)
     assert config is not None
     rows = catalog.list_partitions(conn, settings)
@@ -79,6 +80,9 @@ def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) 
         [r.info for r in rows],
         table=settings.table,
         default_rows=catalog.default_rows(conn, settings),
+        partman_major=pm.major,
+        newest_row=catalog.newest_row(conn, settings) if pm.major >= 5 else None,
+        default_newest=catalog.default_newest(conn, settings),
     )
 
 
@@ -127,15 +131,25 @@ def retry_locks(work: Callable[[], None], what: str) -> int:
 
 
 def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None) -> None:
+    """Without ``at``: pg_partman's own ``run_maintenance()`` (what pg_cron runs), then the gaps it
+    leaves. With ``at``: the plan for that instant, which mirrors run_maintenance's rules, applied
+    with pg_partman's retention and create functions in the order it uses (retention first)."""
     if at is None:
         conn.execute(partman.run_maintenance_sql(settings, pm))
+        plan = current_plan(conn, settings, pm, db.server_now(conn))
+        with conn.transaction():
+            _create(conn, settings, pm, plan)
         return
     plan = current_plan(conn, settings, pm, at)
     with conn.transaction():
-        if plan.create:
-            conn.execute(partman.create_partitions_sql(settings, pm, [p.start for p in plan.create]))
         if plan.cutoff is not None:
             conn.execute(partman.retention_sql(settings, pm, at))
+        _create(conn, settings, pm, plan)
+
+
+def _create(conn: Conn, settings: Settings, pm: PartmanInfo, plan: Plan) -> None:
+    if plan.create:
+        conn.execute(partman.create_partitions_sql(settings, pm, [p.start for p in plan.create]))
 
 
 def _secure(conn: Conn, settings: Settings, report: MaintenanceReport) -> None:
@@ -159,10 +173,10 @@ def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
 def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = False) -> MaintenanceReport:
     """Run maintenance once and report what changed."""
     report = MaintenanceReport(table=settings.qualified, at=at)
-    started = datetime.now(UTC)
     t0 = time.perf_counter()
     busy: list[str] = []
     with connect(settings, autocommit=True) as conn:
+        started = db.server_now(conn)
         pm = require_partman(conn, settings)
         key = _lock_key(conn, settings)
         _acquire(conn, key, wait)

@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import sql
 
-from callvault import catalog, partman, tenancy
+from callvault import catalog, db, partman, tenancy
 from callvault.archive.pipeline import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import NotInitialised
+from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
 from callvault.tenancy.audit import LEAK
 from callvault.worker import last_run
@@ -57,6 +58,10 @@ class Status:
     archive_pending: list[dict[str, object]] = field(default_factory=list)  # journal rows not yet dropped
     worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
     isolation_leaks: list[str] = field(default_factory=list)  # `callvault audit` LEAK findings
+    # the planner at `now`: holes between partitions (writes into them fail) and where maintenance
+    # (pg_partman's own rule) will take the horizon
+    gaps: list[tuple[datetime, datetime]] = field(default_factory=list)
+    expected_horizon: datetime | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -96,6 +101,8 @@ class Status:
             "partitions": [p.to_dict() for p in self.partitions],
             "partition_count": len(self.partitions),
             "premake_horizon": _iso(self.premake_horizon),
+            "expected_horizon": _iso(self.expected_horizon),
+            "gaps": [{"from": _iso(a), "to": _iso(b)} for a, b in self.gaps],
             "oldest_partition_start": _iso(self.oldest),
             "retention_cutoff": _iso(self.retention_cutoff),
             "default_rows": self.default_rows,
@@ -137,7 +144,7 @@ def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
 
 
 def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Status:
-    now = now or datetime.now(UTC)
+    now = now or db.server_now(conn)
     pm = partman.installed(conn)
     config = partman.read_config(conn, settings, pm) if pm else None
     if pm is None or config is None:
@@ -160,6 +167,9 @@ def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Stat
         worker=last_run(conn, settings),
         isolation_leaks=[f.problem for f in tenancy.audit(conn, settings).findings if f.severity == LEAK],
     )
+    plan = current_plan(conn, settings, pm, now)
+    status.gaps = [(r.start, r.end) for r in plan.gaps]
+    status.expected_horizon = plan.horizon_after
     status.problems = problems(status)
     return status
 
@@ -174,6 +184,18 @@ def problems(status: Status) -> list[str]:
         out.append(
             f"premake horizon {_iso(horizon)} is short of {_iso(need)}: maintenance is not running "
             "(run `callvault maintain`, then schedule it)"
+        )
+    covering = [p for p in status.ranged if p.start is not None and p.end is not None and p.start <= status.now < p.end]
+    if status.ranged and not covering:
+        out.append(
+            f"no partition holds {_iso(status.now)}: calls starting now are refused (quarantined by the writer); "
+            "run `callvault maintain`"
+        )
+    if status.gaps:
+        (a, _), (_, b) = status.gaps[0], status.gaps[-1]
+        out.append(
+            f"{len(status.gaps)} partition gap(s) between {_iso(a)} and {_iso(b)}: writes into them are refused "
+            "(quarantined by the writer); `callvault maintain` creates them (pg_partman alone never does)"
         )
     if status.default_rows:
         out.append(

@@ -1,24 +1,23 @@
-"""Partition lifecycle planner: (config, now, existing partitions) -> what maintenance and retention do.
+"""Partition lifecycle planner: (config, now, existing partitions) -> what maintenance will do.
 
-Pure logic: no I/O, no database. All calendar math is done in UTC: aware datetimes are converted to
-UTC first, naive ones are refused (:class:`InvalidSetting`). Days start at 00:00 UTC, weeks on Monday
-00:00 UTC, months on the 1st 00:00 UTC, whatever zone the caller lives in.
+Pure logic: no I/O, no database. The plan is what ``callvault maintain`` does at ``now`` — and, for
+everything marked ``by = "pg_partman"``, what pg_partman's own ``run_maintenance()`` (pg_cron, the
+worker) does, because those rules are pg_partman's, read from its source (:mod:`callvault.partman_rules`).
 
 Rules of :func:`build_plan`:
 
 * ``now`` is converted to UTC; a naive ``now`` (or partition bound) is refused.
-* Live range: ``[floor(now), horizon)`` with ``horizon = add(floor(now), premake + 1)``, i.e. the current
-  partition plus ``premake`` future ones. Every interval-aligned slot in that range that overlaps no
-  existing non-default partition goes into ``create`` (gaps inside the range are filled). Existing
-  partitions may have gaps or odd bounds: a slot overlapping any of them is not created, and each
-  partition whose bounds are off the interval grid gets a warning. A non-default partition with an
-  unknown bound (``None``: MINVALUE/MAXVALUE) counts as unbounded on that side.
-* Past gaps stay: slots between the newest existing partition and ``floor(now)`` are never created
-  (pg_partman does not backfill either).
-* Retention: ``cutoff = now - retention`` (months first, day clamped, then days, as Postgres does). A
-  non-default partition is retired when ``end < cutoff`` (strict, like pg_partman 4.7's
-  ``start + interval < now - retention``). The default partition is never retired, nor a partition
-  whose end is after ``now`` (that is warned about instead).
+* Retention first (as ``run_maintenance`` does): a partition is retired when
+  ``start + interval < now - retention`` (strict), oldest first, never the last remaining one.
+* Premake (pg_partman): from the *last* partition forward, while
+  ``round(epoch(age(last_start, now)) / epoch(interval)) < premake`` (Postgres arithmetic, UTC). So the
+  horizon is premake intervals ahead until the middle of the current interval, premake + 1 after.
+  A table whose last partition is in the past gets every partition up to that horizon.
+* Gaps (callvault): every interval-aligned slot between the oldest partition (or the current
+  interval, if earlier) and the newest partition that overlaps no partition and is not itself past
+  retention. pg_partman never fills these; a write into
+  one fails (the writer quarantines it), so ``callvault maintain`` creates them and ``health`` reports
+  them until it has.
 * ``default_rows > 0``: warning that rows are stranded in the default partition, that maintenance
   fails to create partitions overlapping them, and how to fix it.
 * More than 8000 partitions after the plan (existing + create - retire): warning, because planning
@@ -27,213 +26,44 @@ Rules of :func:`build_plan`:
 
 from __future__ import annotations
 
-import calendar
-import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
+from callvault import partman_rules
 from callvault.errors import InvalidSetting
+from callvault.lifecycle import (
+    _MAX,
+    _MIN,
+    _PARTITION_WARN,
+    Interval,
+    LifecycleConfig,
+    PartitionInfo,
+    Retention,
+    _utc,
+)
 
-_PARTITION_WARN = 8_000
-_MIN = datetime.min.replace(tzinfo=UTC)
-_MAX = datetime.max.replace(tzinfo=UTC)
+__all__ = ["Interval", "LifecycleConfig", "PartitionInfo", "PartitionRange", "Plan", "Retention", "build_plan"]
 
-
-def _utc(ts: datetime, what: str) -> datetime:
-    """``ts`` in UTC; a naive datetime is refused because its zone would be a guess."""
-    if ts.tzinfo is None or ts.utcoffset() is None:
-        hint = "give a timezone, e.g. 2026-05-04T00:00:00Z"
-        raise InvalidSetting(f"{what} {ts.isoformat()} has no timezone: {hint}")
-    return ts.astimezone(UTC)
-
-
-def _shift_months(ts: datetime, n: int) -> datetime:
-    """``ts`` moved by ``n`` calendar months, the day clamped to the target month's last day."""
-    year, month0 = divmod(ts.year * 12 + ts.month - 1 + n, 12)
-    day = min(ts.day, calendar.monthrange(year, month0 + 1)[1])
-    return ts.replace(year=year, month=month0 + 1, day=day)
-
-
-class Interval(enum.StrEnum):
-    """Width of one partition; the value is pg_partman 4.7's ``p_interval``."""
-
-    DAILY = "daily"
-    WEEKLY = "weekly"
-    MONTHLY = "monthly"
-
-    @classmethod
-    def parse(cls, text: str) -> Interval:
-        key = " ".join(text.lower().split())
-        for member in cls:
-            if key in (member.value, member.partman_5x(), _UNIT[member]):
-                return member
-        raise InvalidSetting(f"invalid interval {text!r}: use daily, weekly or monthly")
-
-    def floor(self, ts: datetime) -> datetime:
-        """Start of the partition containing ``ts`` (UTC)."""
-        day = _utc(ts, "timestamp").replace(hour=0, minute=0, second=0, microsecond=0)
-        if self is Interval.WEEKLY:
-            return day - timedelta(days=day.weekday())
-        if self is Interval.MONTHLY:
-            return day.replace(day=1)
-        return day
-
-    def add(self, ts: datetime, n: int = 1) -> datetime:
-        """The boundary ``n`` intervals after (``n < 0``: before) the boundary ``ts``."""
-        start = _utc(ts, "partition boundary")
-        if self.floor(start) != start:
-            raise InvalidSetting(
-                f"{start.isoformat()} is not a {self.value} partition boundary: pass Interval.floor(ts)"
-            )
-        try:
-            if self is Interval.MONTHLY:
-                return _shift_months(start, n)
-            return start + timedelta(days=n * (7 if self is Interval.WEEKLY else 1))
-        except (OverflowError, ValueError):
-            moved = f"{start.isoformat()} plus {n} {self.value} intervals"
-            raise InvalidSetting(f"{moved} is outside years 1-9999: use a date in range") from None
-
-    def partman_4x(self) -> str:
-        return self.value
-
-    def partman_5x(self) -> str:
-        return f"1 {_UNIT[self]}"
-
-    def pg_interval(self) -> str:
-        return self.partman_5x()
-
-    def suffix(self, start: datetime) -> str:
-        """pg_partman 4.x child suffix: ``p2026_05_04``, ``p2026w19`` (ISO year/week), ``p2026_05``."""
-        s = _utc(start, "partition start")
-        if self is Interval.WEEKLY:
-            iso = s.isocalendar()
-            return f"p{iso.year:04d}w{iso.week:02d}"
-        if self is Interval.MONTHLY:
-            return f"p{s.year:04d}_{s.month:02d}"
-        return f"p{s.year:04d}_{s.month:02d}_{s.day:02d}"
-
-    def from_suffix(self, suffix: str) -> datetime | None:
-        """The partition start a :meth:`suffix` names, or None when ``suffix`` is not one."""
-        m = _SUFFIX[self].fullmatch(suffix)
-        if m is None:
-            return None
-        try:
-            a, b, c = (int(g) if g else 1 for g in (m.group(1), m.group(2), m.groupdict().get("d")))
-            if self is Interval.WEEKLY:
-                d = date.fromisocalendar(a, b, 1)
-                return datetime(d.year, d.month, d.day, tzinfo=UTC)
-            return datetime(a, b, c, tzinfo=UTC)
-        except ValueError:
-            return None
-
-
-_SUFFIX = {
-    Interval.DAILY: re.compile(r"p(\d{4})_(\d{2})_(?P<d>\d{2})"),
-    Interval.WEEKLY: re.compile(r"p(\d{4})w(\d{2})"),
-    Interval.MONTHLY: re.compile(r"p(\d{4})_(\d{2})"),
-}
-_UNIT = {Interval.DAILY: "day", Interval.WEEKLY: "week", Interval.MONTHLY: "month"}
-
-# unit -> (months, days) per unit
-_RETENTION_UNITS: dict[str, tuple[int, int]] = {
-    **dict.fromkeys(("d", "day", "days"), (0, 1)),
-    **dict.fromkeys(("w", "wk", "wks", "week", "weeks"), (0, 7)),
-    **dict.fromkeys(("mon", "mons", "month", "months"), (1, 0)),
-    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), (12, 0)),
-}
-_RETENTION_TERM = re.compile(r"([0-9]+)\s*([a-z]+)")
-_RETENTION_EXAMPLES = "use e.g. '90 days', '12 weeks', '3 months', '1 year' or '1 year 6 months'"
-
-
-def _plural(n: int, unit: str) -> str:
-    return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
-
-
-@dataclass(frozen=True)
-class Retention:
-    """How long rows are kept: ``months`` calendar months plus ``days`` days."""
-
-    months: int
-    days: int
-
-    def __post_init__(self) -> None:
-        if self.months < 0 or self.days < 0 or self.months + self.days == 0:
-            raise InvalidSetting(
-                f"invalid retention of {self.months} months {self.days} days: both parts must be >= 0 "
-                f"and the total > 0; {_RETENTION_EXAMPLES}"
-            )
-        if self.months > 12_000 or self.days > 366_000:
-            raise InvalidSetting(f"retention {self} is over 1000 years: shorten it, or use none")
-
-    @classmethod
-    def parse(cls, text: str) -> Retention:
-        body = " ".join(text.lower().replace(",", " ").split())
-        terms = _RETENTION_TERM.findall(body)
-        leftover = _RETENTION_TERM.sub("", body).strip()
-        if not terms or leftover or any(unit not in _RETENTION_UNITS for _, unit in terms):
-            raise InvalidSetting(f"invalid retention {text!r}: {_RETENTION_EXAMPLES}")
-        months = sum(int(n) * _RETENTION_UNITS[unit][0] for n, unit in terms)
-        days = sum(int(n) * _RETENTION_UNITS[unit][1] for n, unit in terms)
-        if months + days == 0:
-            raise InvalidSetting(
-                f"retention {text!r} must be longer than zero: {_RETENTION_EXAMPLES}, or none to keep forever"
-            )
-        return cls(months=months, days=days)
-
-    def to_pg(self) -> str:
-        """Postgres interval literal, e.g. ``90 days``, ``18 mons``, ``3 mons 10 days``."""
-        parts = [f"{self.months} mons"] if self.months else []
-        return " ".join([*parts, f"{self.days} days"] if self.days else parts)
-
-    def cutoff(self, now: datetime) -> datetime:
-        """``now - retention`` in UTC, as Postgres computes ``timestamptz - interval``."""
-        at = _utc(now, "now")
-        try:
-            return _shift_months(at, -self.months) - timedelta(days=self.days)
-        except (OverflowError, ValueError):
-            return _MIN  # before year 1: nothing can be older than that
-
-    def __str__(self) -> str:
-        years, months = divmod(self.months, 12)
-        counts = ((years, "year"), (months, "month"), (self.days, "day"))
-        return " ".join(_plural(n, unit) for n, unit in counts if n)
-
-
-@dataclass(frozen=True)
-class PartitionInfo:
-    """An attached partition as the catalog reports it."""
-
-    name: str
-    start: datetime | None  # None for a DEFAULT partition
-    end: datetime | None
-    is_default: bool = False
-    rows_estimate: int | None = None
-
-
-@dataclass(frozen=True)
-class LifecycleConfig:
-    """Partition width, how many future partitions to keep ready, how long to keep data."""
-
-    interval: Interval = Interval.WEEKLY
-    premake: int = 4
-    retention: Retention | None = Retention(0, 90)  # None = keep forever
-
-    def __post_init__(self) -> None:
-        if isinstance(self.premake, bool) or not 1 <= self.premake <= 1000:
-            raise InvalidSetting(
-                f"invalid premake {self.premake!r}: use a number of future partitions from 1 to 1000 (e.g. 4)"
-            )
+BY_PARTMAN = "pg_partman"  # premade by run_maintenance() (pg_cron, worker, callvault maintain)
+BY_CALLVAULT = "callvault"  # a gap only callvault maintain fills
 
 
 @dataclass(frozen=True)
 class PartitionRange:
-    """A partition to create: ``[start, end)`` in UTC, named like pg_partman 4.x names it."""
+    """A partition to create: ``[start, end)`` in UTC, named as the installed pg_partman names it."""
 
     start: datetime
     end: datetime
     name: str
+    by: str = BY_PARTMAN
+
+
+def partition_name(table: str, interval: Interval, start: datetime, major: int = 4) -> str:
+    """pg_partman's child name: 4.x ``p2026w19``/``p2026_05_04``/``p2026_05``, 5.x ``p20260504``."""
+    if major >= 5:
+        return f"{table}_p{_utc(start, 'partition start'):%Y%m%d}"
+    return f"{table}_{interval.suffix(start)}"
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -273,12 +103,16 @@ class Plan:
     def is_empty(self) -> bool:
         return not self.create and not self.retire and self.default_rows == 0
 
+    @property
+    def gaps(self) -> tuple[PartitionRange, ...]:
+        return tuple(r for r in self.create if r.by == BY_CALLVAULT)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "at": _iso(self.at),
             "table": self.table,
             "interval": self.interval.value,
-            "create": [{"name": r.name, "from": _iso(r.start), "to": _iso(r.end)} for r in self.create],
+            "create": [{"name": r.name, "from": _iso(r.start), "to": _iso(r.end), "by": r.by} for r in self.create],
             "retire": [
                 {"name": p.name, "from": _iso(p.start), "to": _iso(p.end), "rows_estimate": p.rows_estimate}
                 for p in self.retire
@@ -292,7 +126,10 @@ class Plan:
         }
 
     def describe(self) -> list[str]:
-        lines = [f"create {r.name} {_span(r.start, r.end)}" for r in self.create]
+        lines = [
+            f"create {r.name} {_span(r.start, r.end)}" + (" \u2014 fills a gap" if r.by == BY_CALLVAULT else "")
+            for r in self.create
+        ]
         why = f"\u2014 past retention (cutoff {_day(self.cutoff, 'none')})"
         lines += [f"retire {p.name} {_span(p.start, p.end)} {why}" for p in self.retire]
         if not lines:
@@ -333,32 +170,25 @@ def _shape_warnings(interval: Interval, parts: list[_Bounded]) -> list[str]:
     return out
 
 
-def _missing(
-    interval: Interval, start: datetime, horizon: datetime, parts: list[_Bounded], table: str
-) -> list[PartitionRange]:
-    """Aligned slots of ``[start, horizon)`` that overlap no existing partition."""
-    near = [b for b in parts if b.start < horizon and start < b.end]
-    create = []
-    while start < horizon:
-        end = interval.add(start)
-        if not any(b.start < end and start < b.end for b in near):
-            create.append(PartitionRange(start=start, end=end, name=f"{table}_{interval.suffix(start)}"))
-        start = end
-    return create
-
-
-def _past_retention(
-    parts: list[_Bounded], cutoff: datetime | None, at: datetime
-) -> tuple[list[PartitionInfo], list[str]]:
-    retire, warnings = [], []
-    for b in parts:
-        if cutoff is None or b.info.end is None or not b.end < cutoff:
-            continue
-        if b.end > at:
-            warnings.append(f"partition {b.info.name} ends after now: not retired; lengthen the retention")
-        else:
-            retire.append(b.info)
-    return retire, warnings
+def gap_slots(
+    interval: Interval, parts: Sequence[_Bounded], cutoff: datetime | None, now: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Aligned slots between the oldest partition (or the current interval, if earlier) and the
+    newest partition that overlap none of them and are not past retention (``slot end < cutoff``),
+    oldest first. Pure."""
+    ranged = [b for b in parts if b.start != _MIN and b.end != _MAX]
+    if not ranged:
+        return []
+    lo, hi = min(min(b.start for b in ranged), interval.floor(now)), max(b.end for b in ranged)
+    out = []
+    slot = interval.floor(lo)
+    while slot < hi:
+        end = interval.add(slot)
+        past = cutoff is not None and end < cutoff
+        if not past and not any(b.start < end and slot < b.end for b in parts):
+            out.append((slot, end))
+        slot = end
+    return out
 
 
 def build_plan(
@@ -368,27 +198,55 @@ def build_plan(
     *,
     table: str = "call_logs",
     default_rows: int = 0,
+    partman_major: int = 4,
+    newest_row: datetime | None = None,
+    default_newest: datetime | None = None,
 ) -> Plan:
-    """The plan for ``table`` at ``now``; see the module docstring for the rules."""
+    """The plan for ``table`` at ``now``; see the module docstring for the rules.
+
+    ``partman_major``: the installed pg_partman's major version (its rules differ); ``newest_row``:
+    ``max(started_at)`` of the attached partitions (5.x counts premake from it when it is in the
+    future); ``default_newest``: the newest row in a default partition, if any.
+    """
     at = _utc(now, "now")
     if default_rows < 0:
         raise InvalidSetting(f"invalid default_rows {default_rows}: a row count is 0 or more")
     interval = config.interval
     parts = _bounded(existing)
     warnings = _shape_warnings(interval, parts)
-    live = interval.floor(at)
-    horizon = interval.add(live, config.premake + 1)
-    create = _missing(interval, live, horizon, parts, table)
+    kids = partman_rules.children(interval, existing, partman_major)
+    gone = partman_rules.retired(interval, config.retention, kids, at)
+    premade = partman_rules.premake_starts(
+        interval, config.premake, kids, at, major=partman_major, newest_row=newest_row, default_newest=default_newest
+    )
     cutoff = config.retention.cutoff(at) if config.retention is not None else None
-    retire, retire_warnings = _past_retention(parts, cutoff, at)
-    warnings += retire_warnings
+    # pg_partman adds the interval to the last partition's start; create_partition_time() then makes the
+    # aligned partition holding that instant. Off-grid partitions (warned above) can make the two differ.
+    slots = sorted({interval.floor(s) for s in premade})
+    create = [
+        PartitionRange(s, interval.add(s), partition_name(table, interval, s, partman_major))
+        for s in slots
+        if not any(b.start < interval.add(s) and s < b.end for b in parts)
+    ]
+    gone_names = {k.info.name for k in gone}
+    after = [b for b in parts if b.info.name not in gone_names]
+    after += [_Bounded(PartitionInfo(r.name, r.start, r.end), r.start, r.end) for r in create]
+    create += [
+        PartitionRange(s, e, partition_name(table, interval, s, partman_major), by=BY_CALLVAULT)
+        for s, e in gap_slots(interval, after, cutoff, at)
+    ]
+    create.sort(key=lambda r: r.start)
+    if not kids:
+        warnings.append(
+            f"{table} has no ranged partitions: pg_partman cannot premake from nothing; run `callvault init`"
+        )
     if default_rows > 0:
         warnings.append(
             f"default partition holds {default_rows} rows: they are stranded outside any ranged partition, "
             "and maintenance fails to create partitions overlapping them; move them out (callvault "
             "quarantine, or by hand) or create their partitions with partman.partition_data_proc"
         )
-    count = len(existing) + len(create) - len(retire)
+    count = len(existing) + len(create) - len(gone)
     if count > _PARTITION_WARN:
         warnings.append(
             f"{count} partitions after this plan: query planning slows down past ~10k partitions; "
@@ -400,9 +258,9 @@ def build_plan(
         table=table,
         interval=interval,
         create=tuple(create),
-        retire=tuple(retire),
+        retire=tuple(k.info for k in gone),
         horizon_before=max(ends, default=None),
-        horizon_after=max([*ends, *(r.end for r in create)], default=horizon),
+        horizon_after=max([*ends, *(r.end for r in create)], default=interval.add(interval.floor(at))),
         cutoff=cutoff,
         default_rows=default_rows,
         warnings=tuple(warnings),

@@ -33,7 +33,7 @@ from callvault import catalog
 from callvault.archive.pipeline import archive, ensure_tables
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn, connect
+from callvault.db import Conn, connect, server_now
 from callvault.errors import AlreadyRunning, CallvaultError, InvalidSetting
 from callvault.maintain import LOCK_NAMESPACE, maintain
 
@@ -151,10 +151,10 @@ def run(
             log("start", table=settings.qualified, every_s=opts.every_s, pid=os.getpid())
             ok = True
             while not stop.is_set():
-                _beat(conn, settings, opts.every_s, cycle_started=datetime.now(UTC))
+                _beat(conn, settings, opts.every_s, cycle_started=server_now(conn))
                 ok = cycle(settings, opts, log, stop.is_set)
                 if ok:
-                    _beat(conn, settings, opts.every_s, cycle_ok=datetime.now(UTC), last_error=None)
+                    _beat(conn, settings, opts.every_s, cycle_ok=server_now(conn), last_error=None)
                 else:
                     _beat(conn, settings, opts.every_s, last_error="last cycle had errors: see the worker log")
                 if opts.once:

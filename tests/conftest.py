@@ -20,6 +20,7 @@ from psycopg import sql
 
 from callvault.config import Settings
 from callvault.embedded import Cluster
+from tests.clock import FakeClock
 
 TEMPLATE = "cv_template"
 # Durability is not under test here and fsync dominates DDL-heavy tests; benchmarks use real settings.
@@ -37,11 +38,7 @@ def cluster() -> Iterator[Cluster]:
     os.environ.pop("CALLVAULT_DSN", None)
     c = Cluster(home, settings=TEST_SERVER_SETTINGS)
     c.up()
-    with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    with psycopg.connect(c.dsn(TEMPLATE), autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA partman")
-        conn.execute("CREATE EXTENSION pg_partman WITH SCHEMA partman")
+    _template(c)
     yield c
     c.down()
     if old_home is None:
@@ -61,6 +58,39 @@ def _create_db(cluster: Cluster, template: str) -> str:
 def _drop_db(cluster: Cluster, name: str) -> None:
     with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _template(c: Cluster) -> None:
+    with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with psycopg.connect(c.dsn(TEMPLATE), autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA partman")
+        conn.execute("CREATE EXTENSION pg_partman WITH SCHEMA partman")
+
+
+@pytest.fixture(scope="session")
+def clocked() -> Iterator[tuple[Cluster, FakeClock]]:
+    """A second embedded cluster whose clock the test sets (libfaketime; see tests/clock.py).
+
+    Fails, never skips, when libfaketime is missing. Each test takes a database with ``clocked_dsn``.
+    """
+    home = Path(tempfile.mkdtemp(prefix="callvault-clock-", dir="/tmp"))
+    home.chmod(0o755)
+    clock = FakeClock(home / "faketime")
+    c = Cluster(home, settings=TEST_SERVER_SETTINGS, env=clock.server_env())
+    c.up()
+    _template(c)
+    yield c, clock
+    c.down()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def clocked_dsn(clocked: tuple[Cluster, FakeClock]) -> Iterator[str]:
+    """A fresh database (pg_partman installed) on the clocked cluster."""
+    name = _create_db(clocked[0], TEMPLATE)
+    yield clocked[0].dsn(name)
+    _drop_db(clocked[0], name)
 
 
 @pytest.fixture

@@ -32,8 +32,17 @@ TENANTS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 6)]
 AT = (datetime.now(UTC) + timedelta(weeks=3)).isoformat()  # the clock, moved past retention
 
 
+# Lower bounds of the attached partitions, from the catalog: test data is derived from what `init`
+# made, never from "N weeks back from today" (on Sundays that week starts before the oldest partition).
+PARTITION_STARTS = """SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                           'FROM \\(''([^'']+)''\\)'))[1]::timestamptz
+                      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhparent = 'public.call_logs'::regclass"""
+
+
 def fill(conn: psycopg.Connection, per_tenant_week: int = 40) -> None:
-    """Rows in each of the last 14 weeks for every tenant (tenant i gets i * per_tenant_week a week)."""
+    """Rows in every partition that has begun (the retention window and the current week) for every
+    tenant (tenant i gets i * per_tenant_week a week), up to the server's now."""
     conn.execute(
         """INSERT INTO call_logs (tenant_id, call_id, started_at, ended_at, duration_sec, transcript, metadata)
            SELECT t.id::uuid, gen_random_uuid(), ts, ts + interval '42 s', CASE WHEN g %% 7 = 0 THEN NULL ELSE 42 END,
@@ -41,9 +50,11 @@ def fill(conn: psycopg.Connection, per_tenant_week: int = 40) -> None:
                        ELSE 'transcript ' || g || E' "quoted",\nline' END,
                   jsonb_build_object('g', g, 'tags', jsonb_build_array('a', 'b'))
            FROM unnest(%s::text[]) WITH ORDINALITY AS t(id, n),
-                generate_series(0, 13) AS w,
+                ("""
+        + PARTITION_STARTS
+        + """) AS p(lo),
                 generate_series(1, %s * t.n::int) AS g,
-                LATERAL (SELECT date_trunc('week', now()) - w * interval '1 week' + g * interval '1 minute' AS ts) x
+                LATERAL (SELECT p.lo + g * interval '1 minute' AS ts) x
            WHERE ts < now()""",
         (TENANTS, per_tenant_week),
     )

@@ -39,7 +39,7 @@ from callvault.archive import export, layout
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn, connect
+from callvault.db import Conn, connect, server_now
 from callvault.errors import AlreadyRunning, ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
 from callvault.maintain import LOCK_NAMESPACE, current_plan, require_partman, retry_locks
 from callvault.plan import Interval
@@ -535,9 +535,9 @@ def archive(
         raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
     url = store_url or default_store_url(settings)
     store = open_store(url)
-    when = at or datetime.now(UTC)
     report = ArchiveReport(table=settings.qualified, store=store.url, fmt=fmt, dry_run=dry_run)
     with connect(settings, autocommit=True) as conn:
+        when = at or server_now(conn)
         pm = require_partman(conn, settings)
         ensure_tables(conn)
         jobs = candidates(conn, settings, when, store.url, fmt)

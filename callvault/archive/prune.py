@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from psycopg import sql
 
@@ -21,7 +21,7 @@ from callvault.archive.layout import Manifest, TenantEntry
 from callvault.archive.pipeline import default_store_url, ensure_tables
 from callvault.archive.store import open_store
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn, connect
+from callvault.db import Conn, connect, server_now
 from callvault.errors import InvalidSetting
 from callvault.plan import Retention
 
@@ -106,9 +106,9 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
           dry_run: bool = False) -> PruneReport:  # fmt: skip
     """Delete archived objects whose tenant's keep period is over; record it in the manifests."""
     store = open_store(store_url or default_store_url(settings))
-    now = at or datetime.now(UTC)
-    report = PruneReport(store=store.url, at=now, dry_run=dry_run)
     with connect(settings, autocommit=True) as conn:
+        now = at or server_now(conn)
+        report = PruneReport(store=store.url, at=now, dry_run=dry_run)
         ensure_tables(conn)
         default, per = policies(conn, settings)
     tdir = layout.table_dir(settings.schema, settings.table)
