@@ -93,6 +93,32 @@ def clocked_dsn(clocked: tuple[Cluster, FakeClock]) -> Iterator[str]:
     _drop_db(clocked[0], name)
 
 
+@pytest.fixture(scope="session")
+def realtime_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """A cluster on the machine's real clock, for tests that need server-side timeouts to fire
+    (``lock_timeout``): under an outer ``faketime`` set ahead they never do (tests/clock.py).
+    Without an outer libfaketime this is the session cluster."""
+    if "faketime" not in os.environ.get("LD_PRELOAD", ""):
+        yield cluster
+        return
+    home = Path(tempfile.mkdtemp(prefix="callvault-realtime-", dir="/tmp"))
+    home.chmod(0o755)
+    real = {"LD_PRELOAD": None, "FAKETIME": None, "FAKETIME_SHARED": None, "FAKETIME_TIMESTAMP_FILE": None}
+    c = Cluster(home, settings=TEST_SERVER_SETTINGS, env=real)
+    c.up()
+    _template(c)
+    yield c
+    c.down()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def realtime_dsn(realtime_cluster: Cluster) -> Iterator[str]:
+    name = _create_db(realtime_cluster, TEMPLATE)
+    yield realtime_cluster.dsn(name)
+    _drop_db(realtime_cluster, name)
+
+
 @pytest.fixture
 def dsn(cluster: Cluster) -> Iterator[str]:
     """A fresh database with pg_partman installed (not yet initialised by callvault)."""

@@ -126,7 +126,8 @@ def test_concurrent_runs_do_not_corrupt_state(dsn: str, conn: psycopg.Connection
     assert len(names) == len(set(names))
 
 
-def test_lock_budget_retries_then_succeeds(dsn: str) -> None:
+def test_lock_budget_retries_then_succeeds(realtime_dsn: str) -> None:
+    dsn = realtime_dsn  # lock_timeout must fire: a server on the real clock
     run("init", "--dsn", dsn)
     holder = psycopg.connect(dsn)
     holder.execute("LOCK TABLE call_logs IN ACCESS EXCLUSIVE MODE")
@@ -143,7 +144,8 @@ def test_lock_budget_retries_then_succeeds(dsn: str) -> None:
     assert report.attempts > 1 and report.created
 
 
-def test_lock_budget_gives_up_with_clear_error(dsn: str) -> None:
+def test_lock_budget_gives_up_with_clear_error(realtime_dsn: str) -> None:
+    dsn = realtime_dsn  # lock_timeout must fire: a server on the real clock
     run("init", "--dsn", dsn)
     with psycopg.connect(dsn) as holder:
         holder.execute("LOCK TABLE call_logs IN ACCESS EXCLUSIVE MODE")
