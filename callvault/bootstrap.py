@@ -106,23 +106,31 @@ def _table_steps(conn: Conn | None, settings: Settings, pm: PartmanInfo, now: da
     start = first_partition_start(settings, now)
     steps.append(
         Step(
-            f"pg_partman create_parent ({settings.lifecycle.interval}, from {start:%Y-%m-%d})",
+            f"{CREATE_PARENT} ({settings.lifecycle.interval}, from {start:%Y-%m-%d})",
             partman.create_parent_sql(settings, pm, start),
         )
     )
     if pm.major < 5 and not settings.default_partition:
         steps.append(Step("drop the default partition (policy: none)", schema.drop_default_partition_sql(settings)))
     steps.append(Step("configure retention/premake", partman.configure_sql(settings, pm)))
-    steps.append(_settle(settings, pm))
     return steps
 
 
-def _settle(settings: Settings, pm: PartmanInfo) -> Step:
-    """pg_partman's own maintenance, once, inside init: ``create_parent`` premakes by its own rule,
-    ``run_maintenance`` by another (it counts from now, not from the current partition: see
-    :mod:`callvault.partman_rules`), so init ends where maintenance would, and a `plan` right
-    after init is empty at any instant."""
-    return Step("premake to pg_partman's maintenance horizon", partman.run_maintenance_sql(settings, pm))
+CREATE_PARENT = "pg_partman create_parent"
+
+
+def _settle(conn: Conn, settings: Settings) -> None:
+    """``create_parent`` premakes by its own rule, pg_partman's maintenance by another (it counts from
+    now, not from the current partition: see :mod:`callvault.partman_rules`). Create what maintenance
+    would at this instant, so init ends where maintenance would and a `plan` right after init is empty.
+    (Not ``run_maintenance()`` itself: pg_partman 4.7's show_partitions breaks on quoted names.)"""
+    from callvault.maintain import current_plan
+
+    pm = partman.installed(conn)
+    assert pm is not None
+    plan = current_plan(conn, settings, pm, db.server_now(conn))
+    if plan.create:
+        conn.execute(partman.create_partitions_sql(settings, pm, [p.start for p in plan.create]))
 
 
 def _schema_exists(conn: Conn, name: str) -> bool:
@@ -206,6 +214,8 @@ def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: 
             require_role_admin(conn, steps)
         for step in steps:
             conn.execute(step.statement)
+        if any(step.what.startswith(CREATE_PARENT) for step in steps):
+            _settle(conn, settings)
         secured = tenancy.secure(conn, settings).require(f"init of {settings.qualified}")
     return InitReport(steps=steps, secured=secured)
 
