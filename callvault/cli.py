@@ -174,9 +174,10 @@ def maintain(dsn: str | None, schema: str, table: str, at: str | None, wait: boo
 def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
     """Show what maintenance and retention will do (at --at), without changing anything."""
     s = settings_of(dsn, schema, table)
+    when = parse_at(at)  # a bad --at is named before any connection
     with connect(s) as conn:
         pm = maintenance.require_partman(conn, s)
-        p = maintenance.current_plan(conn, s, pm, parse_at(at) or db.server_now(conn))
+        p = maintenance.current_plan(conn, s, pm, when or db.server_now(conn))
     emit(p.to_dict()) if as_json else render.plan(out, p)
 
 
@@ -187,8 +188,9 @@ def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool
 def status(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
     """Partitions, sizes, premake horizon, default rows, retention and last maintenance."""
     s = settings_of(dsn, schema, table)
+    when = parse_at(at)
     with connect(s) as conn:
-        st = monitor.collect(conn, s, parse_at(at))
+        st = monitor.collect(conn, s, when)
     emit(st.to_dict()) if as_json else render.status(out, st)
 
 

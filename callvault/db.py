@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from callvault.config import Settings
-from callvault.errors import DatabaseUnavailable
+from callvault.errors import DatabaseUnavailable, InvalidSetting
 
 CONNECT_TIMEOUT_S = 10
 
@@ -35,6 +35,11 @@ def connect(settings: Settings, *, autocommit: bool = False) -> Conn:
     dsn = resolve_dsn(settings)
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
+        raise InvalidSetting(
+            f"invalid DSN {redact(dsn)!r}: {str(exc).strip()}. Use a URL such as postgresql://user:pass@host:5432/db "
+            "(or key=value pairs) in --dsn / CALLVAULT_DSN, or unset both to use the embedded Postgres"
+        ) from None
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DatabaseUnavailable(
