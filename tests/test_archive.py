@@ -268,7 +268,8 @@ def test_interrupted_concurrent_detach_is_finalized(filled: Settings, conn: psyc
         reader.execute("SELECT count(*) FROM call_logs")  # an open transaction the detach must wait for
         # cancelled from the client after 1 s, not by statement_timeout: server timeouts do not fire
         # under a libfaketime clock set ahead (tests/clock.py), and the suite runs under one too
-        interrupt = threading.Timer(1.0, ddl.cancel)
+        # (a sleeping thread, not threading.Timer: a timed condition wait never wakes under faketime)
+        interrupt = threading.Thread(target=lambda: (time.sleep(1.0), ddl.cancel()))
         interrupt.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             ddl.execute(f"ALTER TABLE call_logs DETACH PARTITION {name} CONCURRENTLY")
