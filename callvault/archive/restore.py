@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,17 +26,15 @@ from psycopg import sql
 from callvault import catalog, partman, tenancy
 from callvault.archive import layout
 from callvault.archive.layout import Fingerprint, Manifest
+from callvault.archive.load import insert_from_stage, stage
 from callvault.archive.pipeline import _relation_state, default_store_url
-from callvault.archive.store import Store, open_store, sha256_file
+from callvault.archive.store import Store, open_store
 from callvault.config import Settings, check_identifier
-from callvault.db import Conn, connect
+from callvault.db import connect
 from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
 from callvault.maintain import require_partman
 from callvault.plan import Interval
 from callvault.tenancy.facts import side_mark
-
-_COLS = ("id", "tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
-_STAGE = "callvault_restore_stage"
 
 
 @dataclass
@@ -62,59 +59,6 @@ def load_manifest(store: Store, settings: Settings, interval: Interval, start: d
             f"{store.url} ({key} is missing): see `callvault archive list` for what is archived"
         )
     return Manifest.from_json(store.get_bytes(key))
-
-
-def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
-    """The file's rows as Postgres text input, streamed in batches (bounded memory for 1M-row parts)."""
-    import duckdb
-
-    if fmt == "parquet":
-        src = "read_parquet($f, hive_partitioning = false)"
-    else:
-        src = "read_csv($f, header = true, all_varchar = true, allow_quoted_nulls = false)"
-    cols = (
-        "id, tenant_id::VARCHAR, call_id::VARCHAR, started_at::VARCHAR, ended_at::VARCHAR, duration_sec, "
-        "transcript, metadata::VARCHAR"
-    )
-    with duckdb.connect() as con:
-        con.execute("SET TimeZone = 'UTC'")
-        cur = con.execute(f"SELECT {cols} FROM {src}", {"f": str(path)})
-        while batch := cur.fetchmany(10_000):
-            yield from batch
-
-
-def _stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], workdir: Path) -> None:
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE {} (id bigint, tenant_id uuid, call_id uuid, started_at timestamptz, "
-            "ended_at timestamptz, duration_sec integer, transcript text, metadata text) ON COMMIT DROP"
-        ).format(sql.Identifier(_STAGE))
-    )
-    copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, _COLS))
-    )
-    for tenant in tenants:
-        for obj in manifest.tenants[tenant].objects:
-            dest = workdir / obj.key.replace("/", "_")
-            store.get_file(obj.key, dest)
-            if sha256_file(dest) != obj.sha256:
-                raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its manifest SHA-256 (corrupted)")
-            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                for row in _rows(dest, manifest.fmt):
-                    copy.write_row(row)
-            dest.unlink()
-
-
-def _insert_from_stage(conn: Conn, target: sql.Identifier) -> None:
-    cols = sql.SQL(", ").join(map(sql.Identifier, _COLS))
-    select = sql.SQL(", ").join(
-        sql.SQL("{}::jsonb").format(sql.Identifier(c)) if c == "metadata" else sql.Identifier(c) for c in _COLS
-    )
-    conn.execute(
-        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-            target, cols, select, sql.Identifier(_STAGE)
-        )
-    )
 
 
 def restore(
@@ -151,7 +95,7 @@ def restore(
         target = sql.Identifier(settings.schema, name)
         with conn.transaction(), tempfile.TemporaryDirectory(prefix="callvault-restore-") as tmp:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
-            _stage(conn, store, manifest, tenants, Path(tmp))
+            stage(conn, store, manifest, tenants, Path(tmp))
             state = _relation_state(conn, settings, name)
             if hot and state in ("detached", "pending"):
                 raise CallvaultError(
@@ -170,7 +114,7 @@ def restore(
                 conn.execute(
                     sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(target, parent)
                 )
-                _insert_from_stage(conn, target)
+                insert_from_stage(conn, target)
                 check = sql.Identifier(f"{name}_restore_bound")
                 bounds = (sql.Literal(manifest.start), sql.Literal(manifest.end))
                 conn.execute(
@@ -188,7 +132,7 @@ def restore(
                 tenancy.secure(conn, settings).require(f"restore of {name}", only=name)
                 report.attached = True
             elif hot:
-                _insert_from_stage(conn, parent)
+                insert_from_stage(conn, parent)
             else:
                 conn.execute(
                     sql.SQL(
@@ -200,7 +144,7 @@ def restore(
                 # grants) apply to it before any row lands, even if it existed already
                 conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(side_mark(settings))))
                 tenancy.secure(conn, settings).require(f"restore into {name}", only=name)
-                _insert_from_stage(conn, target)
+                insert_from_stage(conn, target)
             check_target = parent if hot else target
             for t in tenants:
                 where = sql.SQL("WHERE tenant_id = {} AND started_at >= {} AND started_at < {}").format(
