@@ -30,11 +30,18 @@ def resolve_dsn(settings: Settings) -> str:
     return default_dsn()
 
 
-def connect(settings: Settings, *, autocommit: bool = False) -> Conn:
-    """Open a connection with the session time zone pinned to UTC (all partition math is UTC)."""
+def connect(settings: Settings, *, autocommit: bool = False, prepare_threshold: int | None = None) -> Conn:
+    """Open a connection with the session time zone pinned to UTC (all partition math is UTC).
+
+    ``prepare_threshold=None``: psycopg never prepares a statement server-side on it. A prepared
+    statement lives on one server connection, which PgBouncer (1.18, transaction mode) does not keep
+    for the next transaction; pass psycopg's 5 to get its default back when talking to Postgres directly.
+    """
     dsn = resolve_dsn(settings)
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(
+            dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, prepare_threshold=prepare_threshold
+        )
     except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
         raise InvalidSetting(
             f"invalid DSN {redact(dsn)!r}: {str(exc).strip()}. Use a URL such as postgresql://user:pass@host:5432/db "

@@ -4,11 +4,17 @@ Every read names one tenant and a bounded window ``[since, until)``; a window th
 or wider than ``max_window`` (default: the table's hot retention) is refused before any SQL runs.
 Statements use the bounds as parameters, never functions of ``started_at``, so the planner prunes
 partitions — at plan time for custom plans, at executor start ("Subplans Removed") for the generic
-plans Postgres may switch to after psycopg prepares a statement (5th execution on).
+plans Postgres may switch to when a statement is prepared.
 
 Every read runs in its own transaction with the tenant set transaction-locally
 (:func:`callvault.tenancy.tenant`), so under row-level security the application role sees that
 tenant's rows and nothing else, even if a statement's own ``tenant_id`` filter were wrong.
+
+The readers never prepare their statements server-side (``prepare=False``, whatever the connection's
+``prepare_threshold``): a prepared statement lives on one server connection, and PgBouncer 1.18 in
+transaction mode hands the next transaction another one (``"_pg3_0" already exists`` / ``does not
+exist``). So a reader is safe behind PgBouncer on any connection; each read is planned with its own
+bounds (plan-time pruning).
 """
 
 from __future__ import annotations
@@ -195,19 +201,23 @@ class Reader:
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
         with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            rows = self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params).fetchall()
+            rows = self.conn.execute(
+                window_sql(self.settings, after_cursor=bool(cursor)), params, prepare=False
+            ).fetchall()
         return _page(rows, limit)
 
     def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
         with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            row = self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params).fetchone()
+            row = self.conn.execute(
+                get_call_sql(self.settings, pinned=started_at is not None), params, prepare=False
+            ).fetchone()
         return CallRecord(*row) if row else None
 
     def count_calls(self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None) -> int:
         params = self._window(tenant_id, since, until)
         with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            row = self.conn.execute(count_sql(self.settings), params).fetchone()
+            row = self.conn.execute(count_sql(self.settings), params, prepare=False).fetchone()
         return int(row[0]) if row else 0
 
     def daily_stats(
@@ -215,7 +225,7 @@ class Reader:
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
         with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            rows = self.conn.execute(daily_sql(self.settings), params).fetchall()
+            rows = self.conn.execute(daily_sql(self.settings), params, prepare=False).fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 
     def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
@@ -247,14 +257,16 @@ class AsyncReader:
         if cursor:
             params["cts"], params["cid"] = decode_cursor(cursor)
         async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params)
+            cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params, prepare=False)
             rows = await cur.fetchall()
         return _page(rows, limit)
 
     async def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
         params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
         async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(get_call_sql(self.settings, pinned=started_at is not None), params)
+            cur = await self.conn.execute(
+                get_call_sql(self.settings, pinned=started_at is not None), params, prepare=False
+            )
             row = await cur.fetchone()
         return CallRecord(*row) if row else None
 
@@ -263,7 +275,7 @@ class AsyncReader:
     ) -> int:
         params = self._window(tenant_id, since, until)
         async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(count_sql(self.settings), params)
+            cur = await self.conn.execute(count_sql(self.settings), params, prepare=False)
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -272,7 +284,7 @@ class AsyncReader:
     ) -> list[DayStat]:
         params = self._window(tenant_id, since, until)
         async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(daily_sql(self.settings), params)
+            cur = await self.conn.execute(daily_sql(self.settings), params, prepare=False)
             rows = await cur.fetchall()
         return [DayStat(day, int(n), int(total)) for day, n, total in rows]
 

@@ -49,7 +49,10 @@ async def configure_connection(conn: AConn) -> None:
 
 
 class AsyncWriter:
-    """Batching, idempotent, quarantining writer for asyncio. ``async with AsyncWriter(...) as w``."""
+    """Batching, idempotent, quarantining writer for asyncio. ``async with AsyncWriter(...) as w``.
+
+    Its own pool connects with ``prepare_threshold=None`` (PgBouncer-safe, see ``CONNECT_KWARGS``);
+    a ``pool`` you pass in needs ``kwargs={"prepare_threshold": None}`` behind PgBouncer."""
 
     def __init__(
         self,

@@ -42,9 +42,11 @@ CONNECT_WAIT_S = 5.0  # per attempt, waiting for the pool to hand out a (re)conn
 APPLICATION_NAME = "callvault-writer"  # visible in pg_stat_activity
 
 # Bound every wait on the network, so retry_for really bounds a dead or half-open connection.
+# prepare_threshold=None: no server-side prepared statements, which PgBouncer 1.18 in transaction mode
+# would leave on a server connection the next transaction does not get ("_pg3_0" already exists).
 CONNECT_KWARGS: dict[str, Any] = {
     "application_name": APPLICATION_NAME, "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-    "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000,
+    "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000, "prepare_threshold": None,
 }  # fmt: skip
 
 CallLike = Call | Mapping[str, Any]
@@ -99,7 +101,11 @@ def as_settings(target: Settings | str | None) -> Settings:
 
 
 class Writer:
-    """Batching, idempotent, quarantining call-log writer. Thread-safe; use as a context manager."""
+    """Batching, idempotent, quarantining call-log writer. Thread-safe; use as a context manager.
+
+    ``pool``: your own ``psycopg_pool.ConnectionPool`` instead of the writer's one-connection pool.
+    Behind PgBouncer in transaction mode create it with ``kwargs={"prepare_threshold": None}`` (the
+    writer's own pool does that); the writer does not change a pool it was given."""
 
     def __init__(
         self,

@@ -3,6 +3,9 @@
 The tenant is set with ``set_config('app.tenant_id', ..., true)``: transaction-local, so it ends
 with the block's transaction and a pooled connection (or a PgBouncer server connection in
 transaction mode) handed to the next request carries nothing over. No session-level ``SET``.
+The tenant statement is never prepared server-side (``prepare=False``): PgBouncer 1.18 in transaction
+mode does not carry prepared statements between server connections. The block's own statements are
+the caller's: on a connection behind PgBouncer, open it with ``prepare_threshold=None``.
 
 * On an idle connection the block is its own transaction (committed at the end, rolled back on an
   exception).
@@ -45,10 +48,10 @@ def tenant(
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
     with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        conn.execute(SET_TENANT_SQL, (value,))
+        conn.execute(SET_TENANT_SQL, (value,), prepare=False)
         yield conn
         if nested:
-            conn.execute(SET_TENANT_SQL, ("",))
+            conn.execute(SET_TENANT_SQL, ("",), prepare=False)
 
 
 @asynccontextmanager
@@ -59,7 +62,7 @@ async def atenant(
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
     async with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        await conn.execute(SET_TENANT_SQL, (value,))
+        await conn.execute(SET_TENANT_SQL, (value,), prepare=False)
         yield conn
         if nested:
-            await conn.execute(SET_TENANT_SQL, ("",))
+            await conn.execute(SET_TENANT_SQL, ("",), prepare=False)
