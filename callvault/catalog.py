@@ -95,6 +95,16 @@ def partition_names(conn: Conn, settings: Settings) -> tuple[set[str], set[str]]
     return attached, {name for name, part in rows if not part and name.startswith(f"{prefix}p")}
 
 
+def pending_detach(conn: Conn, settings: Settings) -> list[str]:
+    """Partitions of the table whose ``DETACH ... CONCURRENTLY`` was interrupted ("pending detach")."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass AND i.inhdetachpending ORDER BY c.relname",
+        (parent_regclass(settings),),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def list_detached(conn: Conn, settings: Settings) -> list[tuple[str, int]]:
     """Tables detached by retention (``retention_keep_table``) and not yet archived/dropped."""
     prefix = f"{settings.table}_p"

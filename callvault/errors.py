@@ -49,6 +49,12 @@ class AlreadyRunning(CallvaultError):
     exit_code = 75  # EX_TEMPFAIL: try again later
 
 
+class Blocked(CallvaultError):
+    """Another session held a lock past the lock budget on every retry; nothing half-done was kept."""
+
+    exit_code = 75  # EX_TEMPFAIL: the next run retries
+
+
 class EmbeddedError(CallvaultError):
     """The embedded Postgres cluster could not be created, started or stopped."""
 

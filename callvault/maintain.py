@@ -9,12 +9,22 @@
   stalls longer than the budget behind a partition being created or detached.
 * ``at``: apply the planner's view of that moment instead (create what is missing up to the horizon,
   detach what is past retention at ``at``) with pg_partman's own create/retention functions.
+* One owner per change: every command that attaches, detaches or drops partitions of a table
+  (``maintain`` for its whole run, ``archive`` for its detach and drop steps) holds :func:`table_lock`,
+  which is callvault's per-table lock plus pg_partman's own retention locks, so a pg_cron
+  ``run_maintenance()`` skips (with its "already running" notice) instead of detaching the partition
+  the archive is working on.
+* An interrupted ``DETACH ... CONCURRENTLY`` (a partition "pending detach") is finished with
+  ``FINALIZE`` by whichever command meets it first. If a session keeps it from finishing, maintenance
+  still premakes (pg_partman's retention cannot run past a pending detach, so the planner's partitions
+  are created without it) and then exits 75 naming the session.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,7 +35,7 @@ from psycopg import sql
 from callvault import catalog, db, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
-from callvault.errors import AlreadyRunning, CallvaultError, NotInitialised
+from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
 from callvault.partman import PartmanInfo
 from callvault.plan import Plan, build_plan
 
@@ -33,6 +43,9 @@ LOCK_NAMESPACE = 0x6376  # "cv": first key of callvault's two-key advisory locks
 RETRIES = 5  # lock_timeout hits before giving up
 BACKOFF_S = 0.2  # first retry delay, doubled each time (0.2 + 0.4 + ... = ~6 s over 5 tries)
 PARTMAN_BUSY = "already running"
+# pg_partman 4.7/5.x take these transaction-level advisory locks (single bigint key, hashtext of the
+# text) in run_maintenance() and drop_partition_time(); holding them makes both skip with a notice.
+PARTMAN_LOCKS = ("pg_partman run_maintenance", "pg_partman drop_partition_time")
 
 
 @dataclass
@@ -44,18 +57,21 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)
     secured: list[str] = field(default_factory=list)  # tenant-isolation repairs (see callvault.tenancy.repair)
     unsecured: list[str] = field(default_factory=list)  # repairs that failed, with why
+    finalized: list[str] = field(default_factory=list)  # interrupted concurrent detaches finished
+    blocked: str | None = None  # why retention could not run (premaking still did)
     attempts: int = 0
     seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.detached or self.dropped or self.secured)
+        return bool(self.created or self.detached or self.dropped or self.secured or self.finalized)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "table": self.table, "at": self.at.isoformat() if self.at else None,
             "created": self.created, "detached": self.detached, "dropped": self.dropped,
             "secured": self.secured, "unsecured": self.unsecured,
+            "finalized": self.finalized, "blocked": self.blocked,
             "attempts": self.attempts, "seconds": round(self.seconds, 3),
         }  # fmt: skip
 
@@ -101,8 +117,10 @@ def _acquire(conn: Conn, key: int, wait: bool) -> None:
         raise AlreadyRunning("maintenance is already running for this table in another session; try again later")
 
 
-def retry_locks(work: Callable[[], None], what: str) -> int:
-    """Run ``work``; on a lock timeout wait and try again (``RETRIES`` times). Returns the attempts used."""
+def retry_locks(work: Callable[[], None], what: str, blockers: Callable[[], str] | None = None) -> int:
+    """Run ``work``; on a lock timeout wait and try again (``RETRIES`` times). Returns the attempts used.
+
+    Giving up raises :class:`Blocked` (exit 75) naming the sessions ``blockers`` describes."""
     delay = BACKOFF_S
     for attempt in range(1, RETRIES + 1):
         try:
@@ -121,29 +139,109 @@ def retry_locks(work: Callable[[], None], what: str) -> int:
             if not (isinstance(exc, pgerr.LockNotAvailable) or "lock timeout" in msg):
                 raise
             if attempt == RETRIES:
-                raise CallvaultError(
+                who = blockers() if blockers else ""
+                raise Blocked(
                     f"{what} gave up after {RETRIES} tries: another session held a lock longer than the lock "
-                    "budget each time. Find it in pg_stat_activity, or raise CALLVAULT_LOCK_TIMEOUT_MS"
+                    f"budget each time{who}. End that session's transaction, or raise CALLVAULT_LOCK_TIMEOUT_MS; "
+                    "the next run retries"
                 ) from None
             time.sleep(delay)
             delay *= 2
     return RETRIES
 
 
-def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None) -> None:
+def lock_holders(conn: Conn, relation: sql.Composable) -> str:
+    """`` (pid 123 user app, idle in transaction since 12:00:01)``: the other sessions holding a lock on
+    ``relation``, for error messages. Empty when none (or the relation is gone)."""
+    try:
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT a.pid, a.usename, a.state, a.xact_start FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.granted AND l.pid <> pg_backend_pid() "
+                "AND l.relation = to_regclass({}) ORDER BY a.pid LIMIT 3"
+            ).format(sql.Literal(relation.as_string(conn)))
+        ).fetchall()
+    except psycopg.Error:
+        return ""
+    if not rows:
+        return ""
+    parts = [f"pid {pid} user {user}, {state} since {start:%Y-%m-%d %H:%M:%S%z}" for pid, user, state, start in rows]
+    return " (" + "; ".join(parts) + ")"
+
+
+@contextmanager
+def table_lock(conn: Conn, settings: Settings, what: str) -> Iterator[None]:
+    """Hold the right to attach/detach/drop partitions of the table: callvault's per-table lock and
+    pg_partman's retention locks (session level, so DDL inside may commit). Waits under the lock
+    budget (``lock_timeout`` of ``conn``) with retries; :class:`Blocked` when it cannot have them."""
+    key = _lock_key(conn, settings)
+    held: list[str] = []
+
+    def release() -> None:
+        while held:
+            name = held.pop()
+            if name == "callvault":
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+            else:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s)::bigint)", (name,))
+
+    def take() -> None:
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
+            held.append("callvault")
+            for name in PARTMAN_LOCKS:
+                conn.execute("SELECT pg_advisory_lock(hashtext(%s)::bigint)", (name,))
+                held.append(name)
+        except psycopg.Error:
+            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                release()
+            raise
+
+    retry_locks(take, f"{what} (waiting for maintenance of {settings.qualified} to finish)")
+    try:
+        yield
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            release()
+
+
+def _run(conn: Conn, stmt: sql.Composed) -> None:
+    conn.execute(stmt)
+
+
+def finalize_pending(conn: Conn, settings: Settings) -> list[str]:
+    """Finish every interrupted ``DETACH ... CONCURRENTLY`` of the table (``FINALIZE``), under the lock
+    budget with retries. Returns the partitions finished; :class:`Blocked` names who kept one pending.
+    The caller holds :func:`table_lock`."""
+    done = []
+    parent = sql.Identifier(settings.schema, settings.table)
+    for name in catalog.pending_detach(conn, settings):
+        child = sql.Identifier(settings.schema, name)
+        stmt = sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(parent, child)
+        retry_locks(
+            lambda stmt=stmt: _run(conn, stmt),  # type: ignore[misc]
+            f"finishing the interrupted detach of {name}",
+            lambda child=child: lock_holders(conn, child),  # type: ignore[misc]
+        )
+        done.append(name)
+    return done
+
+
+def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None, retention: bool = True) -> None:
     """Without ``at``: pg_partman's own ``run_maintenance()`` (what pg_cron runs), then the gaps it
     leaves. With ``at``: the plan for that instant, which mirrors run_maintenance's rules, applied
-    with pg_partman's retention and create functions in the order it uses (retention first)."""
-    if at is None:
+    with pg_partman's retention and create functions in the order it uses (retention first).
+    ``retention=False`` (a detach is pending and cannot finish): only create, from the plan."""
+    if at is None and retention:
         conn.execute(partman.run_maintenance_sql(settings, pm))
         plan = current_plan(conn, settings, pm, db.server_now(conn))
         with conn.transaction():
             _create(conn, settings, pm, plan)
         return
-    plan = current_plan(conn, settings, pm, at)
+    plan = current_plan(conn, settings, pm, at or db.server_now(conn))
     with conn.transaction():
-        if plan.cutoff is not None:
-            conn.execute(partman.retention_sql(settings, pm, at))
+        if plan.cutoff is not None and retention:
+            conn.execute(partman.retention_sql(settings, pm, at or db.server_now(conn)))
         _create(conn, settings, pm, plan)
 
 
@@ -184,7 +282,14 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             conn.add_notice_handler(lambda d: busy.append(d.message_primary or ""))
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             before_attached, _ = catalog.partition_names(conn, settings)
-            report.attempts = retry_locks(lambda: _apply(conn, settings, pm, at), f"maintenance on {report.table}")
+            try:
+                report.finalized = finalize_pending(conn, settings)
+            except Blocked as exc:
+                report.blocked = str(exc)  # premake anyway; retention waits for the next run
+            retention = report.blocked is None
+            report.attempts = retry_locks(
+                lambda: _apply(conn, settings, pm, at, retention), f"maintenance on {report.table}"
+            )
             if any(PARTMAN_BUSY in m for m in busy):
                 raise AlreadyRunning("pg_partman maintenance is already running in another session (pg_cron?)")
             after_attached, after_detached = catalog.partition_names(conn, settings)
@@ -198,4 +303,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
         finally:
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+    if report.blocked:
+        made = f"created {len(report.created)} partition(s); " if report.created else ""
+        raise Blocked(f"{made}retention did not run: {report.blocked}")
     return report

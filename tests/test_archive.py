@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from callvault.archive import layout
-from callvault.archive.pipeline import FAULT_ENV, FAULT_POINTS, LOCK_NAMESPACE
+from callvault.archive.pipeline import FAULT_ENV, FAULT_POINTS, LOCK_NAMESPACE, default_spool
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
 from tests.helpers import run, run_json
@@ -194,6 +194,8 @@ def test_killed_after_each_step_resumes_to_the_same_state(
     resumed = cli("archive", "--dsn", dsn, "--to", bucket, "--at", AT, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert_archived(conn, bucket, expected)
+    leftovers = [p.name for p in default_spool().glob("*-*-*") if p.name.split("-")[0] in ("verify", "merge")]
+    assert leftovers == [], f"the killed run's work directories were not removed: {leftovers}"
 
 
 def test_store_unreachable_detaches_nothing(filled: Settings, conn: psycopg.Connection, bucket: str) -> None:

@@ -10,6 +10,7 @@ the table's types (uuid, timestamptz in UTC, jsonb as JSON text); ``csv`` writes
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from psycopg import sql
 
 from callvault.archive.layout import PART_ROWS
 from callvault.db import Conn
+from callvault.private import open_private, private_dir, private_file
 
 BATCH_ROWS = 32_768  # rows per Arrow batch / Parquet row group (~40 MB of 1.2 KB rows)
 _COPY_BLOCK = 1024 * 1024
@@ -114,7 +116,7 @@ def export_parquet(
     """Write ``tenant``'s rows of ``table`` to ``dest_dir/part-NNNNN.parquet`` files."""
     import pyarrow.parquet as pq
 
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(dest_dir, "archive spool directory")
     files: list[LocalFile] = []
     writer: Any = None
     part, rows = 0, 0
@@ -124,7 +126,7 @@ def export_parquet(
         if writer is None:
             return
         writer.close()
-        path = dest_dir / f"part-{part:05d}.parquet"
+        path = private_file(dest_dir / f"part-{part:05d}.parquet")
         size, sha = _digest(path)
         files.append(LocalFile(path=path, part=part, rows=rows, size=size, sha256=sha))
         writer = None
@@ -149,10 +151,10 @@ def export_parquet(
 
 def export_csv(conn: Conn, table: sql.Identifier, tenant: str, dest_dir: Path) -> list[LocalFile]:
     """The seed's CSV (one file per tenant): ``COPY ... TO STDOUT (FORMAT csv, HEADER)``, streamed."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(dest_dir, "archive spool directory")
     path = dest_dir / "part-00000.csv"
     query = sql.SQL(_SELECT_CSV).format(table, sql.Literal(tenant))
-    with conn.cursor() as cur, path.open("wb") as out:
+    with conn.cursor() as cur, os.fdopen(open_private(path), "wb") as out:
         with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER)").format(query)) as copy:
             for block in copy:
                 out.write(block)

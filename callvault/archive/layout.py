@@ -102,9 +102,13 @@ def tenant_prefix(tdir: str, tenant: str) -> str:
     return f"{tdir}/tenant_id={uuid.UUID(tenant)}"
 
 
+def period_prefix(tdir: str, tenant: str, interval: Interval, start: datetime) -> str:
+    return f"{tenant_prefix(tdir, tenant)}/{PERIOD_KEY[interval]}={period_value(start)}"
+
+
 def data_key(tdir: str, tenant: str, interval: Interval, start: datetime, part: int, fmt: str) -> str:
     ext = "parquet" if fmt == "parquet" else "csv"
-    return f"{tenant_prefix(tdir, tenant)}/{PERIOD_KEY[interval]}={period_value(start)}/part-{part:05d}.{ext}"
+    return f"{period_prefix(tdir, tenant, interval, start)}/part-{part:05d}.{ext}"
 
 
 def manifest_key(tdir: str, interval: Interval, start: datetime) -> str:

@@ -25,7 +25,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,19 +34,34 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from callvault import catalog
+from callvault import catalog, private
 from callvault.archive import export, layout
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
-from callvault.errors import AlreadyRunning, ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
-from callvault.maintain import LOCK_NAMESPACE, current_plan, require_partman, retry_locks
+from callvault.errors import (
+    AlreadyRunning,
+    ArchiveVerifyFailed,
+    Blocked,
+    CallvaultError,
+    InvalidSetting,
+    StoreUnavailable,
+)
+from callvault.maintain import (
+    LOCK_NAMESPACE,
+    current_plan,
+    finalize_pending,
+    lock_holders,
+    require_partman,
+    retry_locks,
+    table_lock,
+)
 from callvault.plan import Interval
 
 STEPS = ("pending", "detached", "exported", "uploaded", "verified", "dropped")
 FAULT_ENV = "CALLVAULT_FAULT_AFTER"  # test hook: SIGKILL this process right after the named step
-FAULT_POINTS = ("detach", "export", "upload-first-object", "upload", "verify", "drop")
+FAULT_POINTS = ("detach", "export", "upload-first-object", "upload", "verify-first-object", "verify", "drop")
 ARCHIVE_URL_ENV = "CALLVAULT_ARCHIVE_URL"
 SPOOL_ENV = "CALLVAULT_ARCHIVE_SPOOL"
 
@@ -262,13 +277,13 @@ def _has_default(ctx: _Ctx) -> bool:
 
 
 def step_detach(ctx: _Ctx, job: _Job) -> None:
+    """Detach ``job``'s partition, holding the table lock (so pg_partman's retention and ``maintain``
+    never act on it at the same time). An interrupted concurrent detach of any partition of the table
+    is finished first: Postgres allows one pending detach per table."""
+
     def attempt() -> None:
         state = _relation_state(ctx.conn, ctx.settings, job.partition)
-        if state == "pending":
-            ctx.conn.execute(
-                sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE").format(ctx.parent(), ctx.child(job))
-            )
-        elif state == "attached":
+        if state == "attached":
             mode = sql.SQL("") if _has_default(ctx) else sql.SQL(" CONCURRENTLY")
             ctx.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(ctx.parent(), ctx.child(job), mode))
         elif state == "missing":
@@ -277,9 +292,17 @@ def step_detach(ctx: _Ctx, job: _Job) -> None:
                 "callvault can archive; remove its journal row once you have checked"
             )
 
-    retry_locks(attempt, f"detaching {job.partition}")
-    if _relation_state(ctx.conn, ctx.settings, job.partition) == "pending":  # lock timeout mid-way
-        retry_locks(attempt, f"finishing the detach of {job.partition}")
+    with table_lock(ctx.conn, ctx.settings, f"detaching {job.partition}"):
+        finalize_pending(ctx.conn, ctx.settings)
+        if _relation_state(ctx.conn, ctx.settings, job.partition) == "attached":
+            retry_locks(attempt, f"detaching {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
+        # a lock timeout in the second phase of DETACH CONCURRENTLY leaves it pending: finish it now
+        finalize_pending(ctx.conn, ctx.settings)
+        if _relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
+            raise CallvaultError(
+                f"partition {job.partition} disappeared before it was archived (dropped by hand?): nothing "
+                "callvault can archive; remove its journal row once you have checked"
+            )
 
 
 def _source_fingerprints(ctx: _Ctx, job: _Job) -> dict[str, Fingerprint]:
@@ -287,10 +310,45 @@ def _source_fingerprints(ctx: _Ctx, job: _Job) -> dict[str, Fingerprint]:
     return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
 
 
+def _merge_previous(ctx: _Ctx, job: _Job) -> None:
+    """A period archived before (and since restored, wholly or per tenant, into the hot table) is
+    archived again as the union of both: the earlier archive's rows of every tenant that is in the
+    table again are loaded back into the detached table (``ON CONFLICT DO NOTHING``: rows restored
+    from it are already there), and tenants that are not keep their earlier objects. Manifests are
+    merged, never overwritten. Done once per journal entry, in the transaction that records it."""
+    if "merged" in job.state:
+        return
+    key = layout.manifest_key(ctx.tdir, ctx.interval, job.start)
+    previous = Manifest.from_json(ctx.store.get_bytes(key)) if ctx.store.head(key) is not None else None
+    if previous is None:
+        job.state = {**job.state, "merged": [], "kept": {}}
+        return
+    from callvault.archive.load import insert_from_stage, stage
+
+    present = {str(r[0]) for r in ctx.conn.execute(sql.SQL("SELECT DISTINCT tenant_id FROM {}").format(ctx.child(job)))}
+    live = {t: e for t, e in previous.tenants.items() if not e.pruned_at}
+    merge = sorted(t for t in live if t in present)
+    kept = {t: e.to_dict() for t, e in previous.tenants.items() if t not in present}
+    # one format per period: a re-archive keeps the first one (kept tenants' objects are in it)
+    merged = replace(job, fmt=previous.fmt, state={**job.state, "merged": merge, "kept": kept})
+    work = private.work_dir(ctx.spool, "merge")
+    try:
+        with ctx.conn.transaction():
+            if merge:
+                stage(ctx.conn, ctx.store, previous, merge, work)
+                insert_from_stage(ctx.conn, ctx.child(job))
+            _save(ctx.conn, ctx.settings, merged)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    job.fmt, job.state = merged.fmt, merged.state  # only once committed
+
+
 def step_export(ctx: _Ctx, job: _Job) -> tuple[int, int]:
+    _merge_previous(ctx, job)
     source = _source_fingerprints(ctx, job)
     base = ctx.job_spool(job)
     shutil.rmtree(base, ignore_errors=True)
+    private.private_dir(base, "archive spool directory")
     files: dict[str, list[dict[str, object]]] = {}
     total_bytes = 0
     try:
@@ -340,6 +398,8 @@ def _manifest(ctx: _Ctx, job: _Job) -> Manifest:
             for f in entries
         )  # fmt: skip
         tenants[tenant] = TenantEntry(fingerprint=source[tenant], objects=objects)
+    for tenant, entry in job.state.get("kept", {}).items():  # archived before, not in the table again
+        tenants[tenant] = TenantEntry.from_dict(entry)
     return Manifest(
         table=ctx.settings.qualified, partition=job.partition, interval=ctx.interval, start=job.start, end=job.end,
         fmt=job.fmt, tenants=tenants, created_at=job.state.get("exported_at", ""),
@@ -350,6 +410,8 @@ def step_upload(ctx: _Ctx, job: _Job) -> int:
     manifest = _manifest(ctx, job)
     sent = 0
     for tenant, entry in sorted(manifest.tenants.items()):
+        if tenant not in job.state["files"]:
+            continue  # kept from an earlier archive of the period: its objects are in the store already
         paths = {int(f["part"]): Path(f["path"]) for f in job.state["files"][tenant]}
         for obj in entry.objects:
             have = ctx.store.head(obj.key)
@@ -416,6 +478,7 @@ def _verify_tenant(store: Store, manifest: Manifest, tenant: str, entry: TenantE
         if sha256_file(dest) != obj.sha256 or (info.sha256 is not None and info.sha256 != obj.sha256):
             raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its SHA-256 (corrupted)")
         local.append(dest)
+        fault_point("verify-first-object")  # killed half-way through the read-back
     try:
         got = duck_fingerprint(local, manifest.fmt, con)
     except Exception as exc:  # a file that hashes right but does not parse is still not an archive
@@ -431,8 +494,17 @@ def _verify_tenant(store: Store, manifest: Manifest, tenant: str, entry: TenantE
 
 def step_verify(ctx: _Ctx, job: _Job) -> None:
     manifest = _manifest(ctx, job)
-    with tempfile.TemporaryDirectory(prefix="callvault-verify-", dir=ctx.spool) as tmp:
-        verify_manifest(ctx.store, manifest, layout.manifest_key(ctx.tdir, ctx.interval, job.start), Path(tmp))
+    work = private.work_dir(ctx.spool, "verify")
+    try:
+        verify_manifest(ctx.store, manifest, layout.manifest_key(ctx.tdir, ctx.interval, job.start), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # Objects of this period that the verified manifest does not list (parts of an earlier archive of
+    # the same tenant, temporary files of a killed upload) would be read twice by Hive readers.
+    for tenant, entry in manifest.tenants.items():
+        if not entry.pruned_at:
+            prefix = layout.period_prefix(ctx.tdir, tenant, ctx.interval, job.start)
+            ctx.store.sweep(prefix, {o.key for o in entry.objects})
 
 
 def step_drop(ctx: _Ctx, job: _Job) -> None:
@@ -454,7 +526,8 @@ def step_drop(ctx: _Ctx, job: _Job) -> None:
             job.step = "dropped"
             _save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
 
-    retry_locks(attempt, f"dropping {job.partition}")
+    with table_lock(ctx.conn, ctx.settings, f"dropping {job.partition}"):
+        retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
     shutil.rmtree(ctx.job_spool(job), ignore_errors=True)
 
 
@@ -547,39 +620,78 @@ def archive(
         if not jobs:
             return report
         store.check()  # unreachable store or bad credentials: stop before anything is detached
+        work = private.private_dir(spool or default_spool(), f"archive spool directory (set {SPOOL_ENV} to move it)")
         key = _lock(conn, settings)
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             config = current_plan(conn, settings, pm, when)
-            work = spool or default_spool()
-            work.mkdir(parents=True, exist_ok=True)
             ctx = _Ctx(conn, settings, store, work, config.interval)
+            _sweep_spool(ctx, jobs)
+            blocked: str | None = None
             for job in jobs:
                 if should_stop():
                     break
-                if job.store_url != store.url or job.fmt != fmt:
+                if (job.store_url != store.url or job.fmt != fmt) and "merged" not in job.state:
                     if job.step not in ("pending", "detached"):
                         raise InvalidSetting(
                             f"{job.partition} is half-way into {job.store_url} ({job.fmt}); finish it with "
                             f"--to {job.store_url} --format {job.fmt}"
                         )
                     job.store_url, job.fmt = store.url, fmt
+                if blocked and job.step == "pending":  # a detach that cannot finish blocks every detach
+                    err = f"not detached: {blocked}"
+                    report.partitions.append(
+                        PartitionResult(job.partition, job.start, job.end, job.step, job.step, error=err, exit_code=75)
+                    )
+                    continue
                 try:
                     report.partitions.append(_advance(ctx, job))
                 except (CallvaultError, psycopg.Error) as exc:
-                    code = exc.exit_code if isinstance(exc, CallvaultError) else 69
-                    res = PartitionResult(
-                        job.partition, job.start, job.end, job.step, job.step, error=str(exc), exit_code=code
-                    )
+                    code, msg = _failure(exc, job)
+                    res = PartitionResult(job.partition, job.start, job.end, job.step, job.step, error=msg,
+                                          exit_code=code)  # fmt: skip
                     report.partitions.append(res)
+                    if conn.closed or conn.broken:
+                        break  # the database is gone: the next partitions would fail the same way
                     if not isinstance(exc, ArchiveVerifyFailed):
-                        _save(conn, settings, job, error=str(exc), bump=True)
-                    if isinstance(exc, StoreUnavailable | psycopg.OperationalError):
-                        break  # the store or the database is gone: the next partitions would fail the same way
+                        _save(conn, settings, job, error=msg, bump=True)
+                    if isinstance(exc, Blocked) and job.step == "pending":
+                        blocked = str(exc)
+                    if isinstance(exc, StoreUnavailable):
+                        break  # the store is gone: the next partitions would fail the same way
         finally:
             if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
     return report
+
+
+def _failure(exc: Exception, job: _Job) -> tuple[int, str]:
+    """Exit code and message of a partition that stopped at ``job.step``: what really happened.
+
+    65 read-back mismatch, 69 store or database unreachable, 75 a lock held past the budget (or
+    another run), 1 anything else (an unexpected database error, named with the step)."""
+    if isinstance(exc, CallvaultError):
+        return exc.exit_code, str(exc)
+    assert isinstance(exc, psycopg.Error)
+    msg = f"{job.partition} at step {job.step!r}: {exc.diag.message_primary or exc}"
+    if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+        return 75, msg
+    if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate.startswith(("08", "57"))):
+        return 69, f"{msg} (the database connection was lost; the next run resumes)"
+    return 1, msg
+
+
+def _sweep_spool(ctx: _Ctx, jobs: list[_Job]) -> None:
+    """Remove what killed runs left in the spool: work directories of dead processes, and exported
+    files of this table's partitions that no unfinished journal entry points at."""
+    for kind in ("verify", "merge", "restore"):
+        private.sweep(ctx.spool, kind)
+    table_spool = ctx.spool / ctx.tdir
+    if table_spool.is_dir():
+        live = {j.partition for j in jobs}
+        for entry in table_spool.iterdir():
+            if entry.name not in live:
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def journal_rows(conn: Conn, settings: Settings) -> list[dict[str, object]]:

@@ -15,19 +15,21 @@ must equal the manifest's; otherwise the transaction is rolled back.
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 from psycopg import sql
 
-from callvault import catalog, partman, tenancy
+from callvault import catalog, partman, private, tenancy
 from callvault.archive import layout
 from callvault.archive.layout import Fingerprint, Manifest
 from callvault.archive.load import insert_from_stage, stage
-from callvault.archive.pipeline import _relation_state, default_store_url
+from callvault.archive.pipeline import SPOOL_ENV, _relation_state, default_spool, default_store_url
 from callvault.archive.store import Store, open_store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
@@ -59,6 +61,19 @@ def load_manifest(store: Store, settings: Settings, interval: Interval, start: d
             f"{store.url} ({key} is missing): see `callvault archive list` for what is archived"
         )
     return Manifest.from_json(store.get_bytes(key))
+
+
+@contextmanager
+def _work_dir() -> Iterator[Path]:
+    """A private directory in the archive spool for downloaded objects; a killed restore's is removed
+    by the next run (see :mod:`callvault.private`)."""
+    spool = private.private_dir(default_spool(), f"archive spool directory (set {SPOOL_ENV} to move it)")
+    private.sweep(spool, "restore")
+    work = private.work_dir(spool, "restore")
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def restore(
@@ -93,7 +108,7 @@ def restore(
         report = RestoreReport(period=start.date(), target=f"{settings.schema}.{settings.table if hot else name}")
         parent = sql.Identifier(settings.schema, settings.table)
         target = sql.Identifier(settings.schema, name)
-        with conn.transaction(), tempfile.TemporaryDirectory(prefix="callvault-restore-") as tmp:
+        with conn.transaction(), _work_dir() as tmp:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
             stage(conn, store, manifest, tenants, Path(tmp))
             state = _relation_state(conn, settings, name)

@@ -11,6 +11,7 @@ files above ``MULTIPART_THRESHOLD`` go up as multipart uploads (boto3's transfer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from callvault.errors import InvalidSetting, StoreUnavailable
+from callvault.private import DIR_MODE, open_private, private_dir
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 64 * 1024 * 1024
@@ -53,6 +55,7 @@ class Store(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, keys: list[str]) -> None: ...
+    def sweep(self, prefix: str, keep: set[str]) -> list[str]: ...
     def arrow_filesystem(self) -> tuple[Any, str]: ...
 
 
@@ -77,7 +80,10 @@ def _join(*parts: str) -> str:
 
 
 class LocalStore:
-    """A directory. Writes go to a temporary name, are fsynced, then renamed: never half a file."""
+    """A directory. Writes go to a temporary name, are fsynced, then renamed: never half a file.
+
+    Directories callvault creates are 0700 and objects 0600 (they hold transcripts); an existing root
+    that other users may write to is refused (see :mod:`callvault.private`)."""
 
     def __init__(self, root: Path) -> None:
         if not root.is_absolute():
@@ -92,10 +98,10 @@ class LocalStore:
         return path
 
     def check(self) -> None:
+        private_dir(self.root, "archive directory", fix_mode=False)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".callvault-probe-{os.getpid()}"
-            probe.write_bytes(b"ok")
+            os.close(open_private(probe))
             probe.unlink()
         except OSError as exc:
             raise StoreUnavailable(
@@ -103,29 +109,48 @@ class LocalStore:
                 "permissions, or pass another --to"
             ) from exc
 
-    def put_file(self, key: str, path: Path, sha256: str) -> ObjectInfo:
+    def _mkdirs(self, path: Path) -> None:
+        """Create ``path``'s missing directories below the root, each 0700."""
+        missing = []
+        while path != self.root and not path.is_dir():
+            missing.append(path)
+            path = path.parent
+        if path == self.root and not path.is_dir():
+            private_dir(self.root, "archive directory", fix_mode=False)
+        for d in reversed(missing):
+            d.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(d, DIR_MODE)
+
+    def _write(self, key: str, chunks: Iterator[bytes]) -> Path:
         dest = self._path(key)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tmp = dest.with_name(f".{dest.name}.tmp")  # one name per key: a killed run's leftover is reused
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("rb") as src, tmp.open("wb") as out:
-                shutil.copyfileobj(src, out, _HASH_BLOCK)
+            self._mkdirs(dest.parent)
+            fd = open_private(tmp)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dest)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise StoreUnavailable(f"cannot write {dest}: {exc.strerror}; free space or fix permissions") from exc
+        return dest
+
+    def put_file(self, key: str, path: Path, sha256: str) -> ObjectInfo:
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as src:
+                while block := src.read(_HASH_BLOCK):
+                    yield block
+
+        dest = self._write(key, chunks())
         return ObjectInfo(key=key, size=dest.stat().st_size, sha256=sha256)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        tmp = self.root / f".upload-{os.getpid()}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        try:
-            return self.put_file(key, tmp, hashlib.sha256(data).hexdigest())
-        finally:
-            tmp.unlink(missing_ok=True)
+        self._write(key, iter([data]))
+        return ObjectInfo(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -135,7 +160,8 @@ class LocalStore:
 
     def get_file(self, key: str, dest: Path) -> None:
         try:
-            shutil.copyfile(self._path(key), dest)
+            with self._path(key).open("rb") as src, os.fdopen(open_private(dest), "wb") as out:
+                shutil.copyfileobj(src, out, _HASH_BLOCK)
         except FileNotFoundError:
             raise StoreUnavailable(f"{key} is missing from the archive at {self.url}") from None
 
@@ -161,6 +187,19 @@ class LocalStore:
             while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
                 parent = parent.parent
+
+    def sweep(self, prefix: str, keep: set[str]) -> list[str]:
+        """Delete every file under ``prefix`` that is not in ``keep``, temporary leftovers included."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        gone = []
+        for path in sorted(base.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and key not in keep:
+                path.unlink(missing_ok=True)
+                gone.append(key)
+        return gone
 
     def arrow_filesystem(self) -> tuple[Any, str]:
         from pyarrow import fs
@@ -244,7 +283,9 @@ class S3Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
+            os.close(open_private(dest))  # created 0600 first: boto3 writes into it and renames over it
             self.client.download_file(self.bucket, self._key(key), str(dest))
+            os.chmod(dest, 0o600)
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._fail(f"download of {key}", exc) from exc
 
@@ -284,6 +325,26 @@ class S3Store:
             if resp.get("Errors"):
                 first = resp["Errors"][0]
                 raise StoreUnavailable(f"S3 refused to delete {first.get('Key')}: {first.get('Message')}")
+
+    def sweep(self, prefix: str, keep: set[str]) -> list[str]:
+        """Delete every object under ``prefix`` not in ``keep`` and abort unfinished multipart uploads
+        there (a killed upload's parts are billed until aborted)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        gone = [o.key for o in self.iter_objects(prefix) if o.key not in keep]
+        if gone:
+            self.delete(gone)
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix) + "/"
+            )
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    gone.append(up["Key"])
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(f"cleanup of {prefix}", exc) from exc
+        return gone
 
     def arrow_filesystem(self) -> tuple[Any, str]:
         """A pyarrow S3 filesystem built from the same configuration boto3 resolved."""
