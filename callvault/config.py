@@ -30,12 +30,26 @@ ROLE_SUFFIXES = {"owner": "_owner", "ingest": "_ingest", "app": "_app", "tenant_
 META_SCHEMA = "callvault"  # callvault's own bookkeeping tables (maintenance log, ...)
 
 
-def check_identifier(value: str, what: str, max_bytes: int = MAX_IDENTIFIER_BYTES) -> str:
-    """Refuse names Postgres or pg_partman would mangle; everything else is quoted, never pasted."""
+def check_identifier(value: str, what: str, max_bytes: int = MAX_IDENTIFIER_BYTES, *, partman: bool = True) -> str:
+    """Refuse names Postgres or pg_partman would mangle; everything else is quoted, never pasted.
+
+    callvault composes every identifier with ``psycopg.sql``, but a name also passes through
+    pg_partman, which pastes quoted names inside string literals (``show_partitions``: ``WHERE
+    h.inhparent = ''%I.%I''::regclass`` in 4.7 and 5.x): a single quote there breaks every
+    maintenance run. So are refused: ``'``, ``.`` (pg_partman splits on it), control characters
+    (they end up in log lines and job names), NUL, and names Postgres would truncate. Role names
+    (``partman=False``) never reach pg_partman and may hold quotes."""
     if not value:
         raise InvalidSetting(f"{what} must not be empty")
     if "\x00" in value:
         raise InvalidSetting(f"{what} {value!r} contains a NUL byte; choose another name")
+    if partman and "'" in value:
+        raise InvalidSetting(
+            f"{what} {value!r} contains a single quote: pg_partman pastes names inside SQL string literals, so "
+            "maintenance would fail on it. Choose a name without quotes (letters, digits and _ are safest)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidSetting(f"{what} {value!r} contains a control character (newline, tab...); choose another name")
     if "." in value:
         # pg_partman splits "schema.table" on the first dot, so a dot inside a name breaks it.
         raise InvalidSetting(f"{what} {value!r} contains '.'; pass schema and table separately")
@@ -68,7 +82,7 @@ class Roles:
     def __post_init__(self) -> None:
         names = self.as_dict()
         for kind, name in names.items():
-            check_identifier(name, f"{kind} role name")
+            check_identifier(name, f"{kind} role name", partman=False)
             if name.lower().startswith("pg_"):
                 raise InvalidSetting(f"{kind} role name {name!r} starts with 'pg_', which Postgres reserves")
         if len(set(names.values())) != len(names):
@@ -105,6 +119,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_identifier(self.schema, "schema")
+        if self.schema.startswith("pg_"):
+            raise InvalidSetting(
+                f"schema {self.schema!r} starts with 'pg_', which Postgres reserves for system schemas; choose "
+                "another schema name"
+            )
         check_identifier(self.table, "table", MAX_TABLE_NAME_BYTES)
         check_identifier(self.partman_schema, "pg_partman schema")
         if self.lock_timeout_ms <= 0:

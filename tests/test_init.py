@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -170,6 +171,40 @@ def test_hostile_names_are_quoted_not_injected(dsn: str, conn: psycopg.Connectio
     st = run_json("status", "--dsn", dsn, "--schema", schema, "--table", table)
     assert st["partition_count"] >= 5
     assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()[0] >= 5
+
+
+@pytest.mark.parametrize("table", ['calls"; DROP TABLE x; --', "Call Logs", "call-logs;x", "ünïcode", "back\\slash%$"])
+def test_accepted_hostile_names_live_a_whole_lifecycle(dsn: str, conn: psycopg.Connection, tmp_path: Path,
+                                                       table: str) -> None:  # fmt: skip
+    """Every name callvault accepts also works through pg_partman: init, maintenance now and ahead, archive."""
+    run("init", "--dsn", dsn, "--table", table)
+    run("maintain", "--dsn", dsn, "--table", table)
+    at = (datetime.now(UTC) + timedelta(weeks=15)).isoformat()  # far enough for a week past retention
+    made = run_json("maintain", "--dsn", dsn, "--table", table, "--at", at)
+    assert made["created"] and made["detached"]
+    archived = run_json("archive", "--dsn", dsn, "--table", table, "--at", at, "--to", tmp_path.as_uri(), "--json")
+    assert archived["partitions"] and all(p["step_after"] == "dropped" for p in archived["partitions"])
+    assert conn.execute("SELECT to_regclass('public.x')").fetchone() == (None,)
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "message"),
+    [
+        ("--table", "x'); drop table y; --", "single quote"),
+        ("--schema", "it's", "single quote"),
+        ("--schema", "pg_evil", "starts with 'pg_'"),
+        ("--table", "line\nbreak", "control character"),
+        ("--table", "a.b", "contains '.'"),
+        ("--table", "t" * 49, "the limit is 48 bytes"),
+    ],
+)
+def test_names_pg_partman_cannot_carry_are_refused_before_any_sql(
+    dsn: str, conn: psycopg.Connection, flag: str, name: str, message: str
+) -> None:
+    res = run("init", "--dsn", dsn, flag, name, ok=False)
+    assert res.exit_code == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert conn.execute("SELECT count(*) FROM partman.part_config").fetchone() == (0,)
 
 
 def test_lifecycle_from_parses_user_strings() -> None:

@@ -399,7 +399,7 @@ def test_ten_thousand_interleaved_pooled_transactions_never_leak(env: Env, autoc
 
 # -- hostile names -------------------------------------------------------------------------------------
 def test_hostile_schema_table_and_role_names_are_quoted(dsn: str) -> None:
-    s = Settings(dsn=dsn, schema='we"ird; DROP SCHEMA public --', table="call'logs\"; --")
+    s = Settings(dsn=dsn, schema='we"ird; DROP SCHEMA public --', table='call"logs; --')
     prefix = f"r{next(_counter)}\"; DROP ROLE postgres; --'"
     e = make_env(dsn, prefix, s)
     try:
