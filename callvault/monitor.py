@@ -56,6 +56,7 @@ class Status:
     last_maintenance: datetime | None
     partition_warn: int
     archive_pending: list[dict[str, object]] = field(default_factory=list)  # journal rows not yet dropped
+    detach_pending: list[str] = field(default_factory=list)  # interrupted DETACH ... CONCURRENTLY
     worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
     isolation_leaks: list[str] = field(default_factory=list)  # `callvault audit` LEAK findings
     # the planner at `now`: holes between partitions (writes into them fail) and where maintenance
@@ -111,6 +112,7 @@ class Status:
             "total_rows_estimate": self.total_rows_estimate,
             "last_maintenance": _iso(self.last_maintenance),
             "archive_in_progress": self.archive_pending,
+            "detach_pending": self.detach_pending,
             "worker": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in self.worker.items()}
             if self.worker
             else None,
@@ -164,6 +166,7 @@ def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Stat
         last_maintenance=_last_maintenance(conn, settings),
         partition_warn=settings.partition_warn,
         archive_pending=[r for r in journal_rows(conn, settings) if r["step"] != "dropped"],
+        detach_pending=catalog.pending_detach(conn, settings),
         worker=last_run(conn, settings),
         isolation_leaks=[f.problem for f in tenancy.audit(conn, settings).findings if f.severity == LEAK],
     )
@@ -206,6 +209,11 @@ def problems(status: Status) -> list[str]:
         late = [p.name for p in status.ranged if p.end is not None and p.end < cutoff - RETENTION_GRACE]
         if late:
             out.append(f"retention is behind: {len(late)} partition(s) past retention still attached ({late[0]}...)")
+    if status.detach_pending:
+        out.append(
+            f"detach of {status.detach_pending[0]} was interrupted (pending detach): retention cannot run until it "
+            "is finished; `callvault maintain` or `callvault archive` finishes it once no session holds a lock on it"
+        )
     for row in status.archive_pending:
         if row.get("error"):
             out.append(

@@ -235,15 +235,43 @@ def maintenance_procedure_sql(partman_schema: str) -> sql.Composed:
 
     It pins the session time zone to UTC first (pg_partman computes boundaries in the session time
     zone; monthly partitions drift otherwise) and records the run for ``callvault status``.
+
+    An interrupted ``DETACH ... CONCURRENTLY`` is finished first (``FINALIZE``, 2 s lock budget). If a
+    session keeps it pending, pg_partman's retention would fail and take premaking down with it, so
+    the run premakes with retention switched off inside its own transaction (the ``part_config`` row
+    is restored before commit: no other session ever sees the change) and warns; ``callvault health``
+    reports the pending detach.
     """
     return sql.SQL(
         """CREATE OR REPLACE PROCEDURE {meta}.run_maintenance(p_parent_table text)
 LANGUAGE plpgsql AS $proc$
 DECLARE
     t0 timestamptz := clock_timestamp();
+    v_child regclass;
+    v_blocked text;
+    v_retention text;
 BEGIN
     PERFORM set_config('timezone', 'UTC', false);
-    PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
+    PERFORM set_config('lock_timeout', '2s', true);
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits i
+                   WHERE i.inhparent = p_parent_table::regclass AND i.inhdetachpending LOOP
+        BEGIN
+            EXECUTE format('ALTER TABLE %s DETACH PARTITION %s FINALIZE', p_parent_table::regclass, v_child);
+        EXCEPTION WHEN lock_not_available OR query_canceled THEN
+            v_blocked := v_child::text;
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', '0', true);
+    IF v_blocked IS NOT NULL THEN
+        SELECT retention INTO v_retention FROM {partman}.part_config WHERE parent_table = p_parent_table;
+        UPDATE {partman}.part_config SET retention = NULL WHERE parent_table = p_parent_table;
+        PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
+        UPDATE {partman}.part_config SET retention = v_retention WHERE parent_table = p_parent_table;
+        RAISE WARNING 'callvault: the interrupted detach of % cannot finish (a session holds a lock on it): '
+                      'partitions were premade, retention waits for the next run', v_blocked;
+    ELSE
+        PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
+    END IF;
     INSERT INTO {meta}.maintenance_log (parent_table, started_at, source) VALUES (p_parent_table, t0, 'pg_cron');
 END
 $proc$"""

@@ -173,6 +173,9 @@ def test_maintain_cli_with_a_pending_detach_exits_75_in_one_line(realtime_dsn: s
         conn.execute("SET lock_timeout = '200ms'")
         with pytest.raises(psycopg.errors.LockNotAvailable):
             conn.execute(f"ALTER TABLE call_logs DETACH PARTITION {name} CONCURRENTLY")
+        assert run_json("status", "--dsn", dsn)["detach_pending"] == [name]
+        health = cli("health", "--dsn", dsn, "--json")
+        assert health.returncode == 3 and any("pending detach" in p for p in json.loads(health.stdout)["problems"])
         res = subprocess.run([CLI, "maintain", "--dsn", dsn, "--at", AT], capture_output=True, text=True,
                              env={**os.environ, "CALLVAULT_LOCK_TIMEOUT_MS": str(FAST_LOCKS)})  # fmt: skip
         assert res.returncode == 75, res.stderr
@@ -299,3 +302,33 @@ def test_a_spool_someone_else_prepared_is_refused(filled: Settings, conn: psycop
     assert res.returncode == 0, res.stderr
     assert stat.S_IMODE(mine.stat().st_mode) == 0o700
     assert not any(exists(conn, n) for n in expected)
+
+
+def test_pg_cron_procedure_premakes_despite_a_pending_detach(realtime_dsn: str) -> None:
+    """What pg_cron runs (``CALL callvault.run_maintenance``) finishes a pending detach, or, when a session
+    keeps it pending, still premakes (retention off inside its own transaction only) and warns."""
+    dsn = realtime_dsn
+    run("init", "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn) as reader:
+        parts = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'public.call_logs'::regclass ORDER BY c.relname"
+        )]  # fmt: skip
+        oldest, newest = parts[0], parts[-1]
+        conn.execute(f"DROP TABLE {newest}")  # something for premake to do
+        retention = conn.execute("SELECT retention FROM partman.part_config").fetchone()
+        reader.execute("SELECT count(*) FROM call_logs")
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute(f"ALTER TABLE call_logs DETACH PARTITION {oldest} CONCURRENTLY")
+        warnings: list[str] = []
+        conn.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
+        conn.execute("CALL callvault.run_maintenance('public.call_logs')")
+        assert exists(conn, newest), "premade although a detach is pending"
+        assert any("cannot finish" in w for w in warnings), warnings
+        assert conn.execute("SELECT retention FROM partman.part_config").fetchone() == retention
+        assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhdetachpending").fetchone() == (1,)
+        reader.rollback()
+        conn.execute("CALL callvault.run_maintenance('public.call_logs')")
+        assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhdetachpending").fetchone() == (0,)
+        assert exists(conn, oldest), "finished as a detach: the table is kept for the archive"
