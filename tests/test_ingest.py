@@ -141,10 +141,12 @@ def test_quarantine_replay_after_maintain(ready: str) -> None:
     assert len(listed) == 1 and "premake horizon" in listed[0]["reason"]
     still = run_json("quarantine", "replay", "--dsn", ready)
     assert still["still_bad"] == 1 and still["written"] == 0
+    assert [r["id"] for r in still["refused"]] == [listed[0]["id"]]
+    assert "premake horizon" in still["refused"][0]["reason"]
     run("init", "--dsn", ready, "--premake", "40")
     run("maintain", "--dsn", ready)
     report = run_json("quarantine", "replay", "--dsn", ready)
-    assert report == {"tried": 1, "written": 1, "duplicates": 0, "still_bad": 0}
+    assert report == {"tried": 1, "written": 1, "duplicates": 0, "still_bad": 0, "refused": []}
     assert count(ready) == 1 and run_json("quarantine", "list", "--dsn", ready) == []
 
 

@@ -19,7 +19,8 @@ from psycopg.pq import Format
 
 from callvault.config import META_SCHEMA, Settings
 from callvault.errors import WriterError
-from callvault.ingest.validate import COLUMNS, PG_TYPES, LiveRange, Rejected, Row, raw_json
+from callvault.ingest import rawform
+from callvault.ingest.validate import COLUMNS, PG_TYPES, LiveRange, Rejected, Row
 
 STAGE = "_callvault_stage"
 DURABLE = sql.SQL(
@@ -141,17 +142,31 @@ def quarantine_sql(*, dedupe: bool = False) -> sql.Composed:
     return sql.SQL("SELECT {}(%(t)s, %(r)s, %(raw)s)").format(sql.Identifier(META_SCHEMA, "quarantine_once"))
 
 
+def quarantine_record(rejected: Rejected) -> tuple[str, str]:
+    """``(reason, raw)`` for the quarantine table: the input in the quarantine's encoding
+    (:mod:`callvault.ingest.rawform`), and the reason, saying so when a value is stored as a tag."""
+    encoded = rawform.encode(rejected.raw)
+    if not encoded.markers:
+        return rejected.reason, encoded.text
+    return f"{rejected.reason} [{rawform.note(encoded.markers)}]", encoded.text
+
+
 def quarantine_params(settings: Settings, rejected: list[Rejected], *, dedupe: bool = False) -> list[Any]:
+    records = [quarantine_record(r) for r in rejected]
     if dedupe:
-        return [{"t": settings.qualified, "r": r.reason, "raw": raw_json(r.raw)} for r in rejected]
-    return [(settings.qualified, r.reason, raw_json(r.raw)) for r in rejected]
+        return [{"t": settings.qualified, "r": reason, "raw": raw} for reason, raw in records]
+    return [(settings.qualified, reason, raw) for reason, raw in records]
 
 
 def row_as_input(row: Row) -> dict[str, object]:
     """A validated row back in the shape ``validate`` accepts (for rows the database refused)."""
     out: dict[str, object] = dict(zip(COLUMNS, row, strict=True))
     meta = out["metadata"]
-    out["metadata"] = json.loads(bytes(meta)) if isinstance(meta, bytes) else meta
+    if isinstance(meta, bytes):
+        try:
+            out["metadata"] = json.loads(bytes(meta))
+        except RecursionError:  # nesting the encoder took but this stack cannot parse: keep the bytes (tagged)
+            out["metadata"] = bytes(meta)
     for key in ("started_at", "ended_at"):
         value = out[key]
         out[key] = value.isoformat() if isinstance(value, datetime) else value

@@ -36,6 +36,12 @@ def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected], *, ded
 
 
 def merge_rows(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+    written, refused = merge_indexed(conn, settings, rows)
+    return written, [Rejected(b.row_as_input(rows[i]), why) for i, why in refused]
+
+
+def merge_indexed(conn: Conn, settings: Settings, rows: list[Row], start: int = 0) -> tuple[int, list[tuple[int, str]]]:
+    """Staged rows into the table (idempotently); the rows the database refused, by index, with its reason."""
     if not rows:
         return 0, []
     try:
@@ -47,9 +53,10 @@ def merge_rows(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, li
         if not b.is_row_error(exc):
             raise
         if len(rows) == 1:
-            return 0, [Rejected(b.row_as_input(rows[0]), b.db_reason(exc))]
+            return 0, [(start, b.db_reason(exc))]
     mid = len(rows) // 2
-    left, right = merge_rows(conn, settings, rows[:mid]), merge_rows(conn, settings, rows[mid:])
+    left = merge_indexed(conn, settings, rows[:mid], start)
+    right = merge_indexed(conn, settings, rows[mid:], start + mid)
     return left[0] + right[0], left[1] + right[1]
 
 

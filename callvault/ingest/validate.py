@@ -29,14 +29,13 @@ Policies (the choices a reader might wonder about):
   partition range last: a row refused for its range is expected to be replayed unchanged once the
   partition exists, so that reason is only given to rows that are otherwise valid. First failure wins.
 
-:func:`raw_json` is the quarantine's copy of the input: ASCII JSON that ``json.loads`` turns back into
-something :func:`validate` judges the same way (see its docstring for the exact contract).
+:func:`raw_json` is the quarantine's copy of the input (:mod:`callvault.ingest.rawform`): each field as
+its own faithful JSON value, and what JSON cannot hold as sent in a tagged form marked as not the
+original, so that replay never lands a value the producer did not send (see its docstring).
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import difflib
 import json
 import re
@@ -174,6 +173,18 @@ class LiveRange:
             f"{at} falls in a gap between partitions ({self._ends[i].isoformat()} to {starts[i + 1].isoformat()}): "
             "create the partition, then `callvault quarantine replay`"
         )
+
+
+# LiveRange.reason's texts. validate gives them last, so only to rows that are otherwise valid.
+_RANGE_REASON = re.compile(
+    r"started_at \d{4,}-\d\d-\d\dT[0-9:.]+\+00:00 (?:cannot be stored, the table has no partitions|"
+    r"is before the oldest partition|is beyond the premake horizon|falls in a gap between partitions)"
+)
+
+
+def is_range_reason(reason: str) -> bool:
+    """``reason`` is one :meth:`LiveRange.reason` gives: the row was valid, only its partition was missing."""
+    return _RANGE_REASON.match(reason) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,63 +491,17 @@ def validate(call: Call | Mapping[str, Any], rules: Rules = _DEFAULT_RULES) -> R
     return (tenant, call_id, started, ended, duration, text, blob)
 
 
-def _plain(value: object, top: bool = False) -> object:
-    """``value`` made of JSON types only, for :func:`raw_json`."""
-    kind = type(value)
-    if value is None or kind is str or kind is bool or kind is float:
-        return value
-    if isinstance(value, int) and kind is int:  # too long for json's int-to-text limit: keep it losslessly
-        return {"$int_hex": hex(value)} if value.bit_length() > 14_000 else value
-    if isinstance(value, Mapping):
-        out: dict[object, object] = {}
-        for k, v in value.items():
-            keep = isinstance(k, str) or (not top and (k is None or isinstance(k, int | float)))
-            key = (str.__str__(k) if isinstance(k, str) else k) if keep else _key_name(k)
-            out[key] = _plain(v)
-        return out
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):
-        return _plain(int(value))
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, date):  # datetime included
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes_b64": base64.b64encode(value).decode("ascii")}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return _safe_repr(value)
-
-
-def _safe_repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unrepresentable {_type_name(value)}>"
-
-
 def raw_json(obj: object) -> str:
-    """JSON text of an original input, for the quarantine table. Never raises.
+    """The quarantine's copy of an input (``callvault.quarantine.raw``): ASCII JSON text. Never raises.
 
-    Pure ASCII (NUL and lone surrogates survive as ``\\u0000`` / ``\\udXXX`` escapes), so it fits a
-    Postgres text column. A dataclass (:class:`Call`) becomes a dict of its fields, a UUID its string, a
-    datetime/date its ``isoformat()``, bytes ``{"$bytes_b64": ...}``, any other non-JSON value its
-    ``repr``; NaN/Infinity are kept as Python's ``json`` spells them.
+    Encoded by :func:`callvault.ingest.rawform.encode` (format ``callvault/2``, docs/ingest.md): every
+    field the input holds is kept as its own faithful JSON value, and a value JSON cannot hold as sent
+    is stored as a tag that marks it as not the original.
 
-    Contract: for a :class:`Call` or mapping whose values are JSON types, UUIDs or datetimes (UUIDs in
-    the UUID fields, datetimes/dates in the timestamp fields), ``validate(json.loads(raw_json(x)))``
-    gives the same verdict and reason (and the same row) as ``validate(x)``. Outside it, a value becomes
-    its string form and is judged as such; and a high surrogate directly followed by a low one comes
-    back from any JSON parser as the one character they encode.
+    Contract: ``rawform.decode(raw_json(x))`` either carries markers, and then ``validate(x)`` refused
+    ``x``; or it carries none, and ``validate`` gives its value the same verdict and row as ``x``, and the
+    same reason up to the container type a reason names (a tuple reads back as a list, a mapping as a dict).
     """
-    try:
-        return json.dumps(_plain(obj, top=True), ensure_ascii=True, allow_nan=True, separators=(",", ":"))
-    except Exception:  # too deep, or a value that breaks its own repr: keep what can be kept
-        return json.dumps({"$repr": _safe_repr(obj)}, ensure_ascii=True)
+    from callvault.ingest.rawform import encode
+
+    return encode(obj).text
