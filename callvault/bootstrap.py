@@ -17,13 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
 from psycopg import sql
 
-from callvault import catalog, db, partman, schema, tenancy
+from callvault import catalog, db, embedded, partman, schema, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
-from callvault.errors import InvalidSetting, NotInitialised, SchemaMismatch
+from callvault.errors import CallvaultError, InvalidSetting, NotInitialised, SchemaMismatch
 from callvault.partman import PartmanInfo
+from callvault.plan import Interval, PartitionInfo, partition_name
 from callvault.roles import require_role_admin, role_steps
 from callvault.tenancy import policy
 
@@ -43,6 +45,7 @@ FROM pg_partitioned_table p WHERE p.partrelid = %s::regclass
 class Step:
     what: str
     statement: sql.Composed
+    fix: str | None = None  # when the statement can fail on what exists: what to do (init then names the step)
 
 
 @dataclass
@@ -75,24 +78,28 @@ def check_shape(conn: Conn, settings: Settings) -> None:
         )
 
 
-def _table_steps(conn: Conn | None, settings: Settings, pm: PartmanInfo, now: datetime) -> list[Step]:
+def _interval_mismatch(settings: Settings, actual: Interval) -> InvalidSetting:
+    return InvalidSetting(
+        f"{settings.qualified} is already partitioned {actual}; --interval "
+        f"{settings.lifecycle.interval} would need a data migration. Keep --interval {actual}"
+    )
+
+
+def _table_steps(
+    conn: Conn | None, settings: Settings, pm: PartmanInfo, now: datetime, *, partman_installed: bool = True
+) -> list[Step]:
     exists = conn is not None and catalog.table_exists(conn, settings)
     if exists:
         assert conn is not None
         check_shape(conn, settings)
-        current = partman.read_config(conn, settings, pm)
+        # Without the extension there is no part_config to read (e.g. after DROP EXTENSION pg_partman).
+        current = partman.read_config(conn, settings, pm) if partman_installed else None
         if current is None:
-            if catalog.list_partitions(conn, settings):
-                raise NotInitialised(
-                    f"{settings.qualified} is partitioned but not managed by pg_partman, and already has "
-                    "partitions; callvault will not take it over. Register it with create_parent yourself "
-                    "or use another --table"
-                )
+            rows = catalog.list_partitions(conn, settings)
+            if rows:
+                return _reregister_steps(conn, settings, pm, now, rows, partman_installed=partman_installed)
         elif current.interval != settings.lifecycle.interval:
-            raise InvalidSetting(
-                f"{settings.qualified} is already partitioned {current.interval}; --interval "
-                f"{settings.lifecycle.interval} would need a data migration. Keep --interval {current.interval}"
-            )
+            raise _interval_mismatch(settings, current.interval)
         elif current == settings.lifecycle:
             return []
         else:
@@ -117,6 +124,138 @@ def _table_steps(conn: Conn | None, settings: Settings, pm: PartmanInfo, now: da
 
 
 CREATE_PARENT = "pg_partman create_parent"
+DEFAULT_ASIDE_SUFFIX = "_cv_aside"  # the default partition's name while pg_partman re-registers the table
+
+
+def _spans(p: PartitionInfo, interval: Interval) -> bool:
+    """Whether ``p`` is exactly one aligned ``interval`` (pure)."""
+    if p.start is None or p.end is None:
+        return False
+    return interval.floor(p.start) == p.start and interval.add(p.start) == p.end
+
+
+def infer_interval(parts: list[PartitionInfo]) -> Interval | None:
+    """The one interval every ranged partition spans exactly (aligned), or None (pure)."""
+    ranged = [p for p in parts if not p.is_default]
+    return next((i for i in Interval if ranged and all(_spans(p, i) for p in ranged)), None)
+
+
+def _detach_sql(settings: Settings, child: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+        sql.Identifier(settings.schema, settings.table), sql.Identifier(settings.schema, child)
+    )
+
+
+def _rename_sql(schema_name: str, old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(schema_name, old), sql.Identifier(new))
+
+
+def _attach_default_sql(settings: Settings, child: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} ATTACH PARTITION {} DEFAULT").format(
+        sql.Identifier(settings.schema, settings.table), sql.Identifier(settings.schema, child)
+    )
+
+
+def _has_tenant_policy(conn: Conn, settings: Settings) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_policy WHERE polrelid = %s::regclass AND polname = %s",
+        (catalog.parent_regclass(settings), policy.POLICY_NAME),
+    ).fetchone()
+    return row is not None
+
+
+def _reregister_steps(
+    conn: Conn, settings: Settings, pm: PartmanInfo, now: datetime, rows: list[catalog.PartitionRow],
+    *, partman_installed: bool,
+) -> list[Step]:  # fmt: skip
+    """A table callvault made whose pg_partman registration is gone (``DROP EXTENSION pg_partman
+    CASCADE`` drops ``part_config``, not the table): hand it to pg_partman again with its partitions
+    and rows as they are. ``create_parent`` skips the partitions that exist and creates the missing
+    ones; a default partition is set aside meanwhile (pg_partman 4.x creates its own) and put back."""
+    q = settings.qualified
+    why = "pg_partman is not installed" if not partman_installed else f"pg_partman has no part_config row for {q}"
+    if not _has_tenant_policy(conn, settings):
+        raise NotInitialised(
+            f"{q} is partitioned but not managed by pg_partman ({why}), already has partitions, and carries "
+            f"no callvault tenant policy ({policy.POLICY_NAME}), so callvault did not create it and will not "
+            "take it over. Register it with pg_partman's create_parent yourself, or use another --table"
+        )
+    infos = [r.info for r in rows]
+    ranged = [p for p in infos if not p.is_default]
+    interval = infer_interval(infos) if ranged else settings.lifecycle.interval
+    if interval is None:
+        widths = {i: sum(_spans(p, i) for p in ranged) for i in Interval}
+        likely = max(widths, key=lambda i: widths[i])
+        odd = next(p for p in ranged if not _spans(p, likely))
+        lo, hi = (t.isoformat() if t else "unbounded" for t in (odd.start, odd.end))
+        raise NotInitialised(
+            f"{q} lost its pg_partman registration ({why}) and callvault cannot re-register it: its partitions "
+            f"are not all one daily, weekly or monthly interval ({odd.name} spans {lo} to {hi}). Nothing was changed; "
+            "move that partition's rows and drop it (or register the table with pg_partman's create_parent "
+            "yourself), then run `callvault init` again"
+        )
+    if interval != settings.lifecycle.interval:
+        raise _interval_mismatch(settings, interval)
+    misnamed = [
+        p
+        for p in ranged
+        if p.start is not None and p.name != partition_name(settings.table, interval, p.start, pm.major)
+    ]
+    if misnamed:
+        p = misnamed[0]
+        assert p.start is not None
+        raise NotInitialised(
+            f"{q} lost its pg_partman registration ({why}) and callvault cannot re-register it: partition "
+            f"{p.name} is not named as pg_partman {pm.version} names it "
+            f"({partition_name(settings.table, interval, p.start, pm.major)}), so pg_partman would try to create "
+            "an overlapping one. Nothing was changed; rename the partition, then run `callvault init` again"
+        )
+    default = next((p.name for p in infos if p.is_default), None)
+    fix = (
+        "`callvault init --sql` prints every statement of the repair: run them by hand to see which object is in "
+        f"the way, or register {q} with pg_partman's create_parent yourself (docs/operations.md, \"pg_partman "
+        'dropped")'
+    )
+    steps: list[Step] = []
+    aside = None
+    if default is not None:
+        aside = default[: 63 - len(DEFAULT_ASIDE_SUFFIX)] + DEFAULT_ASIDE_SUFFIX
+        taken = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(settings.schema, aside).as_string(),))
+        row = taken.fetchone()
+        if row is not None and row[0] is not None:
+            raise NotInitialised(
+                f"{q} lost its pg_partman registration and its default partition {default} must be set aside "
+                f"under the name {aside} while pg_partman re-registers the table, but a table of that name exists "
+                "in the same schema. Nothing was changed; rename or drop that table, then run `callvault init` again"
+            )
+        steps += [
+            Step(f"set the default partition {default} aside (its rows are kept)",
+                 _detach_sql(settings, default), fix),
+            Step(f"rename {default} to {aside} meanwhile", _rename_sql(settings.schema, default, aside), fix),
+        ]  # fmt: skip
+    start = first_partition_start(settings, now)
+    steps.append(
+        Step(
+            f"{CREATE_PARENT}: re-register {q} and its {len(ranged)} existing {interval} partitions "
+            f"(their rows are kept; missing ones from {start:%Y-%m-%d} are created)",
+            partman.create_parent_sql(settings, pm, start),
+            fix,
+        )
+    )
+    # pg_partman 4.x always makes <table>_default (5.x when asked): the old one returns in its place, or
+    # callvault's policy (none) drops it
+    if aside is not None and (pm.major < 5 or settings.default_partition):
+        steps.append(Step("drop the empty default partition pg_partman made (the old one returns)",
+                          schema.drop_default_partition_sql(settings)))  # fmt: skip
+    elif pm.major < 5 and not settings.default_partition:
+        steps.append(Step("drop the default partition (policy: none)", schema.drop_default_partition_sql(settings)))
+    if aside is not None and default is not None:
+        steps += [
+            Step(f"rename {aside} back to {default}", _rename_sql(settings.schema, aside, default), fix),
+            Step(f"attach {default} again as the default partition", _attach_default_sql(settings, default), fix),
+        ]
+    steps.append(Step("configure retention/premake", partman.configure_sql(settings, pm)))
+    return steps
 
 
 def _settle(conn: Conn, settings: Settings) -> None:
@@ -189,6 +328,7 @@ def init_steps(
         now = db.server_now(conn) if conn is not None else datetime.now(UTC)
     steps: list[Step] = []
     pm = partman.installed(conn) if conn is not None else None
+    partman_installed = pm is not None
     if pm is None:
         version = partman.available_version(conn) if conn is not None else OFFLINE_PARTMAN.version
         pm = PartmanInfo(version=version, schema=settings.partman_schema)
@@ -196,28 +336,43 @@ def init_steps(
             Step(f"install pg_partman {version} ({i}/2)", stmt)
             for i, stmt in enumerate(partman.install_sql(pm.schema), 1)
         ]
-    steps += _table_steps(conn, settings, pm, now)
+    steps += _table_steps(conn, settings, pm, now, partman_installed=partman_installed)
     meta = _meta_steps(conn, pm)
     steps += meta
     steps += _rls_steps(conn, settings)
     if roles:
-        fresh = bool(meta) or not (conn is not None and catalog.table_exists(conn, settings))
+        # a (re)installed pg_partman has lost the owner's grants on its schema
+        fresh = bool(meta) or not partman_installed or not (conn is not None and catalog.table_exists(conn, settings))
         steps += [Step(s.what, s.statement) for s in role_steps(conn, settings, pm, fresh=fresh)]
     return steps
 
 
 def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: bool = False) -> InitReport:
     """Run :func:`init_steps` in one transaction, then secure every partition; a failure changes nothing."""
+    embedded.require_current_binaries(conn, f"init of {settings.qualified}")
     with conn.transaction():
         steps = init_steps(conn, settings, now, roles=roles)
         if roles:
             require_role_admin(conn, steps)
         for step in steps:
-            conn.execute(step.statement)
+            _execute(conn, settings, step)
         if any(step.what.startswith(CREATE_PARENT) for step in steps):
             _settle(conn, settings)
         secured = tenancy.secure(conn, settings).require(f"init of {settings.qualified}")
     return InitReport(steps=steps, secured=secured)
+
+
+def _execute(conn: Conn, settings: Settings, step: Step) -> None:
+    try:
+        conn.execute(step.statement)
+    except psycopg.Error as exc:
+        if step.fix is None or exc.sqlstate == "42501":  # privileges: the CLI's own message says whom to run as
+            raise
+        reason = (exc.diag.message_primary or str(exc) or type(exc).__name__).strip().splitlines()[0]
+        raise CallvaultError(
+            f"init of {settings.qualified} failed at step '{step.what}': {reason}. Nothing was changed (init is one "
+            f"transaction); {step.fix}"
+        ) from exc
 
 
 def render(steps: list[Step], conn: Conn | None) -> str:

@@ -14,9 +14,11 @@ password authentication; ``dsn()`` gives a URL any client can use.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
+import re
 import secrets
 import socket
 import subprocess
@@ -87,6 +89,99 @@ class ClusterStatus:
     os_user: str | None
     dsn: str | None
     log_file: str
+    # "running", "stopped", "not initialised", or, when the binaries were replaced under the running
+    # server, "running, but on binaries older than the installed PostgreSQL X.Y: restart it with ..."
+    state: str = "stopped"
+
+
+RESTART_FIX = "restart it with `callvault dev down && callvault dev up`"
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """What the running postmaster executes, as /proc shows it."""
+
+    pid: int
+    exe: str  # readlink of /proc/<pid>/exe; ends in " (deleted)" once a package upgrade replaced the file
+    file_id: tuple[int, int] | None  # (st_dev, st_ino) of the image it runs (readable even when deleted)
+
+
+def running_binary(pid: int) -> ServerBinary | None:
+    """The executable of process ``pid``, or None when /proc does not show it (no such process, no
+    permission: only the server's OS user and root may look)."""
+    proc = Path(f"/proc/{pid}/exe")
+    try:
+        exe = os.readlink(proc)
+    except OSError:
+        return None
+    try:
+        st = os.stat(proc)
+        file_id: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        file_id = None
+    return ServerBinary(pid=pid, exe=exe, file_id=file_id)
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """``"15.18 (Debian 15.18-0+deb12u1)"`` / ``"postgres (PostgreSQL) 15.18"`` -> ``(15, 18)`` (pure)."""
+    match = re.search(r"(\d+)(?:\.(\d+))?", text or "")
+    if match is None:
+        return None
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+def installed_version(postgres: Path) -> str | None:
+    """``X.Y`` of the installed server binary (``postgres --version``), None when it does not run."""
+    try:
+        st = os.stat(postgres)
+    except OSError:
+        return None
+    return _version_of(str(postgres), st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _version_of(postgres: str, _dev: int, _ino: int, _mtime_ns: int) -> str | None:
+    """Cached per file identity: health and status ask on every run; an upgrade makes a new file."""
+    try:
+        out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\) (\d+(?:\.\d+)*)", out.stdout)
+    return match.group(1) if out.returncode == 0 and match else None
+
+
+def stale_verdict(
+    running: ServerBinary | None,
+    installed_path: str,
+    installed_id: tuple[int, int] | None,
+    installed_ver: str | None,
+    running_ver: str | None = None,
+) -> str | None:
+    """Why a running server needs a restart to match the installed binaries, or None (pure).
+
+    Stale when the file it runs was deleted or replaced (a package upgrade renames the new binary over
+    the old one: /proc shows ``(deleted)``, the inode differs from the installed file's), or when the
+    server reports another version than the installed binary (``running_ver``, from ``server_version``).
+    Such a server loads the *new* extension libraries into the *old* executable: "undefined symbol".
+    """
+    if installed_id is None:
+        return (
+            f"running, but the installed PostgreSQL binaries are gone ({installed_path} is missing): reinstall "
+            f"PostgreSQL (or set CALLVAULT_PG_BIN), then {RESTART_FIX}"
+        )
+    reasons = []
+    if running is not None and running.exe.endswith(" (deleted)"):
+        reasons.append(f"{running.exe.removesuffix(' (deleted)')} was replaced on disk after the server started")
+    elif running is not None and running.file_id is not None and running.file_id != installed_id:
+        reasons.append(f"it runs {running.exe}, not the installed {installed_path}")
+    have, want = version_tuple(running_ver), version_tuple(installed_ver)
+    if running_ver and have is not None and want is not None and have != want:
+        reasons.append(f"the server reports PostgreSQL {running_ver.split()[0]}")
+    if not reasons:
+        return None
+    installed = f"PostgreSQL {installed_ver}" if installed_ver else f"PostgreSQL at {installed_path}"
+    age = "newer" if have is not None and want is not None and have > want else "older"
+    return f"running, but on binaries {age} than the installed {installed}: {RESTART_FIX} ({'; '.join(reasons)})"
 
 
 def _port_free(port: int) -> bool:
@@ -178,16 +273,61 @@ class Cluster:
         state = self._state()
         major = state.major if state else _pgbin.server_major(_pgbin.find_bindir())
         running = state is not None and self._running(state)
+        initialised = state is not None and (self.data_dir(major) / "PG_VERSION").exists()
+        restart = self.restart_needed() if running else None
         return ClusterStatus(
             home=str(self.home),
             data_dir=str(self.data_dir(major)),
-            initialised=state is not None and (self.data_dir(major) / "PG_VERSION").exists(),
+            initialised=initialised,
             running=running,
             port=state.port if state else None,
             os_user=state.os_user if state else None,
             dsn=self.dsn() if state else None,
             log_file=str(self.log_file(major)),
+            state=restart or ("running" if running else "stopped" if initialised else "not initialised"),
         )
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid from ``postmaster.pid`` (None when there is none)."""
+        state = self._state()
+        if state is None:
+            return None
+        try:
+            first = (self.data_dir(state.major) / "postmaster.pid").read_text().split("\n", 1)[0]
+        except OSError:
+            return None
+        return int(first) if first.strip().isdigit() else None
+
+    def restart_needed(self, running_version: str | None = None) -> str | None:
+        """Why the running server must be restarted: it runs binaries other than the installed ones
+        (see :func:`stale_verdict`); None when it is current, stopped, or /proc cannot tell."""
+        state = self._state()
+        pid = self.postmaster_pid()
+        if state is None or pid is None:
+            return None
+        running = running_binary(pid)
+        if running is None and running_version is None:
+            return None
+        installed = Path(state.bindir) / "postgres"
+        try:
+            st = os.stat(installed)
+            installed_id: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            installed_id = None
+        if running_version is None and stale_verdict(running, str(installed), installed_id, None) is None:
+            return None  # the file it runs is the installed one: no need to run `postgres --version`
+        version = installed_version(installed) if installed_id is not None else None
+        return stale_verdict(running, str(installed), installed_id, version, running_version)
+
+    def serves(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether ``conn`` is connected to this cluster (its port on 127.0.0.1/localhost, or its socket)."""
+        state = self._state()
+        if state is None:
+            return False
+        info = conn.info
+        host = (info.hostaddr or info.host or "").rstrip("/")
+        local = host in ("127.0.0.1", "localhost", "::1") or host == str(self.data_dir(state.major))
+        return local and info.port == state.port
 
     def up(self, port: int | None = None) -> str:
         """Create (once) and start the cluster; return its DSN. ``port`` pins the port."""
@@ -360,3 +500,24 @@ def _user_name(uid: int) -> str:
 def default_dsn() -> str:
     """DSN of the embedded default cluster, creating and starting it when needed."""
     return Cluster().up()
+
+
+def restart_needed(conn: psycopg.Connection[Any]) -> str | None:
+    """When ``conn`` is on the embedded cluster (``$CALLVAULT_HOME``) and that server runs binaries other
+    than the installed ones: the one-line reason with the fix (``running, but on binaries older than
+    ...``). None for any other server: a remote server's binaries are not this machine's."""
+    cluster = Cluster()
+    try:
+        if not cluster.serves(conn):
+            return None
+    except (EmbeddedError, OSError):
+        return None  # an unreadable or corrupt cluster.json is `dev status`'s to report, not every command's
+    return cluster.restart_needed(conn.info.parameter_status("server_version"))
+
+
+def require_current_binaries(conn: psycopg.Connection[Any], what: str) -> None:
+    """Refuse ``what`` on an embedded server whose binaries were replaced under it (it would load the
+    new extension libraries into the old executable and fail with "undefined symbol")."""
+    reason = restart_needed(conn)
+    if reason is not None:
+        raise EmbeddedError(f"{what}: the embedded Postgres at {Cluster().home} is {reason}")

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg import sql
 
-from callvault import catalog, db, partman, tenancy
+from callvault import catalog, db, embedded, partman, tenancy
 from callvault.archive.pipeline import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
-from callvault.errors import NotInitialised
+from callvault.errors import EmbeddedError, NotInitialised
 from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
 from callvault.tenancy.audit import LEAK
@@ -59,6 +60,8 @@ class Status:
     detach_pending: list[str] = field(default_factory=list)  # interrupted DETACH ... CONCURRENTLY
     worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
     isolation_leaks: list[str] = field(default_factory=list)  # `callvault audit` LEAK findings
+    # the embedded server runs binaries older than the installed ones (a package upgrade under it)
+    server_restart: str | None = None
     # the planner at `now`: holes between partitions (writes into them fail) and where maintenance
     # (pg_partman's own rule) will take the horizon
     gaps: list[tuple[datetime, datetime]] = field(default_factory=list)
@@ -146,6 +149,23 @@ def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
 
 
 def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Status:
+    restart = embedded.restart_needed(conn)
+    if restart is None:
+        return _collect(conn, settings, now)
+    try:
+        status = _collect(conn, settings, now)
+    except psycopg.Error as exc:  # e.g. "undefined symbol": new extension libraries, old server
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmbeddedError(
+            f"status of {settings.qualified} failed ({reason}) on the embedded Postgres at "
+            f"{embedded.Cluster().home}, which is {restart}"
+        ) from exc
+    status.server_restart = restart
+    status.problems = problems(status)
+    return status
+
+
+def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Status:
     now = now or db.server_now(conn)
     pm = partman.installed(conn)
     config = partman.read_config(conn, settings, pm) if pm else None
@@ -180,6 +200,8 @@ def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Stat
 def problems(status: Status) -> list[str]:
     """Health verdicts, each a one-line reason with the fix (pure)."""
     out = []
+    if status.server_restart:
+        out.append(f"the embedded Postgres is {status.server_restart}")
     lc = status.config
     need = lc.interval.add(lc.interval.floor(status.now), MIN_INTERVALS_AHEAD)
     horizon = status.premake_horizon

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from callvault import bootstrap
@@ -14,7 +15,7 @@ from callvault.config import Settings, lifecycle_from
 from callvault.db import connect
 from callvault.errors import DatabaseUnavailable, ExtensionMissing, InvalidSetting, SchemaMismatch
 from callvault.partman import available_version
-from tests.helpers import run, run_json, ts
+from tests.helpers import make_calls, run, run_json, ts
 
 
 def partitions(conn: psycopg.Connection[tuple[object, ...]], table: str = "public.call_logs") -> list[str]:
@@ -211,3 +212,124 @@ def test_lifecycle_from_parses_user_strings() -> None:
     lc = lifecycle_from("Monthly", 6, "1 year")
     assert str(lc.interval) == "monthly" and lc.premake == 6 and lc.retention is not None
     assert lifecycle_from(retention="none").retention is None
+
+
+def _count(dsn: str, table: str = "call_logs") -> int:
+    with psycopg.connect(dsn) as c:
+        row = c.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(psycopg.sql.Identifier(table))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _fill(dsn: str, n: int = 240, table: str = "call_logs") -> None:
+    """n calls every 6 hours from 60 days ago: spread over ~10 weekly partitions."""
+    rows = make_calls(n, start=datetime.now(UTC) - timedelta(days=60), spacing_s=6 * 3600)
+    cols = ("tenant_id", "call_id", "started_at", "ended_at", "transcript")
+    with (
+        psycopg.connect(dsn) as c,
+        c.cursor().copy(
+            psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
+                psycopg.sql.Identifier(table), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, cols))
+            )
+        ) as copy,
+    ):
+        for r in rows:
+            copy.write_row([r[k] for k in cols])
+
+
+@pytest.mark.parametrize("default_partition", [False, True], ids=["no-default", "default-partition"])
+def test_init_repairs_a_dropped_pg_partman(dsn: str, conn: psycopg.Connection, default_partition: bool) -> None:
+    """Issue 13: DROP EXTENSION pg_partman CASCADE under an initialised table; init re-registers it."""
+    flags = ["--roles", "--premake", "6", "--retention", "120 days"]
+    flags += ["--default-partition"] if default_partition else []
+    run("init", "--dsn", dsn, *flags)
+    _fill(dsn)
+    if default_partition:  # a row in the default partition is kept too
+        conn.execute("INSERT INTO call_logs (tenant_id, call_id, started_at) VALUES (%s, %s, '2001-01-01')",
+                     (uuid.uuid4(), uuid.uuid4()))  # fmt: skip
+    rows, before = _count(dsn), partitions(conn)
+    conn.execute("DROP EXTENSION pg_partman CASCADE")
+    res = run("status", "--dsn", dsn, ok=False)
+    assert res.exit_code == 66 and "callvault init" in res.stderr
+    out = run("init", "--dsn", dsn, *flags).stdout
+    assert "re-register" in out, out
+    assert _count(dsn) == rows
+    assert set(before) <= set(partitions(conn))  # every partition kept (with its rows)
+    st = run_json("status", "--dsn", dsn)
+    assert (st["interval"], st["premake"], st["retention"]) == ("weekly", 6, "120 days")
+    assert ts(st["premake_horizon"]) >= datetime.now(UTC) + timedelta(weeks=6)
+    assert any(p["name"] == "call_logs_default" for p in st["partitions"]) is default_partition
+    assert st["default_rows"] == (1 if default_partition else 0)
+    run("maintain", "--dsn", dsn)
+    if not default_partition:
+        run("health", "--dsn", dsn)
+    assert "already initialised" in run("init", "--dsn", dsn, *flags).stdout
+    run("audit", "--dsn", dsn)
+    assert _count(dsn) == rows
+    # pg_cron's procedure works against the new registration
+    conn.execute("CALL callvault.run_maintenance('public.call_logs')")
+
+
+def test_init_repairs_a_lost_part_config_row(dsn: str, conn: psycopg.Connection) -> None:
+    """pg_partman still installed, callvault's row gone from part_config: the same re-registration."""
+    run("init", "--dsn", dsn, "--retention", "120 days")
+    _fill(dsn)
+    rows = _count(dsn)
+    conn.execute("DELETE FROM partman.part_config WHERE parent_table = 'public.call_logs'")
+    out = run("init", "--dsn", dsn, "--retention", "120 days").stdout
+    assert "re-register" in out and "install pg_partman" not in out
+    st = run_json("status", "--dsn", dsn)
+    assert st["retention"] == "120 days" and st["problems"] == [] and _count(dsn) == rows
+
+
+def test_init_after_drop_extension_prints_the_repair_with_sql(dsn: str, conn: psycopg.Connection) -> None:
+    run("init", "--dsn", dsn)
+    conn.execute("DROP EXTENSION pg_partman CASCADE")
+    out = run("init", "--dsn", dsn, "--sql").stdout
+    assert "CREATE EXTENSION IF NOT EXISTS pg_partman" in out and "create_parent" in out and "re-register" in out
+    assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_partman'").fetchone() == (0,)
+
+
+def test_init_repair_keeps_the_interval_the_partitions_have(dsn: str, conn: psycopg.Connection) -> None:
+    run("init", "--dsn", dsn, "--interval", "daily")
+    conn.execute("DROP EXTENSION pg_partman CASCADE")
+    res = run("init", "--dsn", dsn, ok=False)  # --interval weekly (the default)
+    assert res.exit_code == InvalidSetting.exit_code and "Traceback" not in res.stderr
+    assert "partitioned daily" in res.stderr and "--interval daily" in res.stderr, res.stderr
+    run("init", "--dsn", dsn, "--interval", "daily")
+    assert run_json("status", "--dsn", dsn)["interval"] == "daily"
+
+
+def test_init_will_not_take_over_a_foreign_partitioned_table(dsn: str, conn: psycopg.Connection) -> None:
+    """Same shape, partitions, but never callvault's (no tenant policy): refused, one message, nothing changed."""
+    from callvault import schema
+
+    conn.execute(schema.create_bare_table_sql(psycopg.sql.Identifier("public", "call_logs")))
+    conn.execute(
+        "CREATE TABLE call_logs_p2020w01 PARTITION OF call_logs FOR VALUES FROM ('2019-12-30') TO ('2020-01-06')"
+    )
+    res = run("init", "--dsn", dsn, ok=False)
+    assert res.exit_code == 66 and "Traceback" not in res.stderr
+    assert "not managed by pg_partman" in res.stderr and "create_parent" in res.stderr, res.stderr
+    assert conn.execute("SELECT count(*) FROM partman.part_config").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("ddl", "needle"),
+    [
+        ("CREATE TABLE call_logs_odd PARTITION OF call_logs FOR VALUES FROM ('2001-01-01') TO ('2001-01-04')",
+         "call_logs_odd spans 2001-01-01T00:00:00+00:00 to 2001-01-04T00:00:00+00:00"),
+        ("CREATE TABLE call_logs_mine PARTITION OF call_logs FOR VALUES FROM ('2001-01-01') TO ('2001-01-08')",
+         "partition call_logs_mine is not named as pg_partman 4.7.2 names it (call_logs_p2001w01)"),
+    ],
+    ids=["odd-bounds", "odd-name"],
+)  # fmt: skip
+def test_init_repair_refuses_partitions_pg_partman_cannot_carry(dsn: str, conn: psycopg.Connection, ddl: str,
+                                                                 needle: str) -> None:  # fmt: skip
+    run("init", "--dsn", dsn)
+    conn.execute("DROP EXTENSION pg_partman CASCADE")
+    conn.execute(ddl)
+    res = run("init", "--dsn", dsn, ok=False)
+    assert res.exit_code == 66 and "Traceback" not in res.stderr
+    assert needle in res.stderr and "Nothing was changed" in res.stderr, res.stderr
+    assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_partman'").fetchone() == (0,)
