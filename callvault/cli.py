@@ -227,7 +227,8 @@ def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every:
 @main.command(name="explain")
 @target_options
 @click.argument("query")
-@click.option("--param", "params", multiple=True, help="Value for the next %s placeholder (repeatable).")
+@click.option("--param", "-p", "params", multiple=True, metavar="VALUE",
+              help="Value of the next placeholder, in order: $1, $2... or psycopg's %s (repeatable).")  # fmt: skip
 @click.option("--analyze", is_flag=True, help="EXPLAIN ANALYZE (runs the query; rolled back).")
 @click.option("--max-partitions", type=int, default=None, help="Fail when more partitions than this are scanned.")
 @json_option
@@ -235,9 +236,14 @@ def explain_cmd(
     dsn: str | None, schema: str, table: str, query: str, params: tuple[str, ...], analyze: bool,
     max_partitions: int | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Which partitions a query reads; exit 4 when it scans all of them (or more than --max-partitions)."""
-    from callvault.explain import NotPruned, explain
+    """Which partitions a query reads; exit 4 when it scans all of them (or more than --max-partitions).
 
+    Exit 4: the query reads every partition (or more than --max-partitions). 2: the query does not parse,
+    its placeholders and --param values do not match, or the server refuses it. 66: the table does not exist.
+    """
+    from callvault.explain import NotPruned, explain, prepare
+
+    prepare(query, params)  # a query that cannot run is named before any connection
     s = settings_of(dsn, schema, table)
     with connect(s) as conn:
         report = explain(conn, s, query, list(params), analyze=analyze, max_partitions=max_partitions)
@@ -255,28 +261,33 @@ def explain_cmd(
 
 
 @main.command(name="lint")
-@click.argument("files", nargs=-1, type=click.File("r"))
+@click.argument("files", nargs=-1)
 @click.option("--table", envvar="CALLVAULT_TABLE", default="call_logs", show_default=True, help="Table to check.")
 @json_option
-def lint_cmd(files: tuple[Any, ...], table: str, as_json: bool) -> None:
-    """Static check of SQL files (or - for stdin): partition-key rules CV001-CV005; exit 4 on findings."""
-    from callvault.explain import NotPruned
-    from callvault.lint import lint_sql
+def lint_cmd(files: tuple[str, ...], table: str, as_json: bool) -> None:
+    """Static check of SQL files (or - for stdin): partition-key rules CV001-CV005; exit 4 on findings.
 
-    found: list[dict[str, object]] = []
-    sources: list[Any] = list(files) or [sys.stdin]
-    for fh in sources:
-        for finding in lint_sql(fh.read(), table=table):
-            found.append({"file": getattr(fh, "name", "-"), **finding.to_dict()})
+    $1 and psycopg %s / %(name)s placeholders are SQL here. A statement that does not parse is reported
+    (CV000) and every other statement is still checked. Exit 0: clean; 4: findings; 5: a statement does
+    not parse (CV000); 2: a file cannot be read (the others are still checked).
+    """
+    from rich.markup import escape
+
+    from callvault.lint import lint_paths
+
+    run = lint_paths(files, table=table)
     if as_json:
-        emit(found)
+        emit(run.findings)
     else:
-        for row in found:
-            out.print(f"{row['file']}:{row['line']}: [bold]{row['rule']}[/bold] {row['message']}", soft_wrap=True)
+        for row in run.findings:  # the message quotes the SQL: arr[i] is not markup
+            where = escape(f"{row['file']}:{row['line']}:")
+            out.print(f"{where} [bold]{row['rule']}[/bold] {escape(str(row['message']))}", soft_wrap=True)
             out.print(f"    why: {row['why']}\n    fix: {row['fix']}", soft_wrap=True, markup=False)
-        out.print(f"{len(found)} finding(s)")
-    if found:
-        raise NotPruned(f"{len(found)} lint finding(s)")
+        if run.read:
+            out.print(f"{len(run.findings)} finding(s)")
+    failure = run.failure()
+    if failure:
+        raise failure
 
 
 @main.group()

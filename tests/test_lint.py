@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -541,3 +543,316 @@ def test_every_finding_is_complete(sql: str) -> None:
         assert finding.rule in RULES
         assert finding.line >= 1 and finding.statement >= 1
         assert finding.message and finding.why and finding.fix
+
+
+# -- issue 13: a statement that does not parse hides nothing else -----------------------------------
+
+BROKEN_MIDDLE = """\
+SELECT * FROM call_logs;
+SELEC tenant_id FROM call_logs;
+SELECT * FROM call_logs WHERE tenant_id = $1;
+"""
+
+
+def test_a_statement_that_does_not_parse_does_not_hide_the_others() -> None:
+    found = lint_sql(BROKEN_MIDDLE)
+    assert [(f.rule, f.line, f.statement) for f in found] == [("CV001", 1, 1), ("CV000", 2, 2), ("CV004", 3, 3)]
+    assert found[1].message == 'SQL does not parse: syntax error at or near "SELEC"'
+    assert found[1].why == "this statement cannot be checked until it parses; every other statement was checked"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        # the scanner stops at a bad token; the statements after it are still found
+        (
+            "SELECT 123abc FROM call_logs;\nSELECT * FROM call_logs",
+            [("CV000", 1, 1), ("CV001", 2, 2)],
+        ),
+        (
+            "SELECT * FROM call_logs WHERE x = 0x;\nSELECT * FROM call_logs WHERE tenant_id = $1",
+            [("CV000", 1, 1), ("CV004", 2, 2)],
+        ),
+        # an unterminated string swallows the rest, for Postgres too
+        ("SELECT * FROM call_logs;\nSELECT 'oops;\nSELECT * FROM call_logs", [("CV001", 1, 1), ("CV000", 2, 2)]),
+        (
+            "SELECT * FROM call_logs;\nSELECT '\x00';\nSELECT * FROM call_logs",
+            [("CV001", 1, 1), ("CV000", 2, 2), ("CV001", 3, 3)],
+        ),
+        (
+            "SELECT * FROM call_logs;\nSELECT '\udcff';\nSELECT * FROM call_logs",
+            [("CV001", 1, 1), ("CV000", 2, 2), ("CV001", 3, 3)],
+        ),
+        # empty statements are not counted, in either path
+        (
+            "SELECT * FROM call_logs;;\nSELEC;\n;SELECT * FROM call_logs",
+            [("CV001", 1, 1), ("CV000", 2, 2), ("CV001", 3, 3)],
+        ),
+        # a SQL-standard function body keeps its semicolons
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC SELECT 1; SELECT 2; END;\n"
+            "SELEC;\nSELECT * FROM call_logs",
+            [("CV000", 3, 2), ("CV001", 4, 3)],
+        ),
+    ],
+)
+def test_every_parsable_statement_is_checked(sql: str, expected: list[tuple[str, int, int]]) -> None:
+    assert [(f.rule, f.line, f.statement) for f in lint_sql(sql)] == expected
+
+
+def test_statement_numbers_agree_whether_or_not_something_fails() -> None:
+    good = "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC SELECT 1; SELECT 2; END;\nSELECT 1;\n"
+    tail = "SELECT * FROM call_logs"
+    assert [(f.line, f.statement) for f in lint_sql(good + tail)] == [(4, 3)]
+    assert [(f.line, f.statement) for f in lint_sql(good.replace("SELECT 1;\n", "SELEC;\n") + tail)] == [
+        (3, 2),
+        (4, 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message", "fix"),
+    [
+        ("SELECT '\x00'", "SQL does not parse: NUL character in the input", "remove the NUL character"),
+        ("SELECT '\udcff'", "SQL does not parse: byte 0xff is not valid UTF-8", "save the file as UTF-8"),
+        ("SELECT '\ud800'", "SQL does not parse: lone surrogate U+D800 is not valid UTF-8", "save the file as UTF-8"),
+        (
+            "SELECT * FROM call_logs WHERE x = {{ jinja }}",
+            'SQL does not parse: syntax error at or near "{"',
+            "fix the syntax",
+        ),
+    ],
+)
+def test_cv000_says_what_to_do(bad: str, message: str, fix: str) -> None:
+    (finding,) = lint_sql(bad)
+    assert finding.message == message
+    assert finding.fix.startswith(fix)
+
+
+def test_a_statement_nested_too_deeply_to_check_is_cv000_not_a_crash() -> None:
+    deep = "SELECT * FROM call_logs WHERE " + "abs(" * 3000 + "started_at" + ")" * 3000 + " > 0"
+    found = lint_sql(f"SELECT * FROM call_logs;\n{deep};\nSELECT * FROM call_logs WHERE tenant_id = $1")
+    assert [(f.rule, f.line, f.statement) for f in found] == [("CV001", 1, 1), ("CV000", 2, 2), ("CV004", 3, 3)]
+    assert found[1].message == "SQL too deeply nested to check"
+
+
+# -- issue 13: placeholders ------------------------------------------------------------------------
+
+EQUIVALENT_BOUNDS = [
+    "started_at >= {0}",
+    "started_at >= {0} AND started_at < {1}",
+    "{0} <= started_at",
+    "started_at IN ({0}, {1})",
+    "tenant_id = {0} AND started_at >= {1}",
+    "tenant_id = {0}",
+    "started_at >= {0} OR tenant_id = {1}",
+    "date_trunc('day', started_at) = {0}",
+    "started_at::date = {0}",
+    "started_at BETWEEN {0} AND {1}",
+    "started_at AT TIME ZONE 'UTC' >= {0}",
+]
+
+
+@pytest.mark.parametrize("condition", EQUIVALENT_BOUNDS)
+def test_placeholders_pin_the_key_exactly_like_literals(condition: str) -> None:
+    literal = where(condition.format("'2026-05-01'", "'2026-05-08'"))
+    assert where(condition.format("$1", "$2")) == literal
+    assert where(condition.format("%s", "%s")) == literal
+    assert where(condition.format("%(since)s", "%(until)s")) == literal
+    assert where(condition.format("$1::timestamptz", "$2::timestamptz")) == literal
+
+
+def test_psycopg_placeholders_are_numbered_in_order() -> None:
+    (finding,) = lint_sql("SELECT * FROM call_logs WHERE started_at BETWEEN %s AND %s")
+    assert finding.message == "BETWEEN on started_at includes the upper bound: started_at BETWEEN $1 AND $2"
+    assert finding.fix.startswith("started_at >= $1 AND started_at < $2 ")
+
+
+def test_psycopg_placeholders_are_numbered_per_statement() -> None:
+    sql = "SELECT %s, %s, %s;\nSELECT * FROM call_logs WHERE tenant_id = %s AND started_at BETWEEN %s AND %s"
+    (finding,) = lint_sql(sql)
+    assert (finding.rule, finding.line, finding.statement) == ("CV003", 2, 2)
+    assert finding.fix.startswith("started_at >= $2 AND started_at < $3 ")
+
+
+def test_named_placeholders_are_spelled_as_written() -> None:
+    cv002, _ = lint_sql("SELECT * FROM call_logs WHERE started_at::date = %(day)s")
+    assert cv002.message == "started_at is wrapped in a cast to date: CAST(started_at AS date) = %(day)s"
+    assert cv002.fix == "started_at >= %(day)s AND started_at < %(day)s::date + 1"
+    (cv003,) = lint_sql("SELECT * FROM call_logs WHERE started_at BETWEEN %(a)s AND %(b)s AND tenant_id = %(a)s")
+    assert cv003.fix.startswith("started_at >= %(a)s AND started_at < %(b)s ")
+
+
+def test_ten_or_more_placeholders_keep_lines() -> None:
+    sql = "SELECT * FROM call_logs\n WHERE x IN (" + ", ".join(["%s"] * 12) + ")\n   AND started_at::date = %s"
+    cv002, cv001 = lint_sql(sql)
+    assert (cv002.rule, cv002.line, cv002.fix) == ("CV002", 3, "started_at >= $13 AND started_at < $13::date + 1")
+    assert (cv001.rule, cv001.line) == ("CV001", 1)
+
+
+def test_percent_in_a_plain_string_literal_is_harmless() -> None:
+    assert rules("SELECT * FROM call_logs WHERE transcript LIKE '%sorry%' AND started_at >= $1") == []
+    assert rules("SELECT * FROM call_logs WHERE transcript LIKE '%sorry%'") == ["CV001"]
+
+
+# -- issue 13: the command -------------------------------------------------------------------------
+
+
+def lint_cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    from click.testing import CliRunner
+
+    from callvault.cli import main
+
+    res = CliRunner().invoke(main, ["lint", *args], input=stdin, catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+@pytest.fixture
+def sql_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "good.sql").write_text("SELECT * FROM call_logs WHERE started_at >= $1 AND started_at < $2;\n")
+    (tmp_path / "bad.sql").write_text("SELECT * FROM call_logs WHERE tenant_id = $1;\n")
+    (tmp_path / "broken.sql").write_text(BROKEN_MIDDLE)
+    return tmp_path
+
+
+def test_cli_clean_file_exits_zero(sql_dir: Path) -> None:
+    assert lint_cli("good.sql") == (0, "0 finding(s)\n", "")
+
+
+def test_cli_findings_exit_4(sql_dir: Path) -> None:
+    code, out, err = lint_cli("good.sql", "bad.sql")
+    assert code == 4
+    assert out.splitlines()[0] == "bad.sql:1: CV004 call_logs is filtered on tenant_id but not on started_at"
+    assert out.splitlines()[-1] == "1 finding(s)"
+    assert err == "error: 1 lint finding(s) (bad.sql:1): rewrite each as its fix says, then run again\n"
+
+
+def test_cli_parse_error_has_its_own_exit_code_and_hides_nothing(sql_dir: Path) -> None:
+    code, out, err = lint_cli("broken.sql", "bad.sql")
+    assert code == 5
+    heads = [line for line in out.splitlines() if not line.startswith("    ")]
+    assert heads == [
+        "broken.sql:1: CV001 call_logs is read with no bound on started_at",
+        'broken.sql:2: CV000 SQL does not parse: syntax error at or near "SELEC"',
+        "broken.sql:3: CV004 call_logs is filtered on tenant_id but not on started_at",
+        "bad.sql:1: CV004 call_logs is filtered on tenant_id but not on started_at",
+        "4 finding(s)",
+    ]
+    assert err == (
+        "error: 1 statement(s) do not parse (broken.sql:2): fix the syntax and run again; "
+        "every other statement was checked (3 other finding(s))\n"
+    )
+
+
+def test_cli_json_keeps_its_shape_with_a_parse_error(sql_dir: Path) -> None:
+    import json
+
+    code, out, err = lint_cli("broken.sql", "--json")
+    assert code == 5
+    assert [(f["file"], f["rule"], f["line"], f["statement"]) for f in json.loads(out)] == [
+        ("broken.sql", "CV001", 1, 1),
+        ("broken.sql", "CV000", 2, 2),
+        ("broken.sql", "CV004", 3, 3),
+    ]
+    assert err.count("\n") == 1 and err.startswith("error: 1 statement(s) do not parse (broken.sql:2)")
+
+
+def test_cli_missing_file_is_one_line(sql_dir: Path) -> None:
+    assert lint_cli("nope.sql") == (
+        2,
+        "",
+        "error: cannot read nope.sql: no such file: pass an existing SQL file, or - to read stdin\n",
+    )
+
+
+def test_cli_directory_is_one_line(sql_dir: Path) -> None:
+    (sql_dir / "queries").mkdir()
+    assert lint_cli("queries") == (
+        2,
+        "",
+        "error: cannot read queries: it is a directory: pass the SQL files in it (e.g. queries/*.sql)\n",
+    )
+
+
+def test_cli_unreadable_file_is_one_line(sql_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (sql_dir / "secret.sql").write_text("SELECT 1")
+    (sql_dir / "secret.sql").chmod(0)
+    if os.geteuid() == 0:  # root reads anything: fail the read the way chmod 0 does for anyone else
+        real = Path.read_bytes
+
+        def read_bytes(self: Path) -> bytes:
+            if self.name == "secret.sql":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert lint_cli("secret.sql") == (
+        2,
+        "",
+        "error: cannot read secret.sql: permission denied: make it readable (chmod) or run as a user who can\n",
+    )
+
+
+def test_cli_missing_file_does_not_hide_the_other_files(sql_dir: Path) -> None:
+    code, out, err = lint_cli("bad.sql", "gone.sql", "good.sql")
+    assert code == 2
+    assert out.splitlines()[0] == "bad.sql:1: CV004 call_logs is filtered on tenant_id but not on started_at"
+    assert out.splitlines()[-1] == "1 finding(s)"
+    assert err == (
+        "error: cannot read gone.sql: no such file: pass an existing SQL file, or - to read stdin; "
+        "the files that could be read have 1 finding(s)\n"
+    )
+
+
+def test_cli_file_that_is_not_utf8(sql_dir: Path) -> None:
+    (sql_dir / "latin1.sql").write_bytes(
+        b"SELECT * FROM call_logs;\nSELECT * FROM call_logs WHERE note = 'caf\xe9';\nSELECT 1 FROM call_logs c\n"
+    )
+    code, out, _ = lint_cli("latin1.sql")
+    assert code == 5
+    heads = [line for line in out.splitlines() if not line.startswith("    ")]
+    assert heads == [
+        "latin1.sql:1: CV001 call_logs is read with no bound on started_at",
+        "latin1.sql:2: CV000 SQL does not parse: byte 0xe9 is not valid UTF-8",
+        "latin1.sql:3: CV001 call_logs c is read with no bound on started_at",
+        "3 finding(s)",
+    ]
+    assert "    fix: save the file as UTF-8" in out
+
+
+def test_cli_utf16_and_bom_files_are_read(sql_dir: Path) -> None:
+    (sql_dir / "utf16.sql").write_bytes("SELECT * FROM call_logs WHERE tenant_id = $1\n".encode("utf-16"))
+    (sql_dir / "bom.sql").write_bytes(b"\xef\xbb\xbfSELECT * FROM call_logs\n")
+    code, out, _ = lint_cli("utf16.sql", "bom.sql")
+    assert code == 4
+    assert [line for line in out.splitlines() if not line.startswith("    ")] == [
+        "utf16.sql:1: CV004 call_logs is filtered on tenant_id but not on started_at",
+        "bom.sql:1: CV001 call_logs is read with no bound on started_at",
+        "2 finding(s)",
+    ]
+
+
+def test_cli_stdin(sql_dir: Path) -> None:
+    code, out, _ = lint_cli("-", stdin=b"SELECT * FROM call_logs WHERE started_at::date = %s")
+    assert code == 4
+    assert out.splitlines()[0] == "-:1: CV002 started_at is wrapped in a cast to date: CAST(started_at AS date) = $1"
+    assert lint_cli(stdin=b"SELECT * FROM call_logs WHERE started_at >= $1") == (0, "0 finding(s)\n", "")
+    assert lint_cli("-", stdin=b"SELECT 'caf\xe9'")[0] == 5
+
+
+def test_cli_help_documents_the_exit_codes() -> None:
+    code, out, _ = lint_cli("--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Exit 0: clean; 4: findings; 5: a statement does not parse (CV000)" in text
+    assert "2: a file cannot be read" in text
+
+
+def test_cli_prints_sql_that_looks_like_markup_as_it_is(sql_dir: Path) -> None:
+    (sql_dir / "[i]weird.sql").write_text("SELECT * FROM call_logs WHERE started_at::date = days[i]")
+    code, out, _ = lint_cli("[i]weird.sql")
+    assert code == 4
+    assert out.splitlines()[0] == (
+        "[i]weird.sql:1: CV002 started_at is wrapped in a cast to date: CAST(started_at AS date) = (days)[i]"
+    )

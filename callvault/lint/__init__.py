@@ -1,66 +1,60 @@
 """Static SQL linter: the partition-key checklist for ``call_logs``, over Postgres's own parser.
 
-``lint_sql(text)`` parses SQL (a file or a string; psycopg ``%s`` / ``%(name)s`` placeholders are
-allowed) with pglast, finds every reference to the table that a SELECT/UPDATE/DELETE reads (in FROM,
-JOIN, subqueries, CTEs, INSERT ... SELECT) and runs the rules of :mod:`callvault.lint.rules` on each.
-This module finds what to check; ``rules`` decides what is wrong with it.
+``lint_sql(text)`` parses SQL (a file or a string; ``$1`` and psycopg ``%s`` / ``%(name)s``
+placeholders are allowed) with pglast statement by statement (:mod:`callvault.lint.split`), finds
+every reference to the table that a SELECT/UPDATE/DELETE reads (in FROM, JOIN, subqueries, CTEs,
+INSERT ... SELECT) and runs the rules of :mod:`callvault.lint.rules` on each. This module finds what
+to check; ``rules`` decides what is wrong with it; :mod:`callvault.lint.files` reads files for the
+command and turns the result into its exit code.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from pglast import ast
 from pglast.enums import JoinType
-from pglast.parser import ParseError, parse_sql, scan
 
+from callvault.lint.files import DoesNotParse, LintFindings, LintRun, Unreadable, lint_paths, read_source
 from callvault.lint.rules import RULES, Finding, Scope, scope_findings, walk
+from callvault.lint.split import Source, Unit, prepare, statements
 
-__all__ = ["RULES", "Finding", "lint_sql"]
+__all__ = [
+    "RULES",
+    "DoesNotParse",
+    "Finding",
+    "LintFindings",
+    "LintRun",
+    "Unreadable",
+    "lint_paths",
+    "lint_sql",
+    "read_source",
+    "reads_table",
+]
 
-# psycopg placeholders are not SQL: each becomes "$1" padded to its own length, so offsets (lines) stay put.
-_PLACEHOLDER = re.compile(r"%%|%[sbt]|%\([^)]*\)[sbt]")
-
-
-def _substitute(match: re.Match[str]) -> str:
-    text = match.group()
-    return "% " if text == "%%" else "$1".ljust(len(text))
+_UNPARSED = "this statement cannot be checked until it parses; every other statement was checked"
+_NOT_CHECKED = {  # kind -> (why, fix)
+    "syntax": (
+        _UNPARSED,
+        "fix the syntax (psycopg %s / %(name)s and $1 placeholders are accepted, other templating is not)",
+    ),
+    "nul": (_UNPARSED, "remove the NUL character (a UTF-16 or binary file? save it as UTF-8 text)"),
+    "encoding": (_UNPARSED, "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE)"),
+    "deep": (
+        "the checker stops at Python's recursion limit; every other statement was checked",
+        "split the expression (fewer nested calls or parentheses), or judge this one with `callvault explain`",
+    ),
+}
 
 
 def _line(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
-def _syntax_error(text: str, message: str, offset: int | None) -> Finding:
-    if offset is None or offset < 0:  # "at end of input" has no location
-        offset = len(text.rstrip())
-    try:
-        statement = 1 + sum(token.name == "ASCII_59" for token in scan(text[:offset]))  # semicolons before it
-    except (ParseError, UnicodeError):  # the prefix itself does not scan: count naively
-        statement = 1 + text.count(";", 0, offset)
-    return Finding(
-        "CV000",
-        _line(text, offset),
-        statement,
-        f"SQL does not parse: {message}",
-        "nothing in the input can be checked until it parses",
-        "fix the syntax (psycopg %s / %(name)s placeholders are accepted, other templating is not)",
-    )
-
-
-def _parse(sql: str) -> tuple[Any, ...] | Finding:
-    """The statements of ``sql``, or the CV000 finding saying why there are none."""
-    if "\x00" in sql:  # the C parser would silently stop there
-        return _syntax_error(sql, "NUL character in the input", sql.index("\x00"))
-    try:
-        return parse_sql(sql)
-    except ParseError as error:
-        offset = error.args[1] if len(error.args) > 1 and isinstance(error.args[1], int) else None
-        return _syntax_error(sql, str(error.args[0]), offset)
-    except UnicodeEncodeError as error:  # lone surrogates, e.g. from a file read with errors="surrogateescape"
-        return _syntax_error(sql, f"not valid UTF-8 ({error.reason})", error.start)
+def _not_checked(source: Source, number: int, at: int, message: str, kind: str) -> Finding:
+    why, fix = _NOT_CHECKED[kind]
+    return Finding("CV000", _line(source.sql, at), number, message, why, fix)
 
 
 # -- the references to the table -------------------------------------------------------------------
@@ -120,6 +114,24 @@ def _scopes(stmt: Any, table: str, key: str) -> Iterator[Scope]:
             yield Scope(qualifier, f"{qualifier}.{key}" if ref.alias else key, ref.location, restricting, every)
 
 
+def reads_table(stmt: Any, table: str = "call_logs", key: str = "started_at") -> bool:
+    """Whether a SELECT/UPDATE/DELETE anywhere in ``stmt`` (one parsed statement) reads ``table``."""
+    return any(True for _ in _scopes(stmt, table, key))
+
+
+def _unit_findings(source: Source, unit: Unit, table: str, key: str, tenant: str) -> list[Finding]:
+    found: list[Finding] = []
+    for s in _scopes(unit.stmt, table, key):
+        for offset, rule, message, why, fix in scope_findings(s, table=table, key=key, tenant=tenant):
+            at = unit.base + offset
+            finding = Finding(
+                rule, _line(source.sql, at), unit.number, source.spelled(message, at), why, source.spelled(fix, at)
+            )
+            if finding not in found:  # an unqualified key in a self-join is seen once per reference
+                found.append(finding)
+    return found
+
+
 def lint_sql(
     text: str, *, table: str = "call_logs", key: str = "started_at", tenant: str = "tenant_id"
 ) -> list[Finding]:
@@ -127,17 +139,20 @@ def lint_sql(
 
     In statement order; within a statement, per reference to the table: what is wrong in its
     conditions (CV002/CV003, in source order), then the missing bound (CV001/CV004/CV005).
-    A syntax error gives a single CV000 finding instead of raising.
+    A statement that does not parse gives one CV000 finding, and every other statement is still
+    checked. psycopg placeholders count as ``$1``, ``$2``... of their statement; messages spell named
+    ones as written. Never raises.
     """
-    sql = _PLACEHOLDER.sub(_substitute, text)
-    statements = _parse(sql)
-    if isinstance(statements, Finding):
-        return [statements]
+    source = prepare(text)
     found: list[Finding] = []
-    for number, raw in enumerate(statements, 1):
-        for s in _scopes(raw.stmt, table, key):
-            for offset, rule, message, why, fix in scope_findings(s, table=table, key=key, tenant=tenant):
-                finding = Finding(rule, _line(sql, offset), number, message, why, fix)
-                if finding not in found:  # an unqualified key in a self-join is seen once per reference
-                    found.append(finding)
+    for unit in statements(source):
+        if unit.error is not None:
+            found.append(
+                _not_checked(source, unit.number, unit.error_at, f"SQL does not parse: {unit.error}", unit.error_kind)
+            )
+            continue
+        try:
+            found += _unit_findings(source, unit, table, key, tenant)
+        except RecursionError:  # thousands of nested expressions: Postgres parses them, the rules do not
+            found.append(_not_checked(source, unit.number, unit.at, "SQL too deeply nested to check", "deep"))
     return found
