@@ -4,7 +4,6 @@ on stderr and the error's exit code (see docs/cli.md for the table)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from callvault import bootstrap, catalog, config, db, demo, monitor, render, sch
 from callvault import maintain as maintenance
 from callvault.db import connect
 from callvault.embedded import Cluster
-from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting, Unhealthy
+from callvault.errors import CallvaultError, DatabaseUnavailable, EmbeddedError, InvalidSetting, Unhealthy
 from callvault.plan import Interval
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,39 +28,73 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 class Cli(click.Group):
+    """Errors become one line and an exit code (callvault.failure); ``--debug`` shows the traceback."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
         except CallvaultError as exc:
+            if ctx.params.get("debug"):
+                raise
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             sys.exit(exc.exit_code)
+        except (Exception, KeyboardInterrupt) as exc:
+            if ctx.params.get("debug"):
+                raise
+            from callvault.failure import translate
+
+            failed = translate(exc)
+            err.print(f"[red]error:[/red] {failed}", soft_wrap=True)
+            sys.exit(failed.exit_code)
+
+
+def _inherit(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """An option not given on a subcommand takes the value given before it (``callvault --dsn X status``)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value not in (None, False):
+            return value
+        parent = ctx.parent
+        while parent is not None:
+            got = parent.params.get(name)
+            if got not in (None, False):
+                return got
+            parent = parent.parent
+        return value
+
+    return callback
 
 
 def target_options(f: F) -> F:
     """--dsn/--schema/--table: which database and table (env: CALLVAULT_DSN, _SCHEMA, _TABLE)."""
-    f = click.option("--table", envvar="CALLVAULT_TABLE", default="call_logs", show_default=True,
-                     help="Partitioned table name.")(f)  # fmt: skip
-    f = click.option("--schema", envvar="CALLVAULT_SCHEMA", default="public", show_default=True,
-                     help="Schema of the table.")(f)  # fmt: skip
-    return click.option("--dsn", envvar="CALLVAULT_DSN", default=None,
-                        help="Postgres URL; default: the embedded cluster (started when needed).")(f)  # fmt: skip
+    f = click.option("--table", default=None, callback=_inherit("table"),
+                     help="Partitioned table name [CALLVAULT_TABLE; default: call_logs].")(f)  # fmt: skip
+    f = click.option("--schema", default=None, callback=_inherit("schema"),
+                     help="Schema of the table [CALLVAULT_SCHEMA; default: public].")(f)  # fmt: skip
+    return click.option("--dsn", default=None, callback=_inherit("dsn"),
+                        help="Postgres URL [CALLVAULT_DSN, libpq's PGHOST/PGSERVICE...; default: the embedded "
+                             "cluster, started when needed].")(f)  # fmt: skip
 
 
 def role_option(f: F) -> F:
-    return click.option("--role-prefix", envvar="CALLVAULT_ROLE_PREFIX", default=config.DEFAULT_ROLE_PREFIX,
-                        show_default=True, help="Roles are <prefix>_owner, _ingest, _app, _tenant_writer; "
+    return click.option("--role-prefix", default=None,
+                        help="[CALLVAULT_ROLE_PREFIX; default: callvault] Roles are <prefix>_owner, _ingest, _app, "
+                        "_tenant_writer; "
                         "CALLVAULT_OWNER_ROLE, _INGEST_ROLE, _APP_ROLE, _TENANT_WRITER_ROLE name one "
                         "each.")(f)  # fmt: skip
 
 
 def store_option(f: F) -> F:
-    return click.option("--to", "store_url", envvar="CALLVAULT_ARCHIVE_URL", default=None, metavar="URL",
+    return click.option("--to", "store_url", default=None, metavar="URL", callback=_inherit("store_url"),
                         help="Archive store: s3://bucket/prefix or file:///dir. Default: CALLVAULT_ARCHIVE_URL, or "
                              "<callvault home>/archive with the embedded database.")(f)  # fmt: skip
 
 
 def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(f)
+    return click.option("--json", "as_json", is_flag=True, callback=_inherit("as_json"),
+                        help="Machine-readable output.")(f)  # fmt: skip
 
 
 def at_option(f: F) -> F:
@@ -79,10 +112,18 @@ def parse_at(text: str | None) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
-def settings_of(dsn: str | None, schema: str, table: str, **more: Any) -> config.Settings:
-    """Flags win; role names come from CALLVAULT_ROLE_PREFIX / CALLVAULT_*_ROLE (audit, health, status)."""
-    more.setdefault("roles", config.roles_from_env(os.environ))
-    return config.from_env({}, dsn=dsn, schema=schema, table=table, **more)
+def settings_of(dsn: str | None, schema: str | None, table: str | None, **more: Any) -> config.Settings:
+    """The one loader (callvault.config.load): flags > CALLVAULT_* > callvault.toml > defaults; with no
+    server configured anywhere, the embedded cluster."""
+    flags = {"dsn": dsn, "schema": schema, "table": table}
+    flags.update({k: v for k, v in more.items() if k in config.OPTION_KEYS})
+    extra = {k: v for k, v in more.items() if k not in config.OPTION_KEYS}
+    return config.load(flags, config_file=_root_param("config_file"), embedded_default=True, **extra).settings
+
+
+def _root_param(name: str) -> Any:
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().params.get(name) if ctx is not None else None
 
 
 def emit(data: object) -> None:
@@ -91,8 +132,40 @@ def emit(data: object) -> None:
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="callvault")
-def main() -> None:
+@click.option("--dsn", default=None, help="Postgres URL for every subcommand (same as the subcommand's --dsn).")
+@click.option("--schema", default=None, help="Schema of the table, for every subcommand.")
+@click.option("--table", default=None, help="Partitioned table, for every subcommand.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, for every subcommand.")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="A callvault.toml [CALLVAULT_CONFIG; default: ./callvault.toml when it exists].")  # fmt: skip
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
+def main(dsn: str | None, schema: str | None, table: str | None, as_json: bool, config_file: str | None,
+         debug: bool) -> None:  # fmt: skip
     """Keep AI voice-agent call logs in partitioned Postgres, fast for years."""
+
+
+@main.group(name="config")
+def config_group() -> None:
+    """The effective configuration."""
+
+
+@config_group.command(name="show")
+@target_options
+@json_option
+def config_show(dsn: str | None, schema: str | None, table: str | None, as_json: bool) -> None:
+    """Every effective setting and where it came from (flag, env, file, default); secrets redacted."""
+    loaded = config.load({"dsn": dsn, "schema": schema, "table": table}, config_file=_root_param("config_file"),
+                         embedded_default=True)  # fmt: skip
+    doc = loaded.to_dict()
+    if as_json:
+        emit(doc)
+        return
+    out.print(f"config file: {loaded.file or 'none'}")
+    settings = doc["settings"]
+    assert isinstance(settings, dict)
+    for key, item in settings.items():
+        value = "" if item["value"] is None else item["value"]
+        out.print(f"{key:20} {value!s:50} ({item['source']})", soft_wrap=True)
 
 
 @main.command()
@@ -115,12 +188,12 @@ def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, 
     """Create the partitioned table, hand it to pg_partman, enforce tenant isolation (idempotent)."""
     lifecycle = config.lifecycle_from(interval, premake, retention)
     s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition,
-                    roles=config.roles_from_env(os.environ, role_prefix))  # fmt: skip
+                    role_prefix=role_prefix, start_embedded=not print_sql)  # fmt: skip
     if print_sql:
         try:
             with connect(s) as conn:
                 click.echo(bootstrap.render(bootstrap.init_steps(conn, s, roles=with_roles), conn), nl=False)
-        except DatabaseUnavailable as exc:
+        except (DatabaseUnavailable, EmbeddedError) as exc:
             click.echo(f"-- offline (database unreachable: {exc}); assuming an empty database, pg_partman "
                        f"{bootstrap.OFFLINE_PARTMAN.version}")  # fmt: skip
             click.echo(bootstrap.render(bootstrap.init_steps(None, s, roles=with_roles), None), nl=False)
@@ -146,7 +219,7 @@ def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, 
 @json_option
 def audit_cmd(dsn: str | None, schema: str, table: str, role_prefix: str, fix: bool, as_json: bool) -> None:
     """Prove tenant isolation on the parent and every partition; exit 3 naming each leak or gap."""
-    s = settings_of(dsn, schema, table, roles=config.roles_from_env(os.environ, role_prefix))
+    s = settings_of(dsn, schema, table, role_prefix=role_prefix)
     with connect(s) as conn:
         report = tenancy.audit(conn, s, fix=fix)
     emit(report.to_dict()) if as_json else render.audit(out, report)
@@ -173,7 +246,7 @@ def maintain(dsn: str | None, schema: str, table: str, at: str | None, wait: boo
 @json_option
 def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
     """Show what maintenance and retention will do (at --at), without changing anything."""
-    s = settings_of(dsn, schema, table)
+    s = settings_of(dsn, schema, table, start_embedded=False)
     when = parse_at(at)  # a bad --at is named before any connection
     with connect(s) as conn:
         pm = maintenance.require_partman(conn, s)
@@ -530,10 +603,17 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
     Without a subcommand: run the archive. Exit 65 when a read-back did not match (nothing dropped),
     69 when the store is unreachable (nothing detached or dropped)."""
     if ctx.invoked_subcommand is not None:
+        misplaced = [f"--{n.replace('_', '-')}" for n in ("fmt", "at", "dry_run")
+                     if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+        if misplaced:
+            raise InvalidSetting(
+                f"{', '.join(misplaced).replace('--fmt', '--format')} belong(s) to `callvault archive` itself, not to "
+                f"`archive {ctx.invoked_subcommand}`: put it after the subcommand if it takes it, or drop it"
+            )
         return
     from callvault.archive.pipeline import archive
 
-    s = settings_of(dsn, schema, table)
+    s = settings_of(dsn, schema, table, start_embedded=not dry_run)
     rep = archive(s, store_url=store_url, fmt=fmt, at=parse_at(at), dry_run=dry_run)
     if as_json:
         emit(rep.to_dict())
@@ -608,7 +688,7 @@ def archive_prune(dsn: str | None, schema: str, table: str, store_url: str | Non
     """Delete archived objects past each tenant's archive retention (see `archive policy`)."""
     from callvault.archive.prune import prune
 
-    s = settings_of(dsn, schema, table)
+    s = settings_of(dsn, schema, table, start_embedded=not dry_run)
     rep = prune(s, store_url=store_url, at=parse_at(at), dry_run=dry_run)
     if as_json:
         emit(rep.to_dict())
@@ -679,7 +759,8 @@ def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None,
         return
     how = "attached as a partition of" if rep.attached else "into"
     out.print(f"restored {sum(rep.tenants.values()):,} rows of {len(rep.tenants)} tenant(s), period {rep.period}, "
-              f"{how} {rep.target}; verified against the manifest")  # fmt: skip
+              f"{how} {rep.target} ({rep.inserted:,} inserted, {rep.already_present:,} already there); verified "
+              "against the manifest")  # fmt: skip
 
 
 @main.command(name="worker")

@@ -1,14 +1,22 @@
 """Settings: where the database is, which table, and its lifecycle.
 
-Resolved in this order: explicit arguments (CLI flags) > environment (``CALLVAULT_*``) > defaults.
-With no DSN anywhere, callvault uses the embedded private Postgres (see :mod:`callvault.embedded`).
+One loader, :func:`load`, used by the CLI, the worker and the library alike. Each setting is resolved
+in this order: explicit arguments (CLI flags, keyword arguments) > environment (``CALLVAULT_*``) >
+a ``callvault.toml`` file (``$CALLVAULT_CONFIG``, else ``./callvault.toml`` when it exists) > defaults.
+libpq's own environment (``PGHOST``, ``PGSERVICE``, ...) counts as a configured server, as for every
+Postgres tool. With no server configured anywhere, the CLI uses the embedded private Postgres (see
+:mod:`callvault.embedded`); library code never starts one implicitly: it raises an error naming
+``CALLVAULT_DSN`` (``Settings(embedded=True)`` asks for the embedded cluster explicitly).
+``callvault config show`` prints every effective setting and where it came from.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from callvault.errors import InvalidSetting
 from callvault.plan import Interval, LifecycleConfig, Retention
@@ -116,6 +124,10 @@ class Settings:
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     partition_warn: int = DEFAULT_PARTITION_WARN
     roles: Roles = field(default_factory=Roles)
+    archive_url: str | None = None  # the archive store (s3://bucket/prefix or file:///dir)
+    spool: str | None = None  # the archive's local work directory
+    embedded: bool = False  # dsn None means the embedded cluster (the CLI's default), not "unset"
+    start_embedded: bool = True  # False: commands that change nothing never start the embedded cluster
 
     def __post_init__(self) -> None:
         check_identifier(self.schema, "schema")
@@ -153,18 +165,170 @@ def lifecycle_from(
     )
 
 
-def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Settings from ``CALLVAULT_*`` variables, with non-None keyword overrides on top."""
+@dataclass(frozen=True)
+class Option:
+    """One setting the loader resolves: its key (also the ``callvault.toml`` key), variable and default."""
+
+    key: str
+    env: str
+    kind: type
+    default: object
+    help: str
+    secret: bool = False
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("dsn", "CALLVAULT_DSN", str, None, "Postgres URL or key=value DSN", secret=True),
+    Option("schema", "CALLVAULT_SCHEMA", str, "public", "schema of the table"),
+    Option("table", "CALLVAULT_TABLE", str, "call_logs", "partitioned table"),
+    Option("lock_timeout_ms", "CALLVAULT_LOCK_TIMEOUT_MS", int, DEFAULT_LOCK_TIMEOUT_MS, "DDL lock budget (ms)"),
+    Option("partition_warn", "CALLVAULT_PARTITION_WARN", int, DEFAULT_PARTITION_WARN, "health warns above"),
+    Option("role_prefix", "CALLVAULT_ROLE_PREFIX", str, DEFAULT_ROLE_PREFIX, "roles are <prefix>_owner, ..."),
+    Option("owner_role", "CALLVAULT_OWNER_ROLE", str, None, "owner role (default <prefix>_owner)"),
+    Option("ingest_role", "CALLVAULT_INGEST_ROLE", str, None, "ingest role (default <prefix>_ingest)"),
+    Option("app_role", "CALLVAULT_APP_ROLE", str, None, "app role (default <prefix>_app)"),
+    Option("tenant_writer_role", "CALLVAULT_TENANT_WRITER_ROLE", str, None, "tenant writer role"),
+    Option("archive_url", "CALLVAULT_ARCHIVE_URL", str, None, "archive store URL"),
+    Option("spool", "CALLVAULT_ARCHIVE_SPOOL", str, None, "archive spool directory"),
+)
+OPTION_KEYS = {o.key: o for o in OPTIONS}
+CONFIG_ENV = "CALLVAULT_CONFIG"
+CONFIG_FILE = "callvault.toml"
+# libpq reads these itself: any of them means "a server is configured", as for psql or pg_dump.
+LIBPQ_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The effective settings and, for each, where its value came from."""
+
+    settings: Settings
+    values: dict[str, object]
+    sources: dict[str, str]
+    file: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        from callvault.db import redact
+
+        out: dict[str, object] = {}
+        for o in OPTIONS:
+            value = self.values.get(o.key)
+            if o.secret and isinstance(value, str):
+                value = redact(value)
+            out[o.key] = {"value": value, "source": self.sources[o.key], "env": o.env}
+        out["server"] = {"value": self.server, "source": self.sources["dsn"]}
+        return {"config_file": self.file, "settings": out}
+
+    @property
+    def server(self) -> str:
+        if self.settings.dsn is not None:
+            return "libpq environment" if self.settings.dsn == "" else "dsn"
+        return "embedded" if self.settings.embedded else "none"
+
+
+def _read_file(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise InvalidSetting(f"config file {path} does not exist: create it or unset {CONFIG_ENV}") from None
+    except OSError as exc:
+        raise InvalidSetting(f"config file {path} cannot be read ({exc.strerror}): fix its permissions") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidSetting(f"config file {path} is not valid TOML: {exc}; fix that line") from None
+    unknown = sorted(set(doc) - set(OPTION_KEYS))
+    if unknown:
+        raise InvalidSetting(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}"
+        )
+    return doc
+
+
+def _coerce(o: Option, value: object, where: str) -> object:
+    if o.kind is int:
+        if isinstance(value, bool):
+            raise InvalidSetting(f"{where}: {o.key} must be an integer, not {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise InvalidSetting(f"{where}: {o.key}={value!r} is not an integer") from None
+    if not isinstance(value, str):
+        raise InvalidSetting(f"{where}: {o.key} must be a string, not {value!r}")
+    return value
+
+
+def load(
+    flags: Mapping[str, object] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+    embedded_default: bool = False,
+    **extra: object,
+) -> Loaded:
+    """Resolve every setting: ``flags`` (non-None values) > ``environ`` (default ``os.environ``) >
+    the config file > defaults. ``embedded_default``: with no server configured anywhere, use the
+    embedded cluster (the CLI) instead of failing on first connect (the library). ``extra`` are
+    Settings fields the loader does not resolve (lifecycle, default_partition, start_embedded)."""
     env = os.environ if environ is None else environ
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(OPTION_KEYS))
+    if unknown:
+        raise InvalidSetting(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(OPTION_KEYS)}")
+    path: Path | None = None
+    if config_file is not None:
+        path = Path(config_file)
+    elif env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    elif Path(CONFIG_FILE).is_file():
+        path = Path(CONFIG_FILE).resolve()
+    doc = _read_file(path) if path is not None else {}
     values: dict[str, object] = {}
-    for key, var in (("dsn", "CALLVAULT_DSN"), ("schema", "CALLVAULT_SCHEMA"), ("table", "CALLVAULT_TABLE")):
-        if env.get(var):
-            values[key] = env[var]
-    if env.get("CALLVAULT_LOCK_TIMEOUT_MS"):
-        values["lock_timeout_ms"] = _int(env["CALLVAULT_LOCK_TIMEOUT_MS"], "CALLVAULT_LOCK_TIMEOUT_MS")
-    values["roles"] = roles_from_env(env)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)  # type: ignore[arg-type]
+    sources: dict[str, str] = {}
+    for o in OPTIONS:
+        if o.key in given:
+            values[o.key], sources[o.key] = _coerce(o, given[o.key], "argument"), "flag"
+        elif env.get(o.env):
+            values[o.key], sources[o.key] = _coerce(o, env[o.env], f"environment {o.env}"), f"env {o.env}"
+        elif o.key in doc:
+            values[o.key], sources[o.key] = _coerce(o, doc[o.key], f"config file {path}"), f"file {path}"
+        else:
+            values[o.key], sources[o.key] = o.default, "default"
+    embedded = False
+    if values["dsn"] is None:
+        libpq = [v for v in LIBPQ_ENV if env.get(v)]
+        if libpq:
+            values["dsn"], sources["dsn"] = "", f"libpq environment ({', '.join(libpq)})"
+        elif embedded_default:
+            embedded, sources["dsn"] = True, "default (the embedded Postgres)"
+    prefix = str(values["role_prefix"])
+    names = Roles.with_prefix(prefix).as_dict()
+    for kind in names:
+        if values.get(f"{kind}_role"):
+            names[kind] = str(values[f"{kind}_role"])
+    settings = Settings(
+        dsn=values["dsn"],  # type: ignore[arg-type]
+        schema=str(values["schema"]),
+        table=str(values["table"]),
+        lock_timeout_ms=int(str(values["lock_timeout_ms"])),
+        partition_warn=int(str(values["partition_warn"])),
+        roles=Roles(**names),
+        archive_url=values["archive_url"],  # type: ignore[arg-type]
+        spool=values["spool"],  # type: ignore[arg-type]
+        embedded=embedded,
+        **extra,  # type: ignore[arg-type]
+    )
+    return Loaded(settings=settings, values=values, sources=sources, file=str(path) if path else None)
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the one loader (:func:`load`), with non-None keyword overrides as flags."""
+    flags = {k: v for k, v in overrides.items() if k in OPTION_KEYS}
+    extra = {k: v for k, v in overrides.items() if k not in OPTION_KEYS and v is not None}
+    roles = extra.pop("roles", None)
+    settings = load(flags, environ=environ, **extra).settings  # type: ignore[arg-type]
+    return settings.with_(roles=roles) if roles is not None else settings
 
 
 def roles_from_env(env: Mapping[str, str], prefix: str | None = None) -> Roles:

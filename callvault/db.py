@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from callvault.config import Settings
-from callvault.errors import DatabaseUnavailable, InvalidSetting
+from callvault.errors import AuthenticationFailed, DatabaseUnavailable, EmbeddedError, InvalidSetting
 
 CONNECT_TIMEOUT_S = 10
 
@@ -23,11 +23,58 @@ def redact(dsn: str) -> str:
 
 
 def resolve_dsn(settings: Settings) -> str:
-    if settings.dsn:
+    """The DSN to connect with. ``""`` is libpq's own environment (PGHOST, PGSERVICE, ...). With no
+    DSN, the embedded cluster only when ``settings.embedded`` (the CLI's default; never implicit in
+    library code), started only when ``settings.start_embedded``."""
+    if settings.dsn is not None:
         return settings.dsn
-    from callvault.embedded import default_dsn  # only start a private cluster when it is needed
+    if not settings.embedded:
+        raise InvalidSetting(
+            "no database configured: set CALLVAULT_DSN (or libpq's PGHOST/PGSERVICE), pass dsn=... / --dsn, or ask "
+            "for the embedded Postgres explicitly with Settings(embedded=True) (the CLI's default)"
+        )
+    from callvault.embedded import Cluster  # only start a private cluster when it is needed
 
-    return default_dsn()
+    cluster = Cluster()
+    if not settings.start_embedded:
+        if not cluster.status().running:
+            raise EmbeddedError(
+                f"the embedded Postgres at {cluster.home} is not running, and this command changes nothing, so it "
+                "does not start it: run `callvault dev up` first, or pass --dsn"
+            )
+        return cluster.dsn()
+    return cluster.up()
+
+
+def open_conn(dsn: str, **kwargs: Any) -> Conn:
+    """``psycopg.connect`` within ``CONNECT_TIMEOUT_S``; failures become one callvault error carrying
+    the server's message (AuthenticationFailed, DatabaseUnavailable, InvalidSetting for a bad DSN)."""
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)
+    except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
+        raise InvalidSetting(
+            f"invalid DSN {redact(dsn)!r}: {str(exc).strip()}. Use a URL such as postgresql://user:pass@host:5432/db "
+            "(or key=value pairs) in --dsn / CALLVAULT_DSN, or unset both to use the embedded Postgres"
+        ) from None
+    except psycopg.OperationalError as exc:
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        reason = reason.rstrip(".")
+        if "authentication failed" in reason or "no password supplied" in reason or exc.sqlstate in ("28P01", "28000"):
+            raise AuthenticationFailed(
+                f"authentication failed connecting to {redact(dsn)}: {reason}. Fix the user/password in --dsn / "
+                "CALLVAULT_DSN (or ~/.pgpass)"
+            ) from exc
+        raise DatabaseUnavailable(
+            f"cannot connect to {redact(dsn)}: {reason}. Check host, port and credentials of --dsn / "
+            "CALLVAULT_DSN, or unset both to use the embedded Postgres"
+        ) from exc
+    return conn
+
+
+def probe(dsn: str) -> None:
+    """Connect once and close: a pool would retry a wrong password or a closed port until its timeout
+    and hide the server's message; this says it at once."""
+    open_conn(dsn).close()
 
 
 def connect(settings: Settings, *, autocommit: bool = False, prepare_threshold: int | None = None) -> Conn:
@@ -37,22 +84,7 @@ def connect(settings: Settings, *, autocommit: bool = False, prepare_threshold: 
     statement lives on one server connection, which PgBouncer (1.18, transaction mode) does not keep
     for the next transaction; pass psycopg's 5 to get its default back when talking to Postgres directly.
     """
-    dsn = resolve_dsn(settings)
-    try:
-        conn = psycopg.connect(
-            dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S, prepare_threshold=prepare_threshold
-        )
-    except psycopg.ProgrammingError as exc:  # the DSN itself does not parse
-        raise InvalidSetting(
-            f"invalid DSN {redact(dsn)!r}: {str(exc).strip()}. Use a URL such as postgresql://user:pass@host:5432/db "
-            "(or key=value pairs) in --dsn / CALLVAULT_DSN, or unset both to use the embedded Postgres"
-        ) from None
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DatabaseUnavailable(
-            f"cannot connect to {redact(dsn)}: {reason}. Check host, port and credentials of --dsn / "
-            "CALLVAULT_DSN, or unset both to use the embedded Postgres"
-        ) from exc
+    conn = open_conn(resolve_dsn(settings), autocommit=autocommit, prepare_threshold=prepare_threshold)
     conn.execute("SET timezone TO 'UTC'")
     # callvault's own commands (maintain, archive, restore, status) must see every row or fail:
     # with row_security off, a role that row-level security would filter gets an error instead of

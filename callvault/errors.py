@@ -25,6 +25,18 @@ class DatabaseUnavailable(CallvaultError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
+class AuthenticationFailed(DatabaseUnavailable):
+    """The server refused the credentials (wrong password, unknown user, pg_hba)."""
+
+    exit_code = 77  # EX_NOPERM
+
+
+class PermissionDenied(CallvaultError):
+    """The connected role may not do this (SQLSTATE 42501): the message names the role to use."""
+
+    exit_code = 77  # EX_NOPERM
+
+
 class ExtensionMissing(CallvaultError):
     """A required Postgres extension (pg_partman, pg_cron) is not installed on the server."""
 

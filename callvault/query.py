@@ -29,7 +29,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from callvault.config import DEFAULT_RETENTION, Settings
+from callvault.config import DEFAULT_RETENTION, Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
 from callvault.tenancy.session import atenant, tenant
@@ -188,7 +188,7 @@ class Reader:
         against 0.15 ms for a bare query; pipelining makes it 2, which pays over a network (0.3 ms+
         per round trip) but costs ~0.25 ms of client CPU on loopback (docs/tenancy.md#figures)."""
         self.conn = conn
-        self.settings = settings or Settings()
+        self.settings = settings or from_env()
         self.max_window = max_window or max_window_of(self.settings)
         self.pipeline = pipeline
 
@@ -244,7 +244,7 @@ class AsyncReader:
         pipeline: bool = False,
     ) -> None:
         self.conn = conn
-        self.settings = settings or Settings()
+        self.settings = settings or from_env()
         self.max_window = max_window or max_window_of(self.settings)
         self.pipeline = pipeline
 

@@ -87,8 +87,11 @@ def test_rearchive_after_partial_restore_keeps_every_tenant(
     listed = {m["partition"]: m["rows"] for m in run_json("archive", "list", "--dsn", dsn, "--to", store.as_uri())}
     assert listed[week_name] == sum(int(str(t["rows"])) for t in expected[week_name].values())
 
-    run("restore", "--dsn", dsn, "--to", store.as_uri(), "--week", week, "--into", "week_back")
+    first_load = run_json("restore", "--dsn", dsn, "--to", store.as_uri(), "--week", week, "--into", "week_back")
     assert side_counts(conn, "week_back") == {t: int(str(fp["rows"])) for t, fp in expected[week_name].items()}
+    again = run_json("restore", "--dsn", dsn, "--to", store.as_uri(), "--week", week, "--into", "week_back")
+    assert (first_load["inserted"], first_load["already_present"]) == (first_load["rows"], 0)
+    assert (again["inserted"], again["already_present"]) == (0, first_load["rows"]), "restore says what it added"
 
 
 def test_rearchive_merges_late_rows_with_what_was_archived(

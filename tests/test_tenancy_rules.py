@@ -144,9 +144,9 @@ def test_views_quarantine_and_createrole_are_leaks() -> None:
 
 
 def test_policy_and_role_ddl_quote_hostile_names() -> None:
-    s = Settings(schema='a"; DROP TABLE x; --', table="t'; --")
+    s = Settings(schema='a"; DROP TABLE x; --', table="t\\; --")
     text = create_policy_sql(table(s)).as_string(None)
-    assert '"a""; DROP TABLE x; --"."t\'; --"' in text
+    assert '"a""; DROP TABLE x; --"."t\\; --"' in text
     assert (
         role_sql('r"; DROP ROLE postgres; --', "app", exists=False)
         .as_string(None)

@@ -40,6 +40,7 @@ def _week(ts: datetime) -> datetime:
 def test_a_year_in_the_life(clocked: tuple[object, FakeClock], clocked_dsn: str, tmp_path: Path) -> None:
     clock, dsn = clocked[1], clocked_dsn
     settings = Settings(dsn=dsn)
+    (tmp_path / "archive").mkdir(mode=0o700)  # the store exists before the first archive (as a bucket would)
     store = (tmp_path / "archive").as_uri()
     clock.set(START)
     run("init", "--dsn", dsn)

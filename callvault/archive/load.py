@@ -60,13 +60,17 @@ def stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], work
             dest.unlink()
 
 
-def insert_from_stage(conn: Conn, target: sql.Identifier) -> None:
+def insert_from_stage(conn: Conn, target: sql.Identifier) -> tuple[int, int]:
+    """(rows inserted, rows already present) from the stage into ``target``."""
     cols = sql.SQL(", ").join(map(sql.Identifier, _COLS))
     select = sql.SQL(", ").join(
         sql.SQL("{}::jsonb").format(sql.Identifier(c)) if c == "metadata" else sql.Identifier(c) for c in _COLS
     )
-    conn.execute(
+    cur = conn.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
             target, cols, select, sql.Identifier(_STAGE)
         )
     )
+    staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(_STAGE))).fetchone()
+    total = int(staged[0]) if staged else 0
+    return cur.rowcount, total - cur.rowcount

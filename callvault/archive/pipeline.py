@@ -67,8 +67,9 @@ SPOOL_ENV = "CALLVAULT_ARCHIVE_SPOOL"
 
 
 def default_store_url(settings: Settings) -> str:
-    """``$CALLVAULT_ARCHIVE_URL``; with the embedded database, a directory in the callvault home."""
-    url = os.environ.get(ARCHIVE_URL_ENV)
+    """The configured store (``archive_url``: flag, ``$CALLVAULT_ARCHIVE_URL`` or callvault.toml); with
+    the embedded database, a directory in the callvault home."""
+    url = settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
     if url:
         return url
     if settings.dsn is None:
@@ -78,6 +79,15 @@ def default_store_url(settings: Settings) -> str:
     raise InvalidSetting(
         "no archive store configured: pass --to s3://bucket/prefix (or file:///path), or set CALLVAULT_ARCHIVE_URL"
     )
+
+
+def read_store(settings: Settings, store_url: str | None = None) -> Store:
+    """The store to read from (list, query, restore, prune). One named explicitly (``--to``, the
+    environment, callvault.toml) must exist: a typo is an error, never an empty archive."""
+    store = open_store(store_url or default_store_url(settings))
+    if store_url or settings.archive_url or os.environ.get(ARCHIVE_URL_ENV):
+        store.require()
+    return store
 
 
 def default_spool() -> Path:
@@ -620,7 +630,8 @@ def archive(
         if not jobs:
             return report
         store.check()  # unreachable store or bad credentials: stop before anything is detached
-        work = private.private_dir(spool or default_spool(), f"archive spool directory (set {SPOOL_ENV} to move it)")
+        where = spool or (Path(settings.spool) if settings.spool else default_spool())
+        work = private.private_dir(where, f"archive spool directory (set {SPOOL_ENV} to move it)")
         key = _lock(conn, settings)
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))

@@ -105,7 +105,7 @@ def expires(ret: Retention, period_end: datetime) -> datetime:
 def prune(settings: Settings, *, store_url: str | None = None, at: datetime | None = None,
           dry_run: bool = False) -> PruneReport:  # fmt: skip
     """Delete archived objects whose tenant's keep period is over; record it in the manifests."""
-    store = open_store(store_url or default_store_url(settings))
+    store = open_store(store_url or default_store_url(settings))  # none yet: nothing to prune
     with connect(settings, autocommit=True) as conn:
         now = at or server_now(conn)
         report = PruneReport(store=store.url, at=now, dry_run=dry_run)

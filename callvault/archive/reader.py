@@ -17,9 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from callvault.archive import layout
-from callvault.archive.pipeline import default_store_url
-from callvault.archive.store import open_store
-from callvault.config import Settings
+from callvault.archive.pipeline import read_store
+from callvault.config import Settings, from_env
 from callvault.errors import CallvaultError, InvalidSetting
 
 _PERIODS = tuple(layout.PERIOD_KEY.values())
@@ -32,7 +31,7 @@ def _dataset(settings: Settings, store_url: str | None, paths: list[str] | None 
 
     from callvault.archive.export import arrow_schema
 
-    store = open_store(store_url or default_store_url(settings))
+    store = read_store(settings, store_url)
     fs, root = store.arrow_filesystem()
     base = f"{root}/{layout.table_dir(settings.schema, settings.table)}"
     keys = [k for k in (paths if paths is not None else _data_keys(store, settings)) if k.endswith(".parquet")]
@@ -64,7 +63,7 @@ def query(sql_text: str, *, settings: Settings | None = None, store_url: str | N
     """Run ``sql_text`` in DuckDB with the archive as a table named after the hot table; a pyarrow Table."""
     import duckdb
 
-    settings = settings or Settings()
+    settings = settings or from_env()
     dataset = _dataset(settings, store_url)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
@@ -95,14 +94,14 @@ def read_calls(
     """All archived calls of one tenant with ``start <= started_at < end`` as a pyarrow Table."""
     import pyarrow.dataset as ds
 
-    settings = settings or Settings()
+    settings = settings or from_env()
     if start.tzinfo is None or end.tzinfo is None or not start < end:
         raise InvalidSetting("read_calls needs an aware start < end (e.g. datetime(2024, 3, 1, tzinfo=UTC))")
     try:
         tenant = str(uuid.UUID(str(tenant_id)))
     except ValueError:
         raise InvalidSetting(f"tenant {tenant_id!r} is not a UUID") from None
-    store = open_store(store_url or default_store_url(settings))
+    store = read_store(settings, store_url)
     tdir = layout.table_dir(settings.schema, settings.table)
     keys = []
     for key in _data_keys(store, settings, layout.tenant_prefix(tdir, tenant)):

@@ -29,8 +29,8 @@ from callvault import catalog, partman, private, tenancy
 from callvault.archive import layout
 from callvault.archive.layout import Fingerprint, Manifest
 from callvault.archive.load import insert_from_stage, stage
-from callvault.archive.pipeline import SPOOL_ENV, _relation_state, default_spool, default_store_url
-from callvault.archive.store import Store, open_store
+from callvault.archive.pipeline import SPOOL_ENV, _relation_state, default_spool, read_store
+from callvault.archive.store import Store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
 from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
@@ -45,11 +45,14 @@ class RestoreReport:
     target: str
     tenants: dict[str, int] = field(default_factory=dict)  # tenant -> rows verified in the target
     attached: bool = False
+    inserted: int = 0  # rows the restore added
+    already_present: int = 0  # archived rows the target held already (ON CONFLICT DO NOTHING)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "period": self.period.isoformat(), "target": self.target, "tenants": self.tenants,
             "rows": sum(self.tenants.values()), "attached_partition": self.attached,
+            "inserted": self.inserted, "already_present": self.already_present,
         }  # fmt: skip
 
 
@@ -85,7 +88,7 @@ def restore(
     store_url: str | None = None,
 ) -> RestoreReport:
     """Restore the archived partition containing ``period`` (optionally one tenant) and verify it."""
-    store = open_store(store_url or default_store_url(settings))
+    store = read_store(settings, store_url)
     if tenant is not None:
         try:
             tenant = str(uuid.UUID(tenant))
@@ -129,7 +132,7 @@ def restore(
                 conn.execute(
                     sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(target, parent)
                 )
-                insert_from_stage(conn, target)
+                report.inserted, report.already_present = insert_from_stage(conn, target)
                 check = sql.Identifier(f"{name}_restore_bound")
                 bounds = (sql.Literal(manifest.start), sql.Literal(manifest.end))
                 conn.execute(
@@ -147,7 +150,7 @@ def restore(
                 tenancy.secure(conn, settings).require(f"restore of {name}", only=name)
                 report.attached = True
             elif hot:
-                insert_from_stage(conn, parent)
+                report.inserted, report.already_present = insert_from_stage(conn, parent)
             else:
                 conn.execute(
                     sql.SQL(
@@ -159,7 +162,7 @@ def restore(
                 # grants) apply to it before any row lands, even if it existed already
                 conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(target, sql.Literal(side_mark(settings))))
                 tenancy.secure(conn, settings).require(f"restore into {name}", only=name)
-                insert_from_stage(conn, target)
+                report.inserted, report.already_present = insert_from_stage(conn, target)
             check_target = parent if hot else target
             for t in tenants:
                 where = sql.SQL("WHERE tenant_id = {} AND started_at >= {} AND started_at < {}").format(
@@ -178,7 +181,7 @@ def restore(
 
 
 def list_archived(settings: Settings, store_url: str | None = None) -> list[Manifest]:
-    store = open_store(store_url or default_store_url(settings))
+    store = read_store(settings, store_url)
     prefix = layout.manifests_prefix(layout.table_dir(settings.schema, settings.table))
     out = []
     try:

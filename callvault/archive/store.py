@@ -48,6 +48,7 @@ class Store(Protocol):
     url: str
 
     def check(self) -> None: ...
+    def require(self) -> None: ...
     def put_file(self, key: str, path: Path, sha256: str) -> ObjectInfo: ...
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo: ...
     def head(self, key: str) -> ObjectInfo | None: ...
@@ -96,6 +97,14 @@ class LocalStore:
         if self.root.resolve() not in path.parents:
             raise InvalidSetting(f"object key {key!r} escapes the archive directory {self.root}")
         return path
+
+    def require(self) -> None:
+        """For reading: the directory must exist (a typo in --to is not an empty archive)."""
+        if not self.root.is_dir():
+            raise StoreUnavailable(
+                f"archive directory {self.root} does not exist: check --to / CALLVAULT_ARCHIVE_URL (nothing was "
+                "ever archived there)"
+            )
 
     def check(self) -> None:
         private_dir(self.root, "archive directory", fix_mode=False)
@@ -234,6 +243,9 @@ class S3Store:
             f"S3 {what} failed on {self.url} ({detail}). Check the bucket exists and AWS credentials, region and "
             "AWS_ENDPOINT_URL are right; nothing was dropped, run again once the store is reachable"
         )
+
+    def require(self) -> None:
+        self.check()
 
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

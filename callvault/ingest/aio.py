@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from callvault import catalog
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import resolve_dsn
+from callvault.db import probe, resolve_dsn
 from callvault.errors import NotInitialised, WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._async_io import AConn, write_batch
@@ -84,6 +84,7 @@ class AsyncWriter:
     async def open(self) -> AsyncWriter:
         pool = self._pool_arg
         if pool is None:
+            await asyncio.to_thread(probe, resolve_dsn(self.settings))  # wrong password: now, not after 30 s
             pool = AsyncConnectionPool(
                 resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name="callvault-async-writer",
                 configure=configure_connection, check=AsyncConnectionPool.check_connection,

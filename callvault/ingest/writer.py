@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from callvault import catalog
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn, resolve_dsn
+from callvault.db import Conn, probe, resolve_dsn
 from callvault.errors import NotInitialised, WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import write_batch
@@ -122,6 +122,8 @@ class Writer:
         self.settings = as_settings(target)
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._own_pool = pool is None
+        if pool is None:
+            probe(resolve_dsn(self.settings))  # a wrong password or closed port: say so now, not after 30 s
         self._pool: ConnectionPool[Any] = pool or ConnectionPool(
             resolve_dsn(self.settings), min_size=1, max_size=1, open=True, name="callvault-writer",
             configure=configure_connection, check=ConnectionPool.check_connection,

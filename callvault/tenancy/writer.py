@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from callvault import catalog
-from callvault.config import Settings
+from callvault.config import Settings, from_env
 from callvault.db import Conn
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import merge_rows
@@ -43,7 +43,7 @@ class TenantWriter:
     ) -> None:  # fmt: skip
         self.conn = conn
         self.tenant = UUID(tenant_value(tenant_id))
-        self.settings = settings or Settings()
+        self.settings = settings or from_env()
         self._limits = (max_transcript_bytes, assume_utc)
 
     def write(self, calls: Iterable[Call | Mapping[str, Any]]) -> TenantWriteResult:
