@@ -32,14 +32,14 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, db, partman, tenancy
+from callvault import catalog, db, locks, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
+from callvault.locks import LOCK_NAMESPACE
 from callvault.partman import PartmanInfo
 from callvault.plan import Plan, build_plan
 
-LOCK_NAMESPACE = 0x6376  # "cv": first key of callvault's two-key advisory locks
 RETRIES = 5  # lock_timeout hits before giving up
 BACKOFF_S = 0.2  # first retry delay, doubled each time (0.2 + 0.4 + ... = ~6 s over 5 tries)
 PARTMAN_BUSY = "already running"
@@ -102,21 +102,6 @@ def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) 
     )
 
 
-def _lock_key(conn: Conn, settings: Settings) -> int:
-    row = conn.execute("SELECT hashtext(%s)", (settings.qualified,)).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _acquire(conn: Conn, key: int, wait: bool) -> None:
-    if wait:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
-        return
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)).fetchone()
-    if not (row and row[0]):
-        raise AlreadyRunning("maintenance is already running for this table in another session; try again later")
-
-
 def retry_locks(work: Callable[[], None], what: str, blockers: Callable[[], str] | None = None) -> int:
     """Run ``work``; on a lock timeout wait and try again (``RETRIES`` times). Returns the attempts used.
 
@@ -174,7 +159,7 @@ def table_lock(conn: Conn, settings: Settings, what: str) -> Iterator[None]:
     """Hold the right to attach/detach/drop partitions of the table: callvault's per-table lock and
     pg_partman's retention locks (session level, so DDL inside may commit). Waits under the lock
     budget (``lock_timeout`` of ``conn``) with retries; :class:`Blocked` when it cannot have them."""
-    key = _lock_key(conn, settings)
+    key = locks.key(conn, settings)
     held: list[str] = []
 
     def release() -> None:
@@ -276,8 +261,13 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
     with connect(settings, autocommit=True) as conn:
         started = db.server_now(conn)
         pm = require_partman(conn, settings)
-        key = _lock_key(conn, settings)
-        _acquire(conn, key, wait)
+        key = locks.acquire(
+            conn,
+            settings,
+            "",
+            "maintenance is already running for this table in another session; try again later",
+            wait=wait,
+        )
         try:
             conn.add_notice_handler(lambda d: busy.append(d.message_primary or ""))
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
@@ -301,8 +291,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             report.seconds = time.perf_counter() - t0
             _log(conn, report, started)
         finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+            locks.release(conn, key)
     if report.blocked:
         made = f"created {len(report.created)} partition(s); " if report.created else ""
         raise Blocked(f"{made}retention did not run: {report.blocked}")

@@ -29,13 +29,13 @@ from typing import Any, TextIO
 import psycopg
 from psycopg import sql
 
-from callvault import catalog
+from callvault import catalog, locks
 from callvault.archive.pipeline import archive, ensure_tables
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
-from callvault.errors import AlreadyRunning, CallvaultError, InvalidSetting
-from callvault.maintain import LOCK_NAMESPACE, maintain
+from callvault.errors import CallvaultError, InvalidSetting
+from callvault.maintain import maintain
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STATUS = sql.Identifier(META_SCHEMA, "worker_status")
@@ -73,11 +73,9 @@ class Log:
 
 
 def _lock(conn: Conn, settings: Settings) -> None:
-    row = conn.execute("SELECT hashtext(%s)", (settings.qualified + "#worker",)).fetchone()
-    assert row is not None
-    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, int(row[0]))).fetchone()
-    if not (got and got[0]):
-        raise AlreadyRunning(f"a worker for {settings.qualified} is already running; only one may run at a time")
+    locks.acquire(
+        conn, settings, "worker", f"a worker for {settings.qualified} is already running; only one may run at a time"
+    )
 
 
 def _beat(conn: Conn, settings: Settings, every_s: int, **cols: Any) -> None:

@@ -23,9 +23,10 @@ import psycopg
 import pytest
 
 from callvault.archive import layout
-from callvault.archive.pipeline import FAULT_ENV, FAULT_POINTS, LOCK_NAMESPACE, default_spool
+from callvault.archive.pipeline import FAULT_ENV, FAULT_POINTS, default_spool
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
+from callvault.locks import LOCK_NAMESPACE
 from tests.helpers import run, run_json
 
 CLI = str(Path(sys.executable).parent / "callvault")

@@ -34,14 +34,13 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from callvault import catalog, private
+from callvault import catalog, locks, private
 from callvault.archive import export, layout
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
 from callvault.errors import (
-    AlreadyRunning,
     ArchiveVerifyFailed,
     Blocked,
     CallvaultError,
@@ -49,7 +48,6 @@ from callvault.errors import (
     StoreUnavailable,
 )
 from callvault.maintain import (
-    LOCK_NAMESPACE,
     current_plan,
     finalize_pending,
     lock_holders,
@@ -593,16 +591,6 @@ def _advance(ctx: _Ctx, job: _Job) -> PartitionResult:
     return result
 
 
-def _lock(conn: Conn, settings: Settings) -> int:
-    row = conn.execute("SELECT hashtext(%s)", (settings.qualified + "#archive",)).fetchone()
-    assert row is not None
-    key = int(row[0])
-    got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key)).fetchone()
-    if not (got and got[0]):
-        raise AlreadyRunning(f"an archive run for {settings.qualified} is already in progress; try again later")
-    return key
-
-
 def archive(
     settings: Settings,
     *,
@@ -632,7 +620,12 @@ def archive(
         store.check()  # unreachable store or bad credentials: stop before anything is detached
         where = spool or (Path(settings.spool) if settings.spool else default_spool())
         work = private.private_dir(where, f"archive spool directory (set {SPOOL_ENV} to move it)")
-        key = _lock(conn, settings)
+        key = locks.acquire(
+            conn,
+            settings,
+            "archive",
+            f"an archive run for {settings.qualified} is already in progress; try again later",
+        )
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             config = current_plan(conn, settings, pm, when)
@@ -671,8 +664,7 @@ def archive(
                     if isinstance(exc, StoreUnavailable):
                         break  # the store is gone: the next partitions would fail the same way
         finally:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
+            locks.release(conn, key)
     return report
 
 
