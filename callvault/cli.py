@@ -719,7 +719,7 @@ def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None,
     elif clear:
         pr.clear_policy(s, tenant)
     with connect(s) as conn:
-        from callvault.archive.pipeline import ensure_tables
+        from callvault.archive.journal import ensure_tables
 
         ensure_tables(conn)
         default, per = pr.policies(conn, s)

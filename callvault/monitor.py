@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 
 from callvault import catalog, db, embedded, partman, tenancy
-from callvault.archive.pipeline import journal_rows
+from callvault.archive.journal import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import EmbeddedError, NotInitialised

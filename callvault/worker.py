@@ -30,7 +30,8 @@ import psycopg
 from psycopg import sql
 
 from callvault import catalog, locks
-from callvault.archive.pipeline import archive, ensure_tables
+from callvault.archive.journal import ensure_tables
+from callvault.archive.pipeline import archive
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now

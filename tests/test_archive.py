@@ -23,7 +23,8 @@ import psycopg
 import pytest
 
 from callvault.archive import layout
-from callvault.archive.pipeline import FAULT_ENV, FAULT_POINTS, default_spool
+from callvault.archive.faults import FAULT_ENV, FAULT_POINTS
+from callvault.archive.location import default_spool
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
 from callvault.locks import LOCK_NAMESPACE

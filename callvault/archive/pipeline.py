@@ -19,26 +19,27 @@ nothing left to detach.
 
 from __future__ import annotations
 
-import os
+import hashlib
+import re
 import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from callvault import catalog, locks, private
-from callvault.archive import export, layout
+from callvault.archive import export, journal, layout
+from callvault.archive.faults import fault_point
+from callvault.archive.journal import Job, ensure_tables
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
+from callvault.archive.location import SPOOL_ENV, default_spool, default_store_url
 from callvault.archive.store import Store, open_store, sha256_file
-from callvault.config import META_SCHEMA, Settings
+from callvault.archive.verify import verify_manifest
+from callvault.config import Settings
 from callvault.db import Conn, connect, server_now
 from callvault.errors import (
     ArchiveVerifyFailed,
@@ -56,47 +57,6 @@ from callvault.maintain import (
     table_lock,
 )
 from callvault.plan import Interval
-
-STEPS = ("pending", "detached", "exported", "uploaded", "verified", "dropped")
-FAULT_ENV = "CALLVAULT_FAULT_AFTER"  # test hook: SIGKILL this process right after the named step
-FAULT_POINTS = ("detach", "export", "upload-first-object", "upload", "verify-first-object", "verify", "drop")
-ARCHIVE_URL_ENV = "CALLVAULT_ARCHIVE_URL"
-SPOOL_ENV = "CALLVAULT_ARCHIVE_SPOOL"
-
-
-def default_store_url(settings: Settings) -> str:
-    """The configured store (``archive_url``: flag, ``$CALLVAULT_ARCHIVE_URL`` or callvault.toml); with
-    the embedded database, a directory in the callvault home."""
-    url = settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
-    if url:
-        return url
-    if settings.dsn is None:
-        from callvault.embedded import default_home
-
-        return (default_home() / "archive").resolve().as_uri()
-    raise InvalidSetting(
-        "no archive store configured: pass --to s3://bucket/prefix (or file:///path), or set CALLVAULT_ARCHIVE_URL"
-    )
-
-
-def read_store(settings: Settings, store_url: str | None = None) -> Store:
-    """The store to read from (list, query, restore, prune). One named explicitly (``--to``, the
-    environment, callvault.toml) must exist: a typo is an error, never an empty archive."""
-    store = open_store(store_url or default_store_url(settings))
-    if store_url or settings.archive_url or os.environ.get(ARCHIVE_URL_ENV):
-        store.require()
-    return store
-
-
-def default_spool() -> Path:
-    env = os.environ.get(SPOOL_ENV)
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"callvault-spool-{os.getuid()}"
-
-
-def fault_point(name: str) -> None:
-    """Die like ``kill -9`` right after ``name`` when the test hook asks for it."""
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -139,76 +99,18 @@ class ArchiveReport:
         }  # fmt: skip
 
 
-@dataclass
-class _Job:
-    """One partition's journal row, in memory."""
-
-    partition: str
-    start: datetime
-    end: datetime
-    step: str
-    state: dict[str, Any]
-    store_url: str
-    fmt: str
-
-
-def _meta(name: str) -> sql.Identifier:
-    return sql.Identifier(META_SCHEMA, name)
-
-
-ARCHIVE_TABLES = ("archive_journal", "archive_log", "archive_policy", "worker_status")
-
-
-def ensure_tables(conn: Conn) -> None:
-    """Create the archive bookkeeping of installs older than the archive (a no-op otherwise: the owner
-    role may not create schemas in the database, and need not)."""
-    from callvault.schema import archive_sql, create_schema_sql
-
-    if all(catalog.meta_table_exists(conn, name) for name in ARCHIVE_TABLES):
-        return
-    with conn.transaction():
-        conn.execute(create_schema_sql(META_SCHEMA))
-        for stmt in archive_sql():
-            conn.execute(stmt)
-
-
 # ---------------------------------------------------------------- candidates and the journal
 
 
-def _journal(conn: Conn, settings: Settings) -> dict[datetime, _Job]:
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT partition, range_start, range_end, step, state, store_url, format FROM {} WHERE parent_table = %s"
-        ).format(_meta("archive_journal")),
-        (settings.qualified,),
-    ).fetchall()
-    return {r[1]: _Job(r[0], r[1], r[2], r[3], dict(r[4]), r[5], r[6]) for r in rows}
-
-
-def _relation_state(conn: Conn, settings: Settings, name: str) -> str:
-    """attached | pending (an interrupted DETACH CONCURRENTLY) | detached | missing."""
-    row = conn.execute(
-        """SELECT c.relispartition, i.inhdetachpending FROM pg_class c
-           JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
-           WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'""",
-        (settings.schema, name),
-    ).fetchone()
-    if row is None:
-        return "missing"
-    if row[1]:
-        return "pending"
-    return "attached" if row[0] else "detached"
-
-
-def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt: str) -> list[_Job]:
+def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt: str) -> list[Job]:
     """Partitions to archive at ``at``: past retention (planner), detached leftovers past retention,
     and every journal entry not yet dropped. Oldest first."""
     pm = require_partman(conn, settings)
     plan = current_plan(conn, settings, pm, at)
     interval = plan.interval
-    journal = _journal(conn, settings)
-    jobs = {s: j for s, j in journal.items() if j.step != "dropped"}
-    done = {s for s, j in journal.items() if j.step == "dropped"}
+    entries = journal.load(conn, settings)
+    jobs = {s: j for s, j in entries.items() if j.step != "dropped"}
+    done = {s for s, j in entries.items() if j.step == "dropped"}
     found: dict[datetime, tuple[str, datetime]] = {}
     for p in plan.retire:
         if p.start is not None and p.end is not None:
@@ -222,39 +124,10 @@ def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt
     for start, (name, end) in found.items():
         if start not in jobs:
             # A week archived before and since restored into the hot table starts over.
-            jobs[start] = _Job(name, start, end, "pending", {}, store_url, fmt)
+            jobs[start] = Job(name, start, end, "pending", {}, store_url, fmt)
             if start in done:
                 jobs[start].state = {"rearchive": True}
     return [jobs[s] for s in sorted(jobs)]
-
-
-def _save(conn: Conn, settings: Settings, job: _Job, error: str | None = None, bump: bool = False) -> None:
-    conn.execute(
-        sql.SQL(
-            """INSERT INTO {} AS j (parent_table, range_start, range_end, partition, step, store_url, format, state,
-                                   error, attempts)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (parent_table, range_start) DO UPDATE SET
-                 range_end = excluded.range_end, partition = excluded.partition, step = excluded.step,
-                 store_url = excluded.store_url, format = excluded.format, state = excluded.state,
-                 error = excluded.error, attempts = j.attempts + excluded.attempts, updated_at = now()"""
-        ).format(_meta("archive_journal")),
-        (
-            settings.qualified, job.start, job.end, job.partition, job.step, job.store_url, job.fmt,
-            Jsonb(job.state), error, 1 if bump else 0,
-        ),
-    )  # fmt: skip
-
-
-def _log(conn: Conn, settings: Settings, job: _Job, step: str, seconds: float, rows: int | None, size: int | None,
-         detail: str | None = None) -> None:  # fmt: skip
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (parent_table, partition, step, seconds, rows, bytes, detail) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
-        ).format(_meta("archive_log")),
-        (settings.qualified, job.partition, step, seconds, rows, size, detail),
-    )
 
 
 # ---------------------------------------------------------------- the steps
@@ -268,15 +141,22 @@ class _Ctx:
         self.spool = spool
         self.interval = interval
         self.tdir = layout.table_dir(settings.schema, settings.table)
+        # The spool is shared by every database archived from this machine: each gets its own subtree,
+        # or two databases with the same table name would export into (and sweep) each other's files.
+        ident = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+        tag = (
+            f"{re.sub(r'[^A-Za-z0-9_]', '_', conn.info.dbname)[:40]}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+        )
+        self.table_spool = spool / tag / self.tdir
 
-    def child(self, job: _Job) -> sql.Identifier:
+    def child(self, job: Job) -> sql.Identifier:
         return sql.Identifier(self.settings.schema, job.partition)
 
     def parent(self) -> sql.Identifier:
         return sql.Identifier(self.settings.schema, self.settings.table)
 
-    def job_spool(self, job: _Job) -> Path:
-        return self.spool / self.tdir / job.partition
+    def job_spool(self, job: Job) -> Path:
+        return self.table_spool / job.partition
 
 
 def _has_default(ctx: _Ctx) -> bool:
@@ -284,13 +164,13 @@ def _has_default(ctx: _Ctx) -> bool:
     return f"{ctx.settings.table}_default" in attached
 
 
-def step_detach(ctx: _Ctx, job: _Job) -> None:
+def step_detach(ctx: _Ctx, job: Job) -> None:
     """Detach ``job``'s partition, holding the table lock (so pg_partman's retention and ``maintain``
     never act on it at the same time). An interrupted concurrent detach of any partition of the table
     is finished first: Postgres allows one pending detach per table."""
 
     def attempt() -> None:
-        state = _relation_state(ctx.conn, ctx.settings, job.partition)
+        state = journal.relation_state(ctx.conn, ctx.settings, job.partition)
         if state == "attached":
             mode = sql.SQL("") if _has_default(ctx) else sql.SQL(" CONCURRENTLY")
             ctx.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(ctx.parent(), ctx.child(job), mode))
@@ -302,23 +182,23 @@ def step_detach(ctx: _Ctx, job: _Job) -> None:
 
     with table_lock(ctx.conn, ctx.settings, f"detaching {job.partition}"):
         finalize_pending(ctx.conn, ctx.settings)
-        if _relation_state(ctx.conn, ctx.settings, job.partition) == "attached":
+        if journal.relation_state(ctx.conn, ctx.settings, job.partition) == "attached":
             retry_locks(attempt, f"detaching {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
         # a lock timeout in the second phase of DETACH CONCURRENTLY leaves it pending: finish it now
         finalize_pending(ctx.conn, ctx.settings)
-        if _relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
+        if journal.relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
             raise CallvaultError(
                 f"partition {job.partition} disappeared before it was archived (dropped by hand?): nothing "
                 "callvault can archive; remove its journal row once you have checked"
             )
 
 
-def _source_fingerprints(ctx: _Ctx, job: _Job) -> dict[str, Fingerprint]:
+def _source_fingerprints(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
     rows = ctx.conn.execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
     return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
 
 
-def _merge_previous(ctx: _Ctx, job: _Job) -> None:
+def _merge_previous(ctx: _Ctx, job: Job) -> None:
     """A period archived before (and since restored, wholly or per tenant, into the hot table) is
     archived again as the union of both: the earlier archive's rows of every tenant that is in the
     table again are loaded back into the detached table (``ON CONFLICT DO NOTHING``: rows restored
@@ -345,13 +225,13 @@ def _merge_previous(ctx: _Ctx, job: _Job) -> None:
             if merge:
                 stage(ctx.conn, ctx.store, previous, merge, work)
                 insert_from_stage(ctx.conn, ctx.child(job))
-            _save(ctx.conn, ctx.settings, merged)
+            journal.save(ctx.conn, ctx.settings, merged)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     job.fmt, job.state = merged.fmt, merged.state  # only once committed
 
 
-def step_export(ctx: _Ctx, job: _Job) -> tuple[int, int]:
+def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
     _merge_previous(ctx, job)
     source = _source_fingerprints(ctx, job)
     base = ctx.job_spool(job)
@@ -385,7 +265,7 @@ def step_export(ctx: _Ctx, job: _Job) -> tuple[int, int]:
     return sum(fp.rows for fp in source.values()), total_bytes
 
 
-def _spool_intact(job: _Job) -> bool:
+def _spool_intact(job: Job) -> bool:
     for entries in job.state.get("files", {}).values():
         for f in entries:
             path = Path(f["path"])
@@ -394,7 +274,7 @@ def _spool_intact(job: _Job) -> bool:
     return "files" in job.state
 
 
-def _manifest(ctx: _Ctx, job: _Job) -> Manifest:
+def _manifest(ctx: _Ctx, job: Job) -> Manifest:
     source = {t: Fingerprint.from_dict(fp) for t, fp in job.state["source"].items()}
     tenants = {}
     for tenant, entries in job.state["files"].items():
@@ -414,7 +294,7 @@ def _manifest(ctx: _Ctx, job: _Job) -> Manifest:
     )  # fmt: skip
 
 
-def step_upload(ctx: _Ctx, job: _Job) -> int:
+def step_upload(ctx: _Ctx, job: Job) -> int:
     manifest = _manifest(ctx, job)
     sent = 0
     for tenant, entry in sorted(manifest.tenants.items()):
@@ -433,74 +313,7 @@ def step_upload(ctx: _Ctx, job: _Job) -> int:
     return sent
 
 
-def duck_fingerprint(paths: list[Path], fmt: str, con: Any = None) -> Fingerprint:
-    """The content fingerprint of archived files, computed by DuckDB (independently of Postgres)."""
-    import duckdb
-
-    files = [str(p) for p in paths]
-    if fmt == "parquet":
-        source = "read_parquet($files, hive_partitioning = false)"
-    else:
-        cols = (
-            "{'id': 'BIGINT', 'tenant_id': 'UUID', 'call_id': 'UUID', 'started_at': 'TIMESTAMPTZ', "
-            "'ended_at': 'TIMESTAMPTZ', 'duration_sec': 'INTEGER', 'transcript': 'VARCHAR', 'metadata': 'VARCHAR'}"
-        )
-        source = f"read_csv($files, header = true, columns = {cols}, allow_quoted_nulls = false)"
-    own = con is None
-    con = con or duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        row = con.execute(layout.DUCK_FINGERPRINT.format(source=source), {"files": files}).fetchone()
-    finally:
-        if own:
-            con.close()
-    assert row is not None
-    return Fingerprint(int(row[0]), str(row[1]), row[2], row[3])
-
-
-def verify_manifest(store: Store, manifest: Manifest, key: str, workdir: Path) -> None:
-    """Read every object of ``manifest`` back from ``store`` and check it; ArchiveVerifyFailed otherwise."""
-    import duckdb
-
-    stored = store.get_bytes(key)
-    if Manifest.from_json(stored).to_json() != manifest.to_json():
-        raise ArchiveVerifyFailed(f"manifest {key} read back from {store.url} differs from the one written")
-    with duckdb.connect() as con:  # one DuckDB for every tenant: connecting costs ~10 ms
-        for tenant, entry in sorted(manifest.tenants.items()):
-            if not entry.pruned_at:
-                _verify_tenant(store, manifest, tenant, entry, workdir, con)
-
-
-def _verify_tenant(store: Store, manifest: Manifest, tenant: str, entry: TenantEntry, workdir: Path, con: Any) -> None:
-    local = []
-    for obj in entry.objects:
-        info = store.head(obj.key)
-        if info is None:
-            raise ArchiveVerifyFailed(f"{obj.key} is missing from {store.url}")
-        if info.size != obj.size:
-            raise ArchiveVerifyFailed(
-                f"{obj.key} in {store.url} is {info.size} bytes, expected {obj.size} (truncated?)"
-            )
-        dest = workdir / obj.key.replace("/", "_")
-        store.get_file(obj.key, dest)
-        if sha256_file(dest) != obj.sha256 or (info.sha256 is not None and info.sha256 != obj.sha256):
-            raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its SHA-256 (corrupted)")
-        local.append(dest)
-        fault_point("verify-first-object")  # killed half-way through the read-back
-    try:
-        got = duck_fingerprint(local, manifest.fmt, con)
-    except Exception as exc:  # a file that hashes right but does not parse is still not an archive
-        raise ArchiveVerifyFailed(f"{tenant}'s objects in {store.url} cannot be read back: {exc}") from exc
-    if got != entry.fingerprint:
-        raise ArchiveVerifyFailed(
-            f"tenant {tenant} of {manifest.partition}: archive has {got.rows} rows (fingerprint {got.digest}), "
-            f"the database {entry.fingerprint.rows} ({entry.fingerprint.digest})"
-        )
-    for dest in local:
-        dest.unlink(missing_ok=True)
-
-
-def step_verify(ctx: _Ctx, job: _Job) -> None:
+def step_verify(ctx: _Ctx, job: Job) -> None:
     manifest = _manifest(ctx, job)
     work = private.work_dir(ctx.spool, "verify")
     try:
@@ -515,14 +328,14 @@ def step_verify(ctx: _Ctx, job: _Job) -> None:
             ctx.store.sweep(prefix, {o.key for o in entry.objects})
 
 
-def step_drop(ctx: _Ctx, job: _Job) -> None:
+def step_drop(ctx: _Ctx, job: Job) -> None:
     expected = sum(int(fp["rows"]) for fp in job.state["source"].values())
 
     def attempt() -> None:
         with ctx.conn.transaction():
-            if _relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
+            if journal.relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
                 job.step = "dropped"
-                _save(ctx.conn, ctx.settings, job)
+                journal.save(ctx.conn, ctx.settings, job)
                 return
             row = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ctx.child(job))).fetchone()
             if row is None or int(row[0]) != expected:
@@ -532,7 +345,7 @@ def step_drop(ctx: _Ctx, job: _Job) -> None:
                 )
             ctx.conn.execute(sql.SQL("DROP TABLE {}").format(ctx.child(job)))
             job.step = "dropped"
-            _save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
+            journal.save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
 
     with table_lock(ctx.conn, ctx.settings, f"dropping {job.partition}"):
         retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
@@ -542,51 +355,87 @@ def step_drop(ctx: _Ctx, job: _Job) -> None:
 # ---------------------------------------------------------------- the driver
 
 
-def _advance(ctx: _Ctx, job: _Job) -> PartitionResult:
+class _Redo(Exception):
+    """A step found its input gone and sends the job back to ``step`` (e.g. a lost spool: export again)."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+
+def _run_detach(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    step_detach(ctx, job)
+    return None, None
+
+
+def _run_export(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    rows, size = step_export(ctx, job)
+    job.state["exported_at"] = datetime.now(UTC).isoformat()
+    return rows, size
+
+
+def _run_upload(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    if not _spool_intact(job):  # spool lost (reboot, tmp cleaner): export again
+        raise _Redo("detached")
+    return None, step_upload(ctx, job)
+
+
+def _run_verify(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    t0 = time.perf_counter()
+    try:
+        step_verify(ctx, job)
+    except ArchiveVerifyFailed as exc:
+        job.step = "detached"  # export and upload again next run; the table is kept
+        journal.save(ctx.conn, ctx.settings, job, error=f"verify: {exc}", bump=True)
+        journal.log(ctx.conn, ctx.settings, job, "verify-failed", time.perf_counter() - t0, None, None, str(exc))
+        raise
+    return None, None
+
+
+def _run_drop(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    step_drop(ctx, job)  # records "dropped" in the journal in the DROP's own transaction
+    return None, None
+
+
+@dataclass(frozen=True)
+class Step:
+    run: Callable[[_Ctx, Job], tuple[int | None, int | None]]  # -> (rows, bytes) when it knows them
+    next: str
+    fault: str  # FAULT_POINTS name fired right after the step
+
+
+# The step machine: the journal's step -> what runs, where it leads, its fault point.
+STEP_TABLE: dict[str, Step] = {
+    "pending": Step(_run_detach, "detached", "detach"),
+    "detached": Step(_run_export, "exported", "export"),
+    "exported": Step(_run_upload, "uploaded", "upload"),
+    "uploaded": Step(_run_verify, "verified", "verify"),
+    "verified": Step(_run_drop, "dropped", "drop"),
+}
+
+
+def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
     result = PartitionResult(job.partition, job.start, job.end, job.step, job.step)
     t_all = time.perf_counter()
-    conn, settings = ctx.conn, ctx.settings
     while job.step != "dropped":
-        t0 = time.perf_counter()
-        rows: int | None = None
-        size: int | None = None
-        if job.step == "pending":
-            step_detach(ctx, job)
-            job.step, point = "detached", "detach"
-        elif job.step == "detached":
-            rows, size = step_export(ctx, job)
-            job.state["exported_at"] = datetime.now(UTC).isoformat()
-            job.step, point = "exported", "export"
-        elif job.step == "exported":
-            if not _spool_intact(job):  # spool lost (reboot, tmp cleaner): export again
-                job.step = "detached"
-                continue
-            size = step_upload(ctx, job)
-            job.step, point = "uploaded", "upload"
-        elif job.step == "uploaded":
-            try:
-                step_verify(ctx, job)
-            except ArchiveVerifyFailed as exc:
-                job.step = "detached"  # export and upload again next run; the table is kept
-                _save(conn, settings, job, error=f"verify: {exc}", bump=True)
-                _log(conn, settings, job, "verify-failed", time.perf_counter() - t0, None, None, str(exc))
-                raise
-            job.step, point = "verified", "verify"
-        elif job.step == "verified":
-            step_drop(ctx, job)
-            point = "drop"
-        else:
+        step = STEP_TABLE.get(job.step)
+        if step is None:
             raise CallvaultError(f"archive journal of {job.partition} has an unknown step {job.step!r}")
+        t0 = time.perf_counter()
+        try:
+            rows, size = step.run(ctx, job)
+        except _Redo as redo:
+            job.step = redo.step
+            continue
+        job.step = step.next
         if job.step != "dropped":
-            _save(conn, settings, job)
-        seconds = time.perf_counter() - t0
-        _log(conn, settings, job, job.step, seconds, rows, size)
+            journal.save(ctx.conn, ctx.settings, job)
+        journal.log(ctx.conn, ctx.settings, job, job.step, time.perf_counter() - t0, rows, size)
         if rows is not None:
             result.rows = rows
         if job.step == "exported":
             result.bytes = size or 0
         result.step_after = job.step
-        fault_point(point)
+        fault_point(step.fault)
     result.seconds = time.perf_counter() - t_all
     return result
 
@@ -658,7 +507,7 @@ def archive(
                     if conn.closed or conn.broken:
                         break  # the database is gone: the next partitions would fail the same way
                     if not isinstance(exc, ArchiveVerifyFailed):
-                        _save(conn, settings, job, error=msg, bump=True)
+                        journal.save(conn, settings, job, error=msg, bump=True)
                     if isinstance(exc, Blocked) and job.step == "pending":
                         blocked = str(exc)
                     if isinstance(exc, StoreUnavailable):
@@ -668,7 +517,7 @@ def archive(
     return report
 
 
-def _failure(exc: Exception, job: _Job) -> tuple[int, str]:
+def _failure(exc: Exception, job: Job) -> tuple[int, str]:
     """Exit code and message of a partition that stopped at ``job.step``: what really happened.
 
     65 read-back mismatch, 69 store or database unreachable, 75 a lock held past the budget (or
@@ -684,30 +533,14 @@ def _failure(exc: Exception, job: _Job) -> tuple[int, str]:
     return 1, msg
 
 
-def _sweep_spool(ctx: _Ctx, jobs: list[_Job]) -> None:
+def _sweep_spool(ctx: _Ctx, jobs: list[Job]) -> None:
     """Remove what killed runs left in the spool: work directories of dead processes, and exported
     files of this table's partitions that no unfinished journal entry points at."""
     for kind in ("verify", "merge", "restore"):
         private.sweep(ctx.spool, kind)
-    table_spool = ctx.spool / ctx.tdir
+    table_spool = ctx.table_spool
     if table_spool.is_dir():
         live = {j.partition for j in jobs}
         for entry in table_spool.iterdir():
             if entry.name not in live:
                 shutil.rmtree(entry, ignore_errors=True)
-
-
-def journal_rows(conn: Conn, settings: Settings) -> list[dict[str, object]]:
-    if not catalog.meta_table_exists(conn, "archive_journal"):
-        return []
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT partition, range_start, step, error, attempts, updated_at FROM {} WHERE parent_table = %s "
-            "ORDER BY range_start"
-        ).format(_meta("archive_journal")),
-        (settings.qualified,),
-    ).fetchall()
-    return [
-        {"partition": p, "from": s.isoformat(), "step": st, "error": e, "attempts": a, "updated_at": u.isoformat()}
-        for p, s, st, e, a, u in rows
-    ]

@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from psycopg import sql
 
 from callvault.archive import layout
+from callvault.archive.journal import ensure_tables
 from callvault.archive.layout import Manifest, TenantEntry
-from callvault.archive.pipeline import default_store_url, ensure_tables
+from callvault.archive.location import default_store_url
 from callvault.archive.store import open_store
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from callvault.archive import layout
-from callvault.archive.pipeline import read_store
+from callvault.archive.location import read_store
 from callvault.config import Settings, from_env
 from callvault.errors import CallvaultError, InvalidSetting
 

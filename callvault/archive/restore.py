@@ -27,9 +27,10 @@ from psycopg import sql
 
 from callvault import catalog, partman, private, tenancy
 from callvault.archive import layout
+from callvault.archive.journal import relation_state
 from callvault.archive.layout import Fingerprint, Manifest
 from callvault.archive.load import insert_from_stage, stage
-from callvault.archive.pipeline import SPOOL_ENV, _relation_state, default_spool, read_store
+from callvault.archive.location import SPOOL_ENV, default_spool, read_store
 from callvault.archive.store import Store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
@@ -114,7 +115,7 @@ def restore(
         with conn.transaction(), _work_dir() as tmp:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
             stage(conn, store, manifest, tenants, Path(tmp))
-            state = _relation_state(conn, settings, name)
+            state = relation_state(conn, settings, name)
             if hot and state in ("detached", "pending"):
                 raise CallvaultError(
                     f"{name} still exists (detached, waiting to be archived): its rows were never dropped; "
