@@ -32,6 +32,7 @@ from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting
 from callvault.lint import reads_table
 from callvault.lint.rules import walk as walk_tree
 from callvault.lint.split import PLACEHOLDER
+from callvault.plans import walk
 
 
 class NotPruned(CallvaultError):
@@ -78,17 +79,6 @@ class ExplainReport:
             "scanned": self.scanned, "subplans_removed": self.subplans_removed, "pruning": self.pruning,
             "ok": self.problem is None, "problem": self.problem, "plan": self.plan,
         }  # fmt: skip
-
-
-def walk(node: dict[str, Any]) -> tuple[list[str], int]:
-    """(relation names in the plan, total Subplans Removed) of one EXPLAIN JSON plan node (pure)."""
-    rels = [str(node["Relation Name"])] if "Relation Name" in node else []
-    removed = int(node.get("Subplans Removed", 0))
-    for child in node.get("Plans", []):
-        r, n = walk(child)
-        rels += r
-        removed += n
-    return rels, removed
 
 
 EXPLAINABLE = (ast.SelectStmt, ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)

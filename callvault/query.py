@@ -32,6 +32,7 @@ from psycopg import sql
 from callvault.config import DEFAULT_RETENTION, Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
+from callvault.plans import walk
 from callvault.tenancy.session import atenant, tenant
 
 DEFAULT_LIMIT = 100
@@ -307,13 +308,6 @@ def explain_window(
     raw = conn.cursor().execute(stmt, params, prepare=False).fetchone()
     assert raw is not None
     plan = raw[0] if not isinstance(raw[0], str) else json.loads(raw[0])
-    scanned = sorted(set(_relations(plan[0]["Plan"])))
+    scanned = sorted(set(walk(plan[0]["Plan"])[0]))
     text = [r[0] for r in conn.execute(sql.SQL("EXPLAIN (COSTS OFF) {}").format(window_sql(settings)), params)]
     return text, scanned
-
-
-def _relations(node: dict[str, Any]) -> list[str]:
-    rels = [str(node["Relation Name"])] if "Relation Name" in node else []
-    for child in node.get("Plans", []):
-        rels += _relations(child)
-    return rels
