@@ -29,6 +29,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from callvault import columns
 from callvault.config import DEFAULT_RETENTION, Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
@@ -155,10 +156,9 @@ def get_call_sql(settings: Settings, *, pinned: bool) -> sql.Composed:
     """One call: with started_at it touches one partition; without, one unique-index probe per
     partition (the (tenant_id, call_id, started_at) key), never a scan."""
     pin = sql.SQL(" AND started_at = %(started_at)s") if pinned else sql.SQL("")
-    return sql.SQL(
-        "SELECT id, tenant_id, call_id, started_at, ended_at, duration_sec, transcript, metadata FROM {t} "
-        "WHERE tenant_id = %(tenant)s AND call_id = %(call)s{pin} LIMIT 1"
-    ).format(t=_table(settings), pin=pin)
+    return sql.SQL("SELECT {cols} FROM {t} WHERE tenant_id = %(tenant)s AND call_id = %(call)s{pin} LIMIT 1").format(
+        cols=columns.column_list(), t=_table(settings), pin=pin
+    )
 
 
 def count_sql(settings: Settings) -> sql.Composed:

@@ -20,20 +20,12 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from callvault import columns
 from callvault.config import META_SCHEMA, Settings
 
-# The seed's columns, as format_type() prints them: name -> type. Order matters for COPY.
-COLUMNS: dict[str, str] = {
-    "id": "bigint",
-    "tenant_id": "uuid",
-    "call_id": "uuid",
-    "started_at": "timestamp with time zone",
-    "ended_at": "timestamp with time zone",
-    "duration_sec": "integer",
-    "transcript": "text",
-    "metadata": "jsonb",
-}
-NOT_NULL = frozenset({"id", "tenant_id", "call_id", "started_at"})
+# The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
+COLUMNS: dict[str, str] = {c.name: c.pg for c in columns.COLUMNS}
+NOT_NULL = frozenset(c.name for c in columns.COLUMNS if c.not_null)
 PARTITION_KEY = "started_at"
 
 
@@ -64,15 +56,7 @@ def create_schema_sql(schema: str) -> sql.Composed:
     return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
 
 
-COLUMNS_DDL = """
-    id           bigserial NOT NULL,
-    tenant_id    uuid NOT NULL,
-    call_id      uuid NOT NULL,
-    started_at   timestamptz NOT NULL,
-    ended_at     timestamptz,
-    duration_sec integer,
-    transcript   text,
-    metadata     jsonb DEFAULT '{{}}'::jsonb"""
+COLUMNS_DDL = "\n" + columns.ddl_lines()
 
 
 def create_bare_table_sql(table: sql.Identifier) -> sql.Composed:

@@ -19,6 +19,7 @@ from typing import Any
 
 from psycopg import sql
 
+from callvault import columns
 from callvault.archive.layout import PART_ROWS
 from callvault.db import Conn
 from callvault.private import open_private, private_dir, private_file
@@ -31,10 +32,7 @@ _SELECT_BINARY = (
     "(extract(epoch FROM ended_at) * 1000000)::int8, duration_sec, transcript, metadata::text "
     "FROM {} WHERE tenant_id = {} ORDER BY started_at, call_id"
 )
-_SELECT_CSV = (
-    "SELECT id, tenant_id, call_id, started_at, ended_at, duration_sec, transcript, metadata "
-    "FROM {} WHERE tenant_id = {} ORDER BY started_at, call_id"
-)
+_SELECT_CSV = "SELECT " + ", ".join(columns.NAMES) + " FROM {} WHERE tenant_id = {} ORDER BY started_at, call_id"
 _TYPES = ["int8", "bytea", "int8", "int8", "int4", "text", "text"]
 
 
@@ -48,21 +46,7 @@ class LocalFile:
 
 
 def arrow_schema() -> Any:
-    import pyarrow as pa
-
-    ts = pa.timestamp("us", tz="UTC")
-    return pa.schema(
-        [
-            pa.field("id", pa.int64(), nullable=False),
-            pa.field("tenant_id", pa.uuid(), nullable=False),
-            pa.field("call_id", pa.uuid(), nullable=False),
-            pa.field("started_at", ts, nullable=False),
-            pa.field("ended_at", ts),
-            pa.field("duration_sec", pa.int32()),
-            pa.field("transcript", pa.string()),
-            pa.field("metadata", pa.json_(pa.string())),
-        ]
-    )
+    return columns.arrow_schema()
 
 
 def _digest(path: Path) -> tuple[int, str]:

@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 
 from psycopg import sql
 
+from callvault import columns
 from callvault.plan import Interval
 
 SCHEMA_VERSION = 1
@@ -33,16 +34,7 @@ FORMATS = ("parquet", "csv")
 PART_ROWS = 1_000_000  # rows per data file before rolling to part-00001
 
 # Parquet/DuckDB type of each column, as recorded in the manifest.
-ARCHIVE_COLUMNS: dict[str, str] = {
-    "id": "int64",
-    "tenant_id": "uuid",
-    "call_id": "uuid",
-    "started_at": "timestamp[us, UTC]",
-    "ended_at": "timestamp[us, UTC]",
-    "duration_sec": "int32",
-    "transcript": "string",
-    "metadata": "json",
-}
+ARCHIVE_COLUMNS: dict[str, str] = columns.manifest_types()
 PERIOD_KEY = {Interval.DAILY: "day", Interval.WEEKLY: "week", Interval.MONTHLY: "month"}
 
 _PG_ROW = (

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from psycopg import sql
 
+from callvault import columns
 from callvault.archive.layout import Manifest
 from callvault.archive.store import Store, sha256_file
 from callvault.db import Conn
 from callvault.errors import ArchiveVerifyFailed
 
-_COLS = ("id", "tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
+_COLS = columns.NAMES
 _STAGE = "callvault_restore_stage"
 
 
@@ -39,12 +40,7 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
 
 
 def stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], workdir: Path) -> None:
-    conn.execute(
-        sql.SQL(
-            "CREATE TEMP TABLE {} (id bigint, tenant_id uuid, call_id uuid, started_at timestamptz, "
-            "ended_at timestamptz, duration_sec integer, transcript text, metadata text) ON COMMIT DROP"
-        ).format(sql.Identifier(_STAGE))
-    )
+    conn.execute(columns.stage_ddl(sql.Identifier(_STAGE), _COLS, json_as_text=True, on_commit="DROP"))
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, _COLS))
     )

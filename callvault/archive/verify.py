@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from callvault import columns
 from callvault.archive import layout
 from callvault.archive.faults import fault_point
 from callvault.archive.layout import Fingerprint, Manifest, TenantEntry
@@ -21,10 +22,7 @@ def duck_fingerprint(paths: list[Path], fmt: str, con: Any = None) -> Fingerprin
     if fmt == "parquet":
         source = "read_parquet($files, hive_partitioning = false)"
     else:
-        cols = (
-            "{'id': 'BIGINT', 'tenant_id': 'UUID', 'call_id': 'UUID', 'started_at': 'TIMESTAMPTZ', "
-            "'ended_at': 'TIMESTAMPTZ', 'duration_sec': 'INTEGER', 'transcript': 'VARCHAR', 'metadata': 'VARCHAR'}"
-        )
+        cols = columns.duck_csv_columns()
         source = f"read_csv($files, header = true, columns = {cols}, allow_quoted_nulls = false)"
     own = con is None
     con = con or duckdb.connect()

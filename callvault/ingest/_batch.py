@@ -17,6 +17,7 @@ from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from callvault import columns
 from callvault.config import META_SCHEMA, Settings
 from callvault.errors import WriterError
 from callvault.ingest import rawform
@@ -113,10 +114,7 @@ def parent_copy_sql(settings: Settings) -> sql.Composed:
     return copy_sql(sql.Identifier(settings.schema, settings.table))
 
 
-STAGE_DDL = sql.SQL(
-    "CREATE TEMP TABLE IF NOT EXISTS {} (tenant_id uuid, call_id uuid, started_at timestamptz, "
-    "ended_at timestamptz, duration_sec int4, transcript text, metadata jsonb) ON COMMIT DELETE ROWS"
-).format(sql.Identifier(STAGE))
+STAGE_DDL = columns.stage_ddl(sql.Identifier(STAGE), COLUMNS, json_as_text=False, on_commit="DELETE ROWS")
 STAGE_CLEAR = sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGE))
 STAGE_COPY = copy_sql(sql.Identifier(STAGE))
 

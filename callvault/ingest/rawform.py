@@ -42,6 +42,8 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
 
+from callvault.columns import WRITTEN
+
 FORMAT = "callvault/2"
 LEGACY_TAGS = frozenset({"$repr", "$int_hex", "$bytes_b64"})  # what callvault/1 (no "$format") wrote
 FORMAT_KEY = "$format"
@@ -74,7 +76,7 @@ _UUID, _TS, _META, _ANY, _ROOT = "uuid", "timestamp", "metadata", "any", "input"
 FIELD_CONTEXT: dict[str, str] = {
     "tenant_id": _UUID, "call_id": _UUID, "started_at": _TS, "ended_at": _TS, "metadata": _META,
 }  # fmt: skip
-_CALL_FIELDS = ("tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
+_CALL_FIELDS = WRITTEN  # callvault.columns
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,10 +46,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
+from callvault.columns import WRITTEN
 from callvault.errors import InvalidSetting
 from callvault.plan import PartitionInfo
 
-COLUMNS: tuple[str, ...] = ("tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript", "metadata")
+COLUMNS: tuple[str, ...] = WRITTEN  # what a producer sends, in COPY order (callvault.columns)
 # Binary COPY types, column by column (for psycopg's ``copy.set_types``).
 PG_TYPES: tuple[str, ...] = ("uuid", "uuid", "timestamptz", "timestamptz", "int4", "text", "jsonb")
 
