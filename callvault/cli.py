@@ -183,8 +183,10 @@ def config_show(dsn: str | None, schema: str | None, table: str | None, as_json:
 )
 @role_option
 @click.option("--sql", "print_sql", is_flag=True, help="Print the DDL that would run; change nothing.")
+@json_option
 def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, retention: str,
-         default_partition: bool, with_roles: bool, role_prefix: str, print_sql: bool) -> None:  # fmt: skip
+         default_partition: bool, with_roles: bool, role_prefix: str, print_sql: bool,
+         as_json: bool) -> None:  # fmt: skip
     """Create the partitioned table, hand it to pg_partman, enforce tenant isolation (idempotent)."""
     lifecycle = config.lifecycle_from(interval, premake, retention)
     s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition,
@@ -200,6 +202,10 @@ def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, 
         return
     with connect(s) as conn:
         report = bootstrap.init(conn, s, roles=with_roles)
+    if as_json:
+        emit({"table": s.qualified, "changed": report.changed, "steps": [st.what for st in report.steps],
+              "secured": report.secured, "roles": s.roles.as_dict() if with_roles else None})  # fmt: skip
+        return
     if not report.changed:
         out.print(f"{s.qualified} is already initialised; nothing to do")
     for step in report.steps:
@@ -290,11 +296,14 @@ def health(dsn: str | None, schema: str, table: str, partition_warn: int, as_jso
 @click.option("--pg-cron", "pg_cron", is_flag=True, required=True, help="Schedule with pg_cron in the database.")
 @click.option("--every", default=schedule.DEFAULT_EVERY, show_default=True, help="15m, 1h, 1d or a cron expression.")
 @click.option("--remove", is_flag=True, help="Remove the job instead.")
-def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every: str, remove: bool) -> None:
+@json_option
+def schedule_cmd(dsn: str | None, schema: str, table: str, pg_cron: bool, every: str, remove: bool,
+                 as_json: bool) -> None:  # fmt: skip
     """Install (or --remove) the periodic maintenance job in pg_cron."""
     if not pg_cron:
         raise InvalidSetting("only --pg-cron is built in; for cron/systemd/Kubernetes see docs/operations.md")
-    out.print(schedule.schedule(settings_of(dsn, schema, table), every, remove))
+    result = schedule.schedule(settings_of(dsn, schema, table), every, remove)
+    emit({"removed" if remove else "scheduled": result}) if as_json else out.print(result)
 
 
 @main.command(name="explain")
@@ -517,16 +526,19 @@ def dev() -> None:
 
 @dev.command()
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
-def up(port: int | None) -> None:
+@json_option
+def up(port: int | None, as_json: bool) -> None:
     """Create (once) and start the embedded cluster."""
     dsn = Cluster().up(port)
-    out.print(f"embedded Postgres is up: {dsn}", soft_wrap=True)
+    emit({"up": True, "dsn": dsn}) if as_json else out.print(f"embedded Postgres is up: {dsn}", soft_wrap=True)
 
 
 @dev.command()
-def down() -> None:
+@json_option
+def down(as_json: bool) -> None:
     """Stop the embedded cluster."""
-    out.print("stopped" if Cluster().down() else "not running")
+    stopped = Cluster().down()
+    emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
 
 
 @dev.command(name="status")
@@ -542,49 +554,65 @@ def dev_status(as_json: bool) -> None:
 
 
 @dev.command()
-def url() -> None:
+@json_option
+def url(as_json: bool) -> None:
     """Print the embedded cluster's DSN (starting it if needed)."""
-    click.echo(Cluster().up())
+    dsn = Cluster().up()
+    emit({"dsn": dsn}) if as_json else click.echo(dsn)
 
 
 @main.command(name="demo")
 @target_options
 @click.option("--calls", default=5000, show_default=True, help="Synthetic calls to write.")
-def demo_cmd(dsn: str | None, schema: str, table: str, calls: int) -> None:
+@json_option
+def demo_cmd(dsn: str | None, schema: str, table: str, calls: int, as_json: bool) -> None:
     """init, write synthetic calls (13 weeks back, 1 ahead), maintain, status and a pruned EXPLAIN."""
+    import io
+
     from callvault.query import explain_window
+
+    console = Console(file=io.StringIO()) if as_json else out  # --json: one document at the end
 
     s = settings_of(dsn, schema, table)
     with connect(s) as conn:
         report = bootstrap.init(conn, s, roles=True)
-        out.rule("init --roles")
-        out.print("initialised" if report.changed else f"{s.qualified} already initialised")
+        console.rule("init --roles")
+        console.print("initialised" if report.changed else f"{s.qualified} already initialised")
         seeded = demo.seed(conn, s, calls)
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(s.schema, s.table)))
         conn.commit()
-        out.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
+        console.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
                   f"{seeded.last:%Y-%m-%d}")  # fmt: skip
-    out.rule("maintain")
-    render.maintenance(out, maintenance.maintain(s))
+    console.rule("maintain")
+    maintained = maintenance.maintain(s)
+    render.maintenance(console, maintained)
     with connect(s) as conn:
-        out.rule("status")
-        render.status(out, monitor.collect(conn, s))
+        console.rule("status")
+        status = monitor.collect(conn, s)
+        render.status(console, status)
         now = db.server_now(conn)
         since = Interval.DAILY.floor(now - timedelta(days=7))
         lines, scanned = explain_window(conn, s, seeded.tenants[0], since, now)
         total = len([r for r in catalog.list_partitions(conn, s)])
-    out.rule("EXPLAIN: one tenant's last 7 days")
+    console.rule("EXPLAIN: one tenant's last 7 days")
     for line in lines:
-        out.print(line, soft_wrap=True)
-    out.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
+        console.print(line, soft_wrap=True)
+    console.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
     with connect(s) as conn:
         iso = demo.isolation(conn, s, seeded.tenants[0])
         audit = tenancy.audit(conn, s)
-    out.rule(f"tenant isolation: reading as {iso.role}")
-    out.print(f"no tenant set: {iso.no_tenant} rows (of {iso.total:,}); tenant {seeded.tenants[0]} set: {iso.own:,} "
-              f"rows, {iso.tenants_seen} tenant; partition {iso.partition} by name: "
-              f"{'permission denied' if iso.partition_denied else 'READABLE'}")  # fmt: skip
-    render.audit(out, audit)
+    console.rule(f"tenant isolation: reading as {iso.role}")
+    console.print(f"no tenant set: {iso.no_tenant} rows (of {iso.total:,}); tenant {seeded.tenants[0]} set: "
+                  f"{iso.own:,} rows, {iso.tenants_seen} tenant; partition {iso.partition} by name: "
+                  f"{'permission denied' if iso.partition_denied else 'READABLE'}")  # fmt: skip
+    render.audit(console, audit)
+    if as_json:
+        emit({"table": s.qualified, "calls": seeded.rows, "tenants": [str(t) for t in seeded.tenants],
+              "maintain": maintained.to_dict(), "status": status.to_dict(),
+              "explain": {"partitions_scanned": scanned, "partitions_total": total},
+              "isolation": {"role": iso.role, "rows_without_tenant": iso.no_tenant, "rows_own_tenant": iso.own,
+                            "tenants_seen": iso.tenants_seen, "partition_by_name_denied": iso.partition_denied},
+              "audit": audit.to_dict()})  # fmt: skip
 
 
 @main.group(name="archive", invoke_without_command=True)
@@ -770,8 +798,9 @@ def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None,
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
 @click.option("--once", is_flag=True, help="Run one cycle and exit (exit 1 when it had errors).")
 @click.option("--no-prune", is_flag=True, help="Do not prune expired archive objects.")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for uniformity: the worker always logs JSON lines.")
 def worker_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, every: str, fmt: str, once: bool,
-               no_prune: bool) -> None:  # fmt: skip
+               no_prune: bool, as_json: bool) -> None:  # fmt: skip
     """Archive + maintain + prune every period; one instance per table; SIGTERM exits cleanly."""
     from callvault import worker
 

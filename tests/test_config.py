@@ -189,3 +189,38 @@ def test_writer_with_a_wrong_password_fails_at_once_naming_authentication(dsn: s
 
     asyncio.run(go())
     assert time.monotonic() - t0 < 15, "within the connect timeout, not the pool's 30 s"
+
+
+def test_every_command_takes_json() -> None:
+    from click.testing import CliRunner
+
+    from callvault.cli import main
+
+    def commands(group: object, path: list[str]) -> list[list[str]]:
+        out = []
+        for name, cmd in getattr(group, "commands", {}).items():
+            out.append([*path, name])
+            out += commands(cmd, [*path, name])
+        return out
+
+    missing = []
+    for path in commands(main, []):
+        text = CliRunner().invoke(main, [*path, "--help"]).output
+        if "--json" not in text and "Commands:" not in text:
+            missing.append(" ".join(path))
+    assert missing == [], f"commands without --json: {missing}"
+
+
+def test_init_and_demo_json(dsn: str) -> None:
+    res = cli("init", "--dsn", dsn, "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["changed"] and doc["steps"] and doc["table"] == "public.call_logs"
+    demo = cli("demo", "--dsn", dsn, "--calls", "200", "--json")
+    assert demo.returncode == 0, demo.stderr
+    d = json.loads(demo.stdout)
+    assert d["calls"] == 200 and d["isolation"]["tenants_seen"] == 1
+    assert (
+        d["explain"]["partitions_scanned"]
+        and len(d["explain"]["partitions_scanned"]) < d["explain"]["partitions_total"]
+    )
