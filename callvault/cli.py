@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 from psycopg import sql
 from rich.console import Console
+from rich.markup import escape
 
 from callvault import bootstrap, catalog, config, db, demo, monitor, render, schedule, tenancy
 from callvault import maintain as maintenance
@@ -28,7 +29,24 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 
 class Cli(click.Group):
-    """Errors become one line and an exit code (callvault.failure); ``--debug`` shows the traceback."""
+    """Errors become one line and an exit code (callvault.failure); ``--debug`` shows the traceback.
+    Usage errors (unknown option, bad value) are one line too, naming the command's --help."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            err.print("[red]error:[/red] interrupted")
+            sys.exit(130)
+        except click.ClickException as exc:
+            where = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                where = f" (see `{exc.ctx.command_path} --help`)"
+            err.print(f"[red]error:[/red] {escape(exc.format_message())}{escape(where)}", soft_wrap=True)
+            sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -38,7 +56,7 @@ class Cli(click.Group):
         except CallvaultError as exc:
             if ctx.params.get("debug"):
                 raise
-            err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except (Exception, KeyboardInterrupt) as exc:
             if ctx.params.get("debug"):
@@ -46,7 +64,7 @@ class Cli(click.Group):
             from callvault.failure import translate
 
             failed = translate(exc)
-            err.print(f"[red]error:[/red] {failed}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(failed))}", soft_wrap=True)
             sys.exit(failed.exit_code)
 
 

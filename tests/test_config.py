@@ -224,3 +224,13 @@ def test_init_and_demo_json(dsn: str) -> None:
         d["explain"]["partitions_scanned"]
         and len(d["explain"]["partitions_scanned"]) < d["explain"]["partitions_total"]
     )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "--bogus"], ["quarantine", "replay", "--id", "abc"], ["nosuchcmd"], ["archive", "list", "--at", "x"]],
+)
+def test_usage_errors_are_one_line(args: list[str]) -> None:
+    res = cli(*args)
+    one_line_error(res)
+    assert res.returncode == 2 and "--help" in res.stderr
