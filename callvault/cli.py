@@ -14,11 +14,11 @@ from psycopg import sql
 from rich.console import Console
 from rich.markup import escape
 
-from callvault import bootstrap, catalog, config, db, demo, monitor, render, schedule, tenancy
+from callvault import bootstrap, catalog, commands, config, db, demo, monitor, render, schedule, tenancy
 from callvault import maintain as maintenance
 from callvault.db import connect
 from callvault.embedded import Cluster
-from callvault.errors import CallvaultError, DatabaseUnavailable, EmbeddedError, InvalidSetting, Unhealthy
+from callvault.errors import CallvaultError, InvalidSetting, Unhealthy
 from callvault.plan import Interval
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,16 +210,9 @@ def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, 
     s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition,
                     role_prefix=role_prefix, start_embedded=not print_sql)  # fmt: skip
     if print_sql:
-        try:
-            with connect(s) as conn:
-                click.echo(bootstrap.render(bootstrap.init_steps(conn, s, roles=with_roles), conn), nl=False)
-        except (DatabaseUnavailable, EmbeddedError) as exc:
-            click.echo(f"-- offline (database unreachable: {exc}); assuming an empty database, pg_partman "
-                       f"{bootstrap.OFFLINE_PARTMAN.version}")  # fmt: skip
-            click.echo(bootstrap.render(bootstrap.init_steps(None, s, roles=with_roles), None), nl=False)
+        click.echo(commands.init_sql(s, roles=with_roles), nl=False)
         return
-    with connect(s) as conn:
-        report = bootstrap.init(conn, s, roles=with_roles)
+    report = commands.init(s, roles=with_roles)
     if as_json:
         emit({"table": s.qualified, "changed": report.changed, "steps": [st.what for st in report.steps],
               "secured": report.secured, "roles": s.roles.as_dict() if with_roles else None})  # fmt: skip
@@ -244,8 +237,7 @@ def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, 
 def audit_cmd(dsn: str | None, schema: str, table: str, role_prefix: str, fix: bool, as_json: bool) -> None:
     """Prove tenant isolation on the parent and every partition; exit 3 naming each leak or gap."""
     s = settings_of(dsn, schema, table, role_prefix=role_prefix)
-    with connect(s) as conn:
-        report = tenancy.audit(conn, s, fix=fix)
+    report = commands.audit(s, fix=fix)
     emit(report.to_dict()) if as_json else render.audit(out, report)
     if report.failed:
         first = report.failed[0]
@@ -272,9 +264,7 @@ def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool
     """Show what maintenance and retention will do (at --at), without changing anything."""
     s = settings_of(dsn, schema, table, start_embedded=False)
     when = parse_at(at)  # a bad --at is named before any connection
-    with connect(s) as conn:
-        pm = maintenance.require_partman(conn, s)
-        p = maintenance.current_plan(conn, s, pm, when or db.server_now(conn))
+    p = commands.plan(s, when)
     emit(p.to_dict()) if as_json else render.plan(out, p)
 
 
@@ -286,8 +276,7 @@ def status(dsn: str | None, schema: str, table: str, at: str | None, as_json: bo
     """Partitions, sizes, premake horizon, default rows, retention and last maintenance."""
     s = settings_of(dsn, schema, table)
     when = parse_at(at)
-    with connect(s) as conn:
-        st = monitor.collect(conn, s, when)
+    st = commands.status(s, when)
     emit(st.to_dict()) if as_json else render.status(out, st)
 
 
@@ -299,14 +288,13 @@ def status(dsn: str | None, schema: str, table: str, at: str | None, as_json: bo
 def health(dsn: str | None, schema: str, table: str, partition_warn: int, as_json: bool) -> None:
     """Exit 0 when healthy, 3 with a one-line reason otherwise."""
     s = settings_of(dsn, schema, table, partition_warn=partition_warn)
-    with connect(s) as conn:
-        st = monitor.collect(conn, s)
+    h = commands.health(s)
     if as_json:
-        emit({"healthy": not st.problems, "problems": st.problems})
-    if st.problems:
-        raise Unhealthy(st.problems[0] + (f" (+{len(st.problems) - 1} more)" if len(st.problems) > 1 else ""))
+        emit(h.to_dict())
+    if h.problems:
+        raise Unhealthy(h.problems[0] + (f" (+{len(h.problems) - 1} more)" if len(h.problems) > 1 else ""))
     if not as_json:
-        out.print(f"ok: {s.qualified} horizon {st.premake_horizon:%Y-%m-%d}, {len(st.partitions)} partitions")
+        out.print(f"ok: {s.qualified} horizon {h.horizon:%Y-%m-%d}, {h.partitions} partitions")
 
 
 @main.command(name="schedule")
@@ -341,12 +329,11 @@ def explain_cmd(
     Exit 4: the query reads every partition (or more than --max-partitions). 2: the query does not parse,
     its placeholders and --param values do not match, or the server refuses it. 66: the table does not exist.
     """
-    from callvault.explain import NotPruned, explain, prepare
+    from callvault.explain import NotPruned, prepare
 
     prepare(query, params)  # a query that cannot run is named before any connection
     s = settings_of(dsn, schema, table)
-    with connect(s) as conn:
-        report = explain(conn, s, query, list(params), analyze=analyze, max_partitions=max_partitions)
+    report = commands.explain(s, query, list(params), analyze=analyze, max_partitions=max_partitions)
     if as_json:
         emit(report.to_dict())
     else:
@@ -401,17 +388,14 @@ def quarantine() -> None:
 @json_option
 def quarantine_list(dsn: str | None, schema: str, table: str, limit: int, as_json: bool) -> None:
     """Show quarantined rows, newest first: id, when, why, and the row as JSON."""
-    from callvault.ingest import quarantine as q
 
     s = settings_of(dsn, schema, table)
-    with connect(s) as conn:
-        rows = q.list_rows(conn, s, limit)
-        total = q.count(conn, s)
+    listing = commands.quarantine_list(s, limit)
     if as_json:
-        emit([r.to_dict() for r in rows])
+        emit([r.to_dict() for r in listing.rows])
         return
-    out.print(f"{total} row(s) in quarantine for {s.qualified}")
-    for r in rows:
+    out.print(f"{listing.total} row(s) in quarantine for {s.qualified}")
+    for r in listing.rows:
         out.print(f"[bold]#{r.id}[/bold] {r.received_at:%Y-%m-%d %H:%M:%S} (tries: {r.attempts}) {r.reason}")
         out.print(f"    {r.raw[:300]}", soft_wrap=True, markup=False)
 
@@ -425,11 +409,9 @@ def quarantine_replay(
     dsn: str | None, schema: str, table: str, ids: tuple[int, ...], assume_utc: bool, as_json: bool
 ) -> None:
     """Validate quarantined rows again; insert the good ones (idempotently) and remove them."""
-    from callvault.ingest import quarantine as q
 
     s = settings_of(dsn, schema, table)
-    with connect(s) as conn:
-        report = q.replay(conn, s, ids=list(ids) or None, assume_utc=assume_utc)
+    report = commands.quarantine_replay(s, list(ids), assume_utc=assume_utc)
     if as_json:
         emit(report.to_dict())
     else:
@@ -755,26 +737,14 @@ def archive_prune(dsn: str | None, schema: str, table: str, store_url: str | Non
 def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None, keep: str | None, clear: bool,
                    as_json: bool) -> None:  # fmt: skip
     """Show or set archive retention: a table default and per-tenant overrides (e.g. HIPAA: 7 years)."""
-    from callvault.archive import prune as pr
 
     s = settings_of(dsn, schema, table)
-    if keep and clear:
-        raise InvalidSetting("pass either --keep or --clear, not both")
-    if keep:
-        pr.set_policy(s, keep, tenant)
-    elif clear:
-        pr.clear_policy(s, tenant)
-    with connect(s) as conn:
-        from callvault.archive.journal import ensure_tables
-
-        ensure_tables(conn)
-        default, per = pr.policies(conn, s)
-    tenants = {t: str(r) for t, r in sorted(per.items())}
+    pol = commands.archive_policy(s, keep=keep, clear=clear, tenant=tenant)
     if as_json:
-        emit({"default": str(default), "tenants": tenants})
+        emit(pol.to_dict())
         return
-    out.print(f"default: keep {default}")
-    for t, r in tenants.items():
+    out.print(f"default: keep {pol.default}")
+    for t, r in pol.tenants.items():
         out.print(f"{t}: keep {r}")
 
 

@@ -234,3 +234,19 @@ def test_usage_errors_are_one_line(args: list[str]) -> None:
     res = cli(*args)
     one_line_error(res)
     assert res.returncode == 2 and "--help" in res.stderr
+
+
+def test_the_cli_and_python_callers_share_one_command_layer(dsn: str) -> None:
+    from callvault import commands
+
+    s = Settings(dsn=dsn)
+    assert commands.init(s).changed
+    assert not commands.init(s).changed  # idempotent
+    py = commands.status(s).to_dict()
+    res = cli("status", "--dsn", dsn, "--json")
+    assert json.loads(res.stdout)["partition_count"] == py["partition_count"]
+    h = commands.health(s)
+    assert h.healthy and h.to_dict()["partitions"] == py["partition_count"]
+    assert commands.plan(s).to_dict()["create"] == []
+    assert commands.audit(s).to_dict()["findings"]  # no roles yet: the audit says so
+    assert commands.archive_policy(s, keep="7 years").to_dict()["default"].startswith("7 year")
