@@ -178,12 +178,10 @@ def config_show(dsn: str | None, schema: str | None, table: str | None, as_json:
     if as_json:
         emit(doc)
         return
-    out.print(f"config file: {loaded.file or 'none'}")
-    settings = doc["settings"]
-    assert isinstance(settings, dict)
-    for key, item in settings.items():
+    for key, item in doc.items():
+        assert isinstance(item, dict)
         value = "" if item["value"] is None else item["value"]
-        out.print(f"{key:20} {value!s:50} ({item['source']})", soft_wrap=True)
+        out.print(f"{key:20} {value!s:50} ({item['source']})", soft_wrap=True, markup=False)
 
 
 @main.command()

@@ -208,6 +208,8 @@ class Loaded:
     file: str | None
 
     def to_dict(self) -> dict[str, object]:
+        """``{setting: {"value", "source", "env"}}`` for every setting, plus ``server`` (dsn, libpq
+        environment, embedded or none) and ``config_file``; passwords redacted."""
         from callvault.db import redact
 
         out: dict[str, object] = {}
@@ -217,7 +219,8 @@ class Loaded:
                 value = redact(value)
             out[o.key] = {"value": value, "source": self.sources[o.key], "env": o.env}
         out["server"] = {"value": self.server, "source": self.sources["dsn"]}
-        return {"config_file": self.file, "settings": out}
+        out["config_file"] = {"value": self.file, "source": f"env {CONFIG_ENV} or --config or ./{CONFIG_FILE}"}
+        return out
 
     @property
     def server(self) -> str:
