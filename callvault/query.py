@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,13 +29,14 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from callvault import columns
 from callvault.config import DEFAULT_RETENTION, Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
 from callvault.plans import walk
-from callvault.tenancy.session import atenant, tenant
+from callvault.tenancy.session import atenant, tenant, tenant_value
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000  # a page bigger than this is an export, not a query: use the archive tools
@@ -47,6 +49,10 @@ class WindowRefused(InvalidSetting):
 
 @dataclass(frozen=True)
 class CallSummary:
+    """One call in a :class:`Page`: no transcript or metadata (use :meth:`Reader.get_call` for those).
+
+    ``id`` is the row's server-assigned id; ``call_id`` the producer's id; times are UTC."""
+
     id: int
     call_id: UUID
     started_at: datetime
@@ -56,6 +62,8 @@ class CallSummary:
 
 @dataclass(frozen=True)
 class CallRecord:
+    """One whole call, as :meth:`Reader.get_call` returns it (times UTC, metadata decoded from jsonb)."""
+
     id: int
     tenant_id: UUID
     call_id: UUID
@@ -68,12 +76,34 @@ class CallRecord:
 
 @dataclass(frozen=True)
 class Page:
+    """One page of a tenant's calls, newest first. Iterable and sized like the list it holds::
+
+        page = reader.recent_calls(tenant_id, since=week_ago)
+        for call in page:                # CallSummary, newest first
+            ...
+        if page.next_cursor:             # more (older) rows: ask again with cursor=
+            older = reader.recent_calls(tenant_id, since=week_ago, cursor=page.next_cursor)
+
+    ``calls``: the rows; ``next_cursor``: an opaque string to pass back as ``cursor=`` for the next,
+    older page (``None`` when this page is the last)."""
+
     calls: list[CallSummary]
-    next_cursor: str | None  # pass back as ``cursor=`` for the next (older) page; None: no more rows
+    next_cursor: str | None
+
+    def __iter__(self) -> Iterator[CallSummary]:
+        return iter(self.calls)
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __getitem__(self, index: int) -> CallSummary:
+        return self.calls[index]
 
 
 @dataclass(frozen=True)
 class DayStat:
+    """Calls and total talk time (seconds) of one UTC day, from :meth:`Reader.daily_stats`."""
+
     day: datetime
     calls: int
     total_duration_sec: int
@@ -108,10 +138,21 @@ def check_window(since: datetime | None, until: datetime | None, max_window: tim
 
 
 def window_params(
-    tenant_id: UUID, since: datetime | None, until: datetime | None, max_window: timedelta
+    tenant_id: UUID | str, since: datetime | None, until: datetime | None, max_window: timedelta
 ) -> dict[str, Any]:
+    """Parameters of a windowed read: the tenant as a checked UUID and the window as UTC bounds."""
     lo, hi = check_window(since, until, max_window)
-    return {"tenant": tenant_id, "since": lo, "until": hi}
+    return {"tenant": tenant_value(tenant_id), "since": lo, "until": hi}
+
+
+def call_value(call_id: UUID | str) -> str:
+    """The call id as canonical UUID text, or InvalidSetting naming the bad value (pure)."""
+    if isinstance(call_id, UUID):
+        return str(call_id)
+    try:
+        return str(UUID(str(call_id)))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidSetting(f"call id {call_id!r} is not a UUID; pass the call's UUID (str or uuid.UUID)") from None
 
 
 def check_limit(limit: int) -> int:
@@ -176,121 +217,204 @@ def daily_sql(settings: Settings) -> sql.Composed:
     ).format(t=_table(settings))
 
 
-# -- running them ---------------------------------------------------------------------------------
-class Reader:
-    """Tenant-scoped, time-pinned reads on one connection (sync). See :class:`AsyncReader`."""
+# -- one plan per read, run by two thin twins ------------------------------------------------------
+@dataclass(frozen=True)
+class _Read:
+    """Everything a read decides, decided once (pure): the tenant, the statement, its parameters and
+    how rows become the result. :class:`Reader` and :class:`AsyncReader` only run it."""
 
-    def __init__(
-        self, conn: Conn, settings: Settings | None = None, *, max_window: timedelta | None = None,
-        pipeline: bool = False,
-    ) -> None:  # fmt: skip
-        """``pipeline``: send BEGIN, the tenant and the query in one round trip (psycopg pipeline mode).
-        Each read is BEGIN, set tenant, query, COMMIT: 4 round trips, ~0.45 ms p50 on loopback here
-        against 0.15 ms for a bare query; pipelining makes it 2, which pays over a network (0.3 ms+
-        per round trip) but costs ~0.25 ms of client CPU on loopback (docs/tenancy.md#figures)."""
-        self.conn = conn
+    tenant: str
+    statement: sql.Composed
+    params: dict[str, Any]
+    result: Callable[[list[Any]], Any]
+
+
+def _recent(r: _Base, tenant_id: UUID | str, since: datetime | None, until: datetime | None, limit: int,
+            cursor: str | None) -> _Read:  # fmt: skip
+    params = window_params(tenant_id, since, until, r.max_window)
+    params["limit"] = check_limit(limit)
+    if cursor:
+        params["cts"], params["cid"] = decode_cursor(cursor)
+    return _Read(params["tenant"], window_sql(r.settings, after_cursor=bool(cursor)), params,
+                 lambda rows: _page(rows, limit))  # fmt: skip
+
+
+def _get(r: _Base, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None) -> _Read:
+    if started_at is not None and (not isinstance(started_at, datetime) or started_at.tzinfo is None):
+        raise InvalidSetting(f"started_at={started_at!r} must be a timezone-aware datetime (or None)")
+    who = tenant_value(tenant_id)
+    params = {"tenant": who, "call": call_value(call_id), "started_at": started_at}
+    return _Read(who, get_call_sql(r.settings, pinned=started_at is not None), params,
+                 lambda rows: CallRecord(*rows[0]) if rows else None)  # fmt: skip
+
+
+def _count(r: _Base, tenant_id: UUID | str, since: datetime | None, until: datetime | None) -> _Read:
+    params = window_params(tenant_id, since, until, r.max_window)
+    return _Read(params["tenant"], count_sql(r.settings), params, lambda rows: int(rows[0][0]) if rows else 0)
+
+
+def _daily(r: _Base, tenant_id: UUID | str, since: datetime | None, until: datetime | None) -> _Read:
+    params = window_params(tenant_id, since, until, r.max_window)
+    return _Read(params["tenant"], daily_sql(r.settings), params,
+                 lambda rows: [DayStat(day, int(n), int(total)) for day, n, total in rows])  # fmt: skip
+
+
+class _Base:
+    settings: Settings
+    max_window: timedelta
+    pipeline: bool
+
+    def _setup(self, settings: Settings | None, max_window: timedelta | None, pipeline: bool) -> None:
         self.settings = settings or from_env()
         self.max_window = max_window or max_window_of(self.settings)
         self.pipeline = pipeline
+
+
+class Reader(_Base):
+    """Tenant-scoped, time-pinned reads (sync). The asyncio twin is :class:`AsyncReader`.
+
+    ``source``: a ``psycopg.Connection`` or a ``psycopg_pool.ConnectionPool`` (a connection is taken
+    from the pool for each read and given back). Connect as the application role (``callvault_app``,
+    row-level security applies: each read sees one tenant's rows only); behind PgBouncer in
+    transaction mode nothing needs to change (reads are never prepared server-side).
+
+    ``settings``: which table (default: the one configuration, :func:`callvault.config.from_env`).
+    ``max_window``: the widest ``[since, until)`` accepted (default: the table's hot retention).
+    ``pipeline``: send BEGIN, the tenant and the query in one round trip (pays over a network).
+
+    Ids are ``uuid.UUID`` or their text; a bad id raises :class:`callvault.errors.InvalidSetting`.
+    A missing, empty or too-wide window raises :class:`WindowRefused` before any SQL runs::
+
+        from psycopg_pool import ConnectionPool
+        from callvault.query import Reader
+
+        pool = ConnectionPool("postgresql://callvault_app@db/calls", kwargs={"prepare_threshold": None})
+        reader = Reader(pool)
+        for call in reader.recent_calls("6f1c...", since=datetime.now(UTC) - timedelta(days=7)):
+            print(call.call_id, call.started_at)
+    """
+
+    def __init__(
+        self, source: Conn | ConnectionPool[Any] | None = None, settings: Settings | None = None, *,
+        max_window: timedelta | None = None, pipeline: bool = False, conn: Conn | None = None,
+    ) -> None:  # fmt: skip
+        chosen = source if source is not None else conn
+        if chosen is None:
+            raise InvalidSetting("Reader needs a connection or a pool: Reader(conn) or Reader(pool)")
+        self.source: Conn | ConnectionPool[Any] = chosen
+        self._setup(settings, max_window, pipeline)
+
+    @property
+    def conn(self) -> Conn:
+        """The connection given (AttributeError-free only when a connection, not a pool, was given)."""
+        if isinstance(self.source, psycopg.Connection):
+            return self.source
+        raise InvalidSetting("this Reader reads through a pool: it has no single connection")
+
+    def _run(self, read: _Read) -> Any:
+        if isinstance(self.source, psycopg.Connection):
+            return self._on(self.source, read)
+        with self.source.connection() as conn:
+            return self._on(conn, read)
+
+    def _on(self, conn: Conn, read: _Read) -> Any:
+        with tenant(conn, read.tenant, pipeline=self.pipeline):
+            rows = conn.execute(read.statement, read.params, prepare=False).fetchall()
+        return read.result(rows)
 
     def recent_calls(
-        self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None,
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None,
         limit: int = DEFAULT_LIMIT, cursor: str | None = None,
     ) -> Page:  # fmt: skip
-        params = self._window(tenant_id, since, until)
-        params["limit"] = check_limit(limit)
-        if cursor:
-            params["cts"], params["cid"] = decode_cursor(cursor)
-        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            rows = self.conn.execute(
-                window_sql(self.settings, after_cursor=bool(cursor)), params, prepare=False
-            ).fetchall()
-        return _page(rows, limit)
+        """The tenant's calls in ``[since, until)`` (``until`` default: now), newest first, ``limit`` per
+        page (1..10,000); pass ``page.next_cursor`` back as ``cursor=`` for the next, older page."""
+        return self._run(_recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
 
-    def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
-        params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            row = self.conn.execute(
-                get_call_sql(self.settings, pinned=started_at is not None), params, prepare=False
-            ).fetchone()
-        return CallRecord(*row) if row else None
+    def get_call(
+        self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None
+    ) -> CallRecord | None:
+        """One call with transcript and metadata, or ``None``. With ``started_at`` it reads one
+        partition; without, one unique-index probe per partition."""
+        return self._run(_get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
 
-    def count_calls(self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None) -> int:
-        params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            row = self.conn.execute(count_sql(self.settings), params, prepare=False).fetchone()
-        return int(row[0]) if row else 0
+    def count_calls(
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        """How many calls the tenant has in ``[since, until)``."""
+        return self._run(_count(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
     def daily_stats(
-        self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
-        params = self._window(tenant_id, since, until)
-        with tenant(self.conn, tenant_id, pipeline=self.pipeline):
-            rows = self.conn.execute(daily_sql(self.settings), params, prepare=False).fetchall()
-        return [DayStat(day, int(n), int(total)) for day, n, total in rows]
-
-    def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        return window_params(tenant_id, since, until, self.max_window)
+        """Calls and talk time per UTC day in ``[since, until)``, oldest day first."""
+        return self._run(_daily(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
 
-class AsyncReader:
-    """The asyncio twin of :class:`Reader` (same statements, same window checks)."""
+class AsyncReader(_Base):
+    """The asyncio twin of :class:`Reader`: same reads, same checks, same errors (the plan of each read
+    is shared code; only the awaiting differs). ``source``: a ``psycopg.AsyncConnection`` or a
+    ``psycopg_pool.AsyncConnectionPool``::
+
+        pool = AsyncConnectionPool(app_dsn, kwargs={"prepare_threshold": None}, open=False)
+        await pool.open()
+        reader = AsyncReader(pool)
+        page = await reader.recent_calls(tenant_id, since=week_ago)
+    """
 
     def __init__(
-        self,
-        conn: psycopg.AsyncConnection[Any],
-        settings: Settings | None = None,
-        *,
-        max_window: timedelta | None = None,
-        pipeline: bool = False,
-    ) -> None:
-        self.conn = conn
-        self.settings = settings or from_env()
-        self.max_window = max_window or max_window_of(self.settings)
-        self.pipeline = pipeline
+        self, source: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any] | None = None,
+        settings: Settings | None = None, *, max_window: timedelta | None = None, pipeline: bool = False,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:  # fmt: skip
+        chosen = source if source is not None else conn
+        if chosen is None:
+            raise InvalidSetting("AsyncReader needs a connection or a pool: AsyncReader(conn) or AsyncReader(pool)")
+        self.source: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any] = chosen
+        self._setup(settings, max_window, pipeline)
+
+    @property
+    def conn(self) -> psycopg.AsyncConnection[Any]:
+        """The connection given (only when a connection, not a pool, was given)."""
+        if isinstance(self.source, psycopg.AsyncConnection):
+            return self.source
+        raise InvalidSetting("this AsyncReader reads through a pool: it has no single connection")
+
+    async def _run(self, read: _Read) -> Any:
+        if isinstance(self.source, psycopg.AsyncConnection):
+            return await self._on(self.source, read)
+        async with self.source.connection() as conn:
+            return await self._on(conn, read)
+
+    async def _on(self, conn: psycopg.AsyncConnection[Any], read: _Read) -> Any:
+        async with atenant(conn, read.tenant, pipeline=self.pipeline):
+            cur = await conn.execute(read.statement, read.params, prepare=False)
+            rows = await cur.fetchall()
+        return read.result(rows)
 
     async def recent_calls(
-        self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None,
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None,
         limit: int = DEFAULT_LIMIT, cursor: str | None = None,
     ) -> Page:  # fmt: skip
-        params = self._window(tenant_id, since, until)
-        params["limit"] = check_limit(limit)
-        if cursor:
-            params["cts"], params["cid"] = decode_cursor(cursor)
-        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(window_sql(self.settings, after_cursor=bool(cursor)), params, prepare=False)
-            rows = await cur.fetchall()
-        return _page(rows, limit)
+        """See :meth:`Reader.recent_calls`."""
+        return await self._run(_recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
 
-    async def get_call(self, tenant_id: UUID, call_id: UUID, started_at: datetime | None = None) -> CallRecord | None:
-        params = {"tenant": tenant_id, "call": call_id, "started_at": started_at}
-        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(
-                get_call_sql(self.settings, pinned=started_at is not None), params, prepare=False
-            )
-            row = await cur.fetchone()
-        return CallRecord(*row) if row else None
+    async def get_call(
+        self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None
+    ) -> CallRecord | None:
+        """See :meth:`Reader.get_call`."""
+        return await self._run(_get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
 
     async def count_calls(
-        self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
-        params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(count_sql(self.settings), params, prepare=False)
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        """See :meth:`Reader.count_calls`."""
+        return await self._run(_count(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
     async def daily_stats(
-        self, tenant_id: UUID, *, since: datetime | None = None, until: datetime | None = None
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
-        params = self._window(tenant_id, since, until)
-        async with atenant(self.conn, tenant_id, pipeline=self.pipeline):
-            cur = await self.conn.execute(daily_sql(self.settings), params, prepare=False)
-            rows = await cur.fetchall()
-        return [DayStat(day, int(n), int(total)) for day, n, total in rows]
-
-    def _window(self, tenant_id: UUID, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-        return window_params(tenant_id, since, until, self.max_window)
+        """See :meth:`Reader.daily_stats`."""
+        return await self._run(_daily(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
 
 def _page(rows: list[Any], limit: int) -> Page:

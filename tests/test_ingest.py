@@ -249,7 +249,9 @@ def test_server_restart_while_writing(scratch_cluster: Cluster) -> None:
     with Writer(Settings(dsn=dsn), batch_rows=1_000) as w:
         t = threading.Thread(target=w.write_many, args=(calls,))
         t.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while w.stats.written < 2_000 and time.monotonic() < deadline:  # mid-stream, whatever the load
+            time.sleep(0.01)
         cluster.down()
         time.sleep(1.0)
         cluster.up()

@@ -1,4 +1,16 @@
-"""The asyncio twin of :mod:`callvault.ingest._sync_io` (same steps; see there for the why)."""
+"""One batch into Postgres: fast path, idempotent fallback, row isolation.
+
+THE SOURCE of both twins: this asyncio module is the one that is edited; ``_sync_io.py`` is generated
+from it by ``scripts/async_to_sync.py`` (``make sync-twins``), and ``tests/test_twins.py`` fails when
+the checked-in sync module differs from what the script produces. Lines ending in ``# sync: <code>``
+are replaced by ``<code>`` in the sync twin.
+
+* Fast path: one binary ``COPY`` into the parent table, quarantine rows in the same transaction.
+* Fallback (a duplicate key, a row the database refuses, or a re-send after a lost connection):
+  re-check ``started_at`` against the live partitions, ``COPY`` into a temporary staging table and
+  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. A row that still fails is isolated by bisection
+  (savepoints) and quarantined with the database's own message; the other rows land.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +24,8 @@ from callvault.config import Settings
 from callvault.ingest import _batch as b
 from callvault.ingest.validate import LiveRange, Rejected, Row
 
-AConn = psycopg.AsyncConnection[Any]
-RangeLoader = Callable[[AConn], Any]  # async (conn) -> LiveRange
+AConn = psycopg.AsyncConnection[Any]  # sync: from callvault.db import Conn
+RangeLoader = Callable[[AConn], Any]  # sync: RangeLoader = Callable[[Conn], LiveRange]
 
 
 async def _copy(conn: AConn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
@@ -31,11 +43,20 @@ async def _quarantine(conn: AConn, settings: Settings, rejected: list[Rejected],
             )
 
 
-async def _merge(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+async def merge_rows(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+    """Staged rows into the table (idempotently); the rows the database refused, with its reason."""
+    written, refused = await merge_indexed(conn, settings, rows)
+    return written, [Rejected(b.row_as_input(rows[i]), why) for i, why in refused]
+
+
+async def merge_indexed(
+    conn: AConn, settings: Settings, rows: list[Row], start: int = 0
+) -> tuple[int, list[tuple[int, str]]]:
+    """Staged rows into the table (idempotently); the rows the database refused, by index, with its reason."""
     if not rows:
         return 0, []
     try:
-        async with conn.transaction():
+        async with conn.transaction():  # a savepoint: a failure undoes only this slice
             await conn.execute(b.STAGE_CLEAR)
             await _copy(conn, b.STAGE_COPY, rows)
             return (await conn.execute(b.merge_sql(settings))).rowcount, []
@@ -43,14 +64,15 @@ async def _merge(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int,
         if not b.is_row_error(exc):
             raise
         if len(rows) == 1:
-            return 0, [Rejected(b.row_as_input(rows[0]), b.db_reason(exc))]
+            return 0, [(start, b.db_reason(exc))]
     mid = len(rows) // 2
-    left = await _merge(conn, settings, rows[:mid])
-    right = await _merge(conn, settings, rows[mid:])
+    left = await merge_indexed(conn, settings, rows[:mid], start)
+    right = await merge_indexed(conn, settings, rows[mid:], start + mid)
     return left[0] + right[0], left[1] + right[1]
 
 
 async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.FlushResult | None:
+    """Plain COPY; None when the batch needs the idempotent path."""
     try:
         async with conn.transaction():
             await conn.execute(b.DURABLE)
@@ -64,18 +86,20 @@ async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.Flush
 
 
 async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
+    """Re-check, stage, ``INSERT ... ON CONFLICT DO NOTHING``; refused rows are quarantined."""
     live: LiveRange = await load_range(conn)
     rows, rejected = b.recheck(batch, live)
     async with conn.transaction():
         await conn.execute(b.DURABLE)
         await conn.execute(b.STAGE_DDL)
-        written, refused = await _merge(conn, settings, rows)
+        written, refused = await merge_rows(conn, settings, rows)
         rejected += refused
         await _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     return b.idempotent_result(rows, written, len(refused), len(rejected))
 
 
 async def write_batch(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
+    """One batch: the fast path when it can, else the idempotent one."""
     b.prepare_connection(conn)
     if not batch.idempotent and batch.rows:
         done = await write_fast(conn, settings, batch)

@@ -1,10 +1,5 @@
-"""One batch into Postgres, synchronously: fast path, idempotent fallback, row isolation.
-
-* Fast path: one binary ``COPY`` into the parent table, quarantine rows in the same transaction.
-* Fallback (a duplicate key, a row the database refuses, or a re-send after a lost connection):
-  re-check ``started_at`` against the live partitions, ``COPY`` into a temporary staging table and
-  ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``. A row that still fails is isolated by bisection
-  (savepoints) and quarantined with the database's own message; the other rows land.
+"""GENERATED from _async_io.py by scripts/async_to_sync.py: do not edit; edit the async source and run
+``make sync-twins``. The synchronous twin of :mod:`callvault.ingest._async_io` (see there for the why).
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected], *, ded
 
 
 def merge_rows(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+    """Staged rows into the table (idempotently); the rows the database refused, with its reason."""
     written, refused = merge_indexed(conn, settings, rows)
     return written, [Rejected(b.row_as_input(rows[i]), why) for i, why in refused]
 
@@ -75,7 +71,8 @@ def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult 
 
 
 def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
-    live = load_range(conn)
+    """Re-check, stage, ``INSERT ... ON CONFLICT DO NOTHING``; refused rows are quarantined."""
+    live: LiveRange = load_range(conn)
     rows, rejected = b.recheck(batch, live)
     with conn.transaction():
         conn.execute(b.DURABLE)
@@ -87,6 +84,7 @@ def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range:
 
 
 def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
+    """One batch: the fast path when it can, else the idempotent one."""
     b.prepare_connection(conn)
     if not batch.idempotent and batch.rows:
         done = write_fast(conn, settings, batch)

@@ -16,9 +16,9 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from callvault import catalog
-from callvault.config import META_SCHEMA, Settings
+from callvault.config import Settings
 from callvault.db import probe, resolve_dsn
-from callvault.errors import NotInitialised, WriterError
+from callvault.errors import WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._async_io import AConn, write_batch
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
@@ -31,11 +31,14 @@ from callvault.ingest.writer import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETRY_FOR,
+    QUARANTINE_SQL,
     RANGE_REFRESH_S,
-    RLS_SQL,
+    READY_SQL,
     CallLike,
     as_settings,
-    refuse_if_rls,
+    decide_ready,
+    decide_role,
+    ready_params,
 )
 
 _STOP = object()
@@ -94,11 +97,10 @@ class AsyncWriter:
         self._pool = pool
         try:
             async with self._pool.connection() as conn:
-                cur = await conn.execute(RLS_SQL, (catalog.parent_regclass(self.settings),))
-                refuse_if_rls(await cur.fetchone(), self.settings)
-                row = await (await conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",))).fetchone()
-                if row is None or row[0] is None:
-                    raise NotInitialised(f"{self.settings.qualified} is not initialised: run `callvault init` first")
+                params = ready_params(self.settings)
+                row = await (await conn.execute(READY_SQL, params)).fetchone()
+                decide_role(row, self.settings)
+                decide_ready(row, await (await conn.execute(QUARANTINE_SQL, params)).fetchone(), self.settings)
                 await self._load_range(conn)
         except BaseException:
             if self._own_pool:
@@ -151,6 +153,10 @@ class AsyncWriter:
     @property
     def stats(self) -> b.FlushResult:
         return self._total.copy()
+
+    async def close(self) -> b.FlushResult:
+        """Same as :meth:`aclose` (the name the sync :class:`callvault.ingest.Writer` uses)."""
+        return await self.aclose()
 
     async def aclose(self) -> b.FlushResult:
         """Send what is buffered, stop the sender task, close the pool; raise WriterError on failure."""

@@ -69,11 +69,18 @@ def configure_connection(conn: Conn) -> None:
     b.prepare_connection(conn)
 
 
-RLS_SQL = "SELECT row_security_active(to_regclass(%s)), current_user"  # checked first: names the fix
+# The statements both writers run at start-up, in order; the decisions are shared (pure) code. The role
+# check comes first: a role bound by row-level security may not even see callvault's schema.
+READY_SQL = "SELECT row_security_active(to_regclass(%(parent)s)), current_user, to_regclass(%(parent)s) IS NOT NULL"
+QUARANTINE_SQL = "SELECT to_regclass(%(quarantine)s) IS NOT NULL"
 
 
-def refuse_if_rls(row: tuple[Any, ...] | None, settings: Settings) -> None:
-    """Fail at start-up, not at the first batch, when row-level security binds the writer's role."""
+def ready_params(settings: Settings) -> dict[str, str]:
+    return {"parent": catalog.parent_regclass(settings), "quarantine": f"{META_SCHEMA}.quarantine"}
+
+
+def decide_role(row: tuple[Any, ...] | None, settings: Settings) -> None:
+    """WriterError when row-level security binds the writer's role (Postgres refuses COPY for it)."""
     if row and row[0]:
         raise WriterError(
             f"role {row[1]} is subject to row-level security on {settings.qualified}, and Postgres refuses COPY for "
@@ -82,11 +89,18 @@ def refuse_if_rls(row: tuple[Any, ...] | None, settings: Settings) -> None:
         )
 
 
-def check_ready(conn: Conn, settings: Settings) -> LiveRange:
-    refuse_if_rls(conn.execute(RLS_SQL, (catalog.parent_regclass(settings),)).fetchone(), settings)
-    row = conn.execute("SELECT to_regclass(%s)", (f"{META_SCHEMA}.quarantine",)).fetchone()
-    if not catalog.table_exists(conn, settings) or not row or row[0] is None:
+def decide_ready(row: tuple[Any, ...] | None, quarantine: tuple[Any, ...] | None, settings: Settings) -> None:
+    """NotInitialised (exit 66) when the table or its quarantine is missing: at start-up, not at the
+    first batch. Pure; both writers call it."""
+    if row is None or not row[2] or quarantine is None or not quarantine[0]:
         raise NotInitialised(f"{settings.qualified} or its quarantine table is missing: run `callvault init` first")
+
+
+def check_ready(conn: Conn, settings: Settings) -> LiveRange:
+    params = ready_params(settings)
+    row = conn.execute(READY_SQL, params).fetchone()
+    decide_role(row, settings)
+    decide_ready(row, conn.execute(QUARANTINE_SQL, params).fetchone(), settings)
     live = LiveRange(catalog.partition_bounds(conn, settings))
     conn.commit()
     return live
