@@ -9,7 +9,15 @@ connections. The CLI only parses, calls one of these and renders the report (``t
     print(report.to_dict()["premake_horizon"])
 
 Commands whose work already lives in one library function take the same shape there and are re-exported
-here: :func:`maintain`, :func:`archive`, :func:`restore`, :func:`prune`, :func:`schedule`.
+here: :func:`maintain`, :func:`archive`, :func:`restore`, :func:`prune`, :func:`schedule`,
+:func:`list_archived`.
+
+Errors: what callvault anticipates is a :class:`callvault.errors.CallvaultError` subclass whose
+``exit_code`` is the CLI's exit code (2 bad input, 65 data does not match, 66 not initialised, 69
+unavailable, 70 embedded cluster, 75 try again later, 77 authentication). Other database errors
+propagate as ``psycopg.Error``; the CLI turns those into one line and an exit code too
+(``callvault.failure``). A report is returned, never an exit code: ``health`` and ``audit`` report
+problems, the CLI decides to exit 3 on them.
 """
 
 from __future__ import annotations
@@ -44,14 +52,40 @@ __all__ = [
 
 
 def init(settings: Settings, *, roles: bool = False) -> bootstrap.InitReport:
-    """``callvault init``: create the table, hand it to pg_partman, secure it (idempotent)."""
+    """``callvault init``: create the table, hand it to pg_partman, secure it (idempotent).
+
+    One transaction: a failure changes nothing; a second run executes nothing. The lifecycle
+    (interval, premake, retention) comes from ``settings.lifecycle`` and is stored in pg_partman's
+    ``part_config``.
+
+    :param roles: also create the four roles (``settings.roles``) and their grants.
+    :return: the steps executed and the partitions secured.
+    :raises SchemaMismatch: the table exists with another shape; nothing was changed (exit code 65).
+    :raises InvalidSetting: the table exists with another partition interval (a data migration is
+        needed), or a setting is unusable (exit code 2).
+    :raises ExtensionMissing: pg_partman is not available on the server (exit code 69).
+    :raises DatabaseUnavailable: the database cannot be reached (exit code 69).
+
+    Example:
+
+        from callvault.config import from_env, lifecycle_from
+
+        report = commands.init(from_env(dsn=dsn, lifecycle=lifecycle_from("weekly", 4, "90 days")))
+        [step.what for step in report.steps]     # [] on a second run
+    """
     with connect(settings) as conn:
         return bootstrap.init(conn, settings, roles=roles)
 
 
 def init_sql(settings: Settings, *, roles: bool = False) -> str:
     """``callvault init --sql``: the DDL init would run here; offline (an empty database assumed)
-    when the database cannot be reached. Never starts the embedded cluster."""
+    when the database cannot be reached. Never starts the embedded cluster.
+
+    :param roles: include the role and grant statements.
+    :return: the SQL script; offline it starts with a ``-- offline`` comment saying why.
+    :raises SchemaMismatch: the table exists with another shape (exit code 65).
+    :raises InvalidSetting: the table exists with another partition interval (exit code 2).
+    """
     try:
         with connect(settings.with_(start_embedded=False)) as conn:
             return bootstrap.render(bootstrap.init_steps(conn, settings, roles=roles), conn)
@@ -64,20 +98,46 @@ def init_sql(settings: Settings, *, roles: bool = False) -> str:
 
 
 def audit(settings: Settings, *, fix: bool = False) -> AuditReport:
-    """``callvault audit``: prove tenant isolation on the parent and every partition."""
+    """``callvault audit``: prove tenant isolation on the parent and every partition.
+
+    :param fix: first repair what can be repaired (tenant policy, grants, owner), in one transaction
+        under the lock budget; repairs that failed are listed as ``FAILED ...``.
+    :return: the findings (``report.failed`` are the ones the CLI exits 3 on).
+    :raises NotInitialised: the table does not exist (exit code 66).
+    """
     with connect(settings) as conn:
         return tenancy.audit(conn, settings, fix=fix)
 
 
 def plan(settings: Settings, at: datetime | None = None) -> Plan:
-    """``callvault plan``: what maintenance and retention will do at ``at`` (default: the server's now)."""
+    """``callvault plan``: what maintenance and retention will do at ``at`` (default: the server's now).
+
+    Changes nothing and never starts the embedded cluster.
+
+    :param at: the moment to plan for (timezone-aware).
+    :raises NotInitialised: the table is not managed by pg_partman yet (exit code 66).
+    :raises EmbeddedError: the settings name the embedded cluster and it is not running (run
+        ``callvault dev up``; exit code 70).
+    :raises InvalidSetting: ``at`` is naive (exit code 2).
+
+    Example:
+
+        for line in commands.plan(settings, at=datetime(2026, 6, 1, tzinfo=UTC)).describe():
+            print(line)             # e.g. "create call_logs_p2026w27 [2026-06-29 .. 2026-07-06)"
+    """
     with connect(settings.with_(start_embedded=False)) as conn:
         pm = maintenance.require_partman(conn, settings)
         return maintenance.current_plan(conn, settings, pm, at or db.server_now(conn))
 
 
 def status(settings: Settings, at: datetime | None = None) -> monitor.Status:
-    """``callvault status``: partitions, sizes, horizon, default rows, retention, worker, archive."""
+    """``callvault status``: partitions, sizes, horizon, default rows, retention, worker, archive.
+
+    Read only; ``status.problems`` are the health verdicts (see :func:`callvault.monitor.collect`).
+
+    :param at: judge at this moment instead of the server's clock.
+    :raises NotInitialised: the table is not managed by pg_partman yet (exit code 66).
+    """
     with connect(settings) as conn:
         return monitor.collect(conn, settings, at)
 
@@ -86,7 +146,23 @@ def explain(
     settings: Settings, query: str, params: list[str] | None = None, *, analyze: bool = False,
     max_partitions: int | None = None,
 ) -> ExplainReport:  # fmt: skip
-    """``callvault explain``: the partitions a query's plan touches, and whether pruning happened."""
+    """``callvault explain``: the partitions a query's plan touches, and whether pruning happened.
+
+    :param query: one SELECT, INSERT, UPDATE, DELETE or MERGE, with ``$n`` or ``%s`` placeholders.
+    :param params: one text value per placeholder (bound server-side).
+    :param analyze: EXPLAIN ANALYZE (the query runs, in a transaction that is rolled back).
+    :param max_partitions: fail the check when the plan keeps more partitions than this.
+    :return: the report; ``report.problem`` is set when the query fails the check (the CLI then raises
+        :class:`callvault.explain.NotPruned`, exit code 4).
+    :raises InvalidSetting: the query is refused or rejected by the server (exit code 2).
+    :raises NotInitialised: the table does not exist or has no partitions (exit code 66).
+
+    Example:
+
+        q = "SELECT * FROM call_logs WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3"
+        report = commands.explain(settings, q, [tenant, "2026-05-04T00:00:00Z", "2026-05-11T00:00:00Z"])
+        print(report.pruning, report.problem)    # plan-time None
+    """
     from callvault.explain import explain as run_explain
 
     with connect(settings) as conn:
@@ -95,6 +171,9 @@ def explain(
 
 @dataclass(frozen=True)
 class Health:
+    """The verdict of ``callvault health``: the problems ``status`` found (one line each, with the fix),
+    the premake horizon and the number of partitions."""
+
     table: str
     problems: list[str]
     horizon: datetime | None
@@ -102,9 +181,11 @@ class Health:
 
     @property
     def healthy(self) -> bool:
+        """No problems (the CLI exits 0; otherwise 3, :class:`callvault.errors.Unhealthy`)."""
         return not self.problems
 
     def to_dict(self) -> dict[str, object]:
+        """``{"table", "healthy", "problems", "premake_horizon", "partitions"}`` (``--json``)."""
         return {
             "table": self.table, "healthy": self.healthy, "problems": self.problems,
             "premake_horizon": self.horizon.isoformat() if self.horizon else None, "partitions": self.partitions,
@@ -112,29 +193,51 @@ class Health:
 
 
 def health(settings: Settings) -> Health:
-    """``callvault health``: the problems ``status`` finds, each one line with its fix."""
+    """``callvault health``: the problems ``status`` finds, each one line with its fix.
+
+    :raises NotInitialised: the table is not managed by pg_partman yet (exit code 66).
+
+    Example:
+
+        h = commands.health(settings)
+        if not h.healthy:
+            print("\n".join(h.problems))
+    """
     st = status(settings)
     return Health(settings.qualified, st.problems, st.premake_horizon, len(st.partitions))
 
 
 @dataclass(frozen=True)
 class QuarantineListing:
+    """The newest quarantined rows of the table (``rows``, newest first) and how many there are in all."""
+
     table: str
     total: int
     rows: list[q.QuarantinedRow]
 
     def to_dict(self) -> dict[str, object]:
+        """``{"table", "total", "rows"}`` (``callvault quarantine list --json``)."""
         return {"table": self.table, "total": self.total, "rows": [r.to_dict() for r in self.rows]}
 
 
 def quarantine_list(settings: Settings, limit: int = 50) -> QuarantineListing:
-    """``callvault quarantine list``: the newest quarantined rows and how many there are."""
+    """``callvault quarantine list``: the newest quarantined rows and how many there are.
+
+    :param limit: at most this many rows.
+    """
     with connect(settings) as conn:
         return QuarantineListing(settings.qualified, q.count(conn, settings), q.list_rows(conn, settings, limit))
 
 
 def quarantine_replay(settings: Settings, ids: list[int] | None = None, *, assume_utc: bool = False) -> q.ReplayReport:
-    """``callvault quarantine replay``: validate again, land the good rows exactly once."""
+    """``callvault quarantine replay``: validate again, land the good rows exactly once.
+
+    One transaction: the good rows are inserted (duplicates ignored) and leave the quarantine; the
+    others stay, with the reason.
+
+    :param ids: replay only these quarantine ids; default the oldest rows, up to the replay limit.
+    :param assume_utc: read naive timestamps as UTC this time (as ``Writer(assume_utc=True)``).
+    """
     with connect(settings) as conn:
         report = q.replay(conn, settings, ids=ids or None, assume_utc=assume_utc)
         conn.commit()
@@ -143,17 +246,34 @@ def quarantine_replay(settings: Settings, ids: list[int] | None = None, *, assum
 
 @dataclass(frozen=True)
 class Policies:
+    """Archive retention: the table's default keep period and per-tenant overrides (tenant UUID to
+    keep period), as text such as ``1 year``."""
+
     default: str
     tenants: dict[str, str]
 
     def to_dict(self) -> dict[str, object]:
+        """``{"default", "tenants"}`` (``callvault archive policy --json``)."""
         return {"default": self.default, "tenants": self.tenants}
 
 
 def archive_policy(
     settings: Settings, *, keep: str | None = None, clear: bool = False, tenant: str | None = None
 ) -> Policies:
-    """``callvault archive policy``: set (``keep``), remove (``clear``) or show archive retention."""
+    """``callvault archive policy``: set (``keep``), remove (``clear``) or show archive retention.
+
+    :param keep: keep archived data this long, e.g. ``7 years`` (see :meth:`callvault.plan.Retention.parse`).
+    :param clear: remove the policy, so the default (or :data:`callvault.archive.prune.DEFAULT_KEEP`) applies.
+    :param tenant: a tenant UUID to set or clear an override for; default the table's default.
+    :return: the policies after the change.
+    :raises InvalidSetting: both ``keep`` and ``clear``, a ``keep`` that is not a retention, or a tenant
+        that is not a UUID (exit code 2).
+
+    Example:
+
+        commands.archive_policy(settings, keep="7 years", tenant=str(tenant_id))   # a HIPAA tenant
+        commands.archive_policy(settings).to_dict()   # {"default": "1 year", "tenants": {"<uuid>": "7 years"}}
+    """
     from callvault.archive import prune as pr
     from callvault.archive.journal import ensure_tables
 

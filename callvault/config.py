@@ -98,11 +98,18 @@ class Roles:
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Roles:
+        """The four roles named ``<prefix>_owner``, ``<prefix>_ingest``, ``<prefix>_app`` and
+        ``<prefix>_tenant_writer``.
+
+        :raises InvalidSetting: an empty prefix, or one that makes a name Postgres would refuse or
+            truncate (see :func:`check_identifier`) or that starts with ``pg_``.
+        """
         if not prefix:
             raise InvalidSetting("role prefix must not be empty; e.g. --role-prefix callvault")
         return cls(**{kind: prefix + suffix for kind, suffix in ROLE_SUFFIXES.items()})
 
     def as_dict(self) -> dict[str, str]:
+        """``{"owner": ..., "ingest": ..., "app": ..., "tenant_writer": ...}``: kind to role name."""
         return {"owner": self.owner, "ingest": self.ingest, "app": self.app, "tenant_writer": self.tenant_writer}
 
     @property
@@ -147,6 +154,8 @@ class Settings:
         return f"{self.schema}.{self.table}"
 
     def with_(self, **changes: object) -> Settings:
+        """A copy with the given fields changed (validated again), e.g.
+        ``settings.with_(start_embedded=False)``."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
@@ -224,6 +233,9 @@ class Loaded:
 
     @property
     def server(self) -> str:
+        """Where the database comes from: ``dsn``, ``libpq environment`` (``PGHOST``, ...),
+        ``embedded`` (the CLI's default) or ``none`` (connecting will raise an error naming
+        ``CALLVAULT_DSN``)."""
         if self.settings.dsn is not None:
             return "libpq environment" if self.settings.dsn == "" else "dsn"
         return "embedded" if self.settings.embedded else "none"
@@ -273,7 +285,25 @@ def load(
     """Resolve every setting: ``flags`` (non-None values) > ``environ`` (default ``os.environ``) >
     the config file > defaults. ``embedded_default``: with no server configured anywhere, use the
     embedded cluster (the CLI) instead of failing on first connect (the library). ``extra`` are
-    Settings fields the loader does not resolve (lifecycle, default_partition, start_embedded)."""
+    Settings fields the loader does not resolve (lifecycle, default_partition, start_embedded).
+
+    :param flags: setting key (``dsn``, ``schema``, ``table``, ``lock_timeout_ms``, ...: the keys of
+        :data:`OPTIONS`) to value; ``None`` values count as not given.
+    :param environ: the environment to read ``CALLVAULT_*`` and libpq's ``PG*`` variables from.
+    :param config_file: the ``callvault.toml`` to read; default ``$CALLVAULT_CONFIG``, else
+        ``./callvault.toml`` when it exists, else none.
+    :return: the :class:`Settings` and, per setting, its value and source (what ``callvault config
+        show`` prints).
+    :raises InvalidSetting: an unknown key in ``flags`` or the file, a config file that is missing,
+        unreadable or not TOML, a value of the wrong type, or a setting :class:`Settings` refuses
+        (CLI exit code 2).
+
+    Example:
+
+        loaded = load({"table": "calls"}, environ={"CALLVAULT_DSN": "postgresql://app@db/calls"})
+        loaded.settings.qualified      # 'public.calls'
+        loaded.sources["dsn"]          # 'env CALLVAULT_DSN'
+    """
     env = os.environ if environ is None else environ
     given = {k: v for k, v in (flags or {}).items() if v is not None}
     unknown = sorted(set(given) - set(OPTION_KEYS))
@@ -326,7 +356,20 @@ def load(
 
 
 def from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-    """Settings from the one loader (:func:`load`), with non-None keyword overrides as flags."""
+    """Settings from the one loader (:func:`load`), with non-None keyword overrides as flags.
+
+    Overrides named like a setting (``dsn``, ``table``, ...) win over the environment and the config
+    file; other :class:`Settings` fields (``lifecycle``, ``roles``, ``default_partition``,
+    ``start_embedded``) are set as given. With no server configured the settings have no DSN and
+    connecting raises an error naming ``CALLVAULT_DSN`` (``from_env().with_(embedded=True)`` asks for
+    the embedded cluster).
+
+    :raises InvalidSetting: as :func:`load`.
+
+    Example:
+
+        settings = from_env(dsn="postgresql://owner@db/calls", lifecycle=lifecycle_from("daily", 7, "30 days"))
+    """
     flags = {k: v for k, v in overrides.items() if k in OPTION_KEYS}
     extra = {k: v for k, v in overrides.items() if k not in OPTION_KEYS and v is not None}
     roles = extra.pop("roles", None)

@@ -60,6 +60,8 @@ SERVER_SETTINGS: dict[str, str] = {
 
 
 def default_home() -> Path:
+    """Where the embedded cluster lives: ``$CALLVAULT_HOME``, else ``/var/lib/callvault`` for root, else
+    ``$XDG_DATA_HOME/callvault`` (default ``~/.local/share/callvault``)."""
     if os.environ.get("CALLVAULT_HOME"):
         return Path(os.environ["CALLVAULT_HOME"])
     if os.geteuid() == 0:
@@ -70,6 +72,9 @@ def default_home() -> Path:
 
 @dataclass
 class ClusterState:
+    """What ``cluster.json`` records about a created cluster: its port, superuser password, server
+    binaries and major version, the OS user the server runs as, and the superuser and database names."""
+
     port: int
     password: str
     bindir: str
@@ -81,6 +86,9 @@ class ClusterState:
 
 @dataclass(frozen=True)
 class ClusterStatus:
+    """What ``callvault dev status`` shows: where the cluster lives, whether it is initialised and
+    running, its port, OS user, DSN (password included) and log file, and ``state`` in words."""
+
     home: str
     data_dir: str
     initialised: bool
@@ -256,13 +264,21 @@ class Cluster:
         os.replace(tmp, self.state_file)
 
     def data_dir(self, major: int) -> Path:
+        """The data directory for PostgreSQL ``major``: ``<home>/pg<major>``."""
         return self.home / f"pg{major}"
 
     def log_file(self, major: int) -> Path:
+        """The server's log file in the data directory of ``major``."""
         return self.data_dir(major) / "server.log"
 
     # -- public API ------------------------------------------------------------------------
     def dsn(self, database: str | None = None) -> str:
+        """The URL to connect to ``database`` (default ``callvault``) as the cluster's superuser; does
+        not start anything.
+
+        :raises EmbeddedError: the cluster was never created here (run ``callvault dev up``), or its
+            ``cluster.json`` is corrupt (exit code 70).
+        """
         state = self._state()
         if state is None:
             raise EmbeddedError(f"no embedded cluster at {self.home}: run `callvault dev up`")
@@ -270,6 +286,11 @@ class Cluster:
         return f"postgresql://{state.superuser}:{state.password}@127.0.0.1:{state.port}/{db}"
 
     def status(self) -> ClusterStatus:
+        """Whether the cluster is created and running, and where; changes nothing.
+
+        :raises EmbeddedError: no PostgreSQL server binaries are installed and the cluster was never
+            created, or ``cluster.json`` is corrupt (exit code 70).
+        """
         state = self._state()
         major = state.major if state else _pgbin.server_major(_pgbin.find_bindir())
         running = state is not None and self._running(state)
@@ -330,7 +351,16 @@ class Cluster:
         return local and info.port == state.port
 
     def up(self, port: int | None = None) -> str:
-        """Create (once) and start the cluster; return its DSN. ``port`` pins the port."""
+        """Create (once) and start the cluster; return its DSN. ``port`` pins the port.
+
+        :raises EmbeddedError: no server binaries, ``initdb`` or the start failed, or the cluster already
+            runs on another port than ``port`` (exit code 70).
+
+        Example:
+
+            dsn = Cluster().up()            # postgresql://callvault:...@127.0.0.1:<port>/callvault
+            settings = Settings(dsn=dsn)
+        """
         state = self._state() or self._create(port)
         if self._running(state):
             if port is not None and port != state.port:

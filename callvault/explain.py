@@ -43,6 +43,10 @@ class NotPruned(CallvaultError):
 
 @dataclass
 class ExplainReport:
+    """What EXPLAIN says about one query on the managed table: the partitions in its plan
+    (``scanned``) out of ``partitions_total``, the subplans removed at executor start, the plan's text,
+    and the verdict (:attr:`pruning`, :attr:`problem`)."""
+
     table: str
     partitions_total: int
     scanned: list[str]
@@ -53,6 +57,8 @@ class ExplainReport:
 
     @property
     def pruning(self) -> str:
+        """When partitions were pruned: ``plan-time``, ``executor-start`` ("Subplans Removed"),
+        ``none``, or ``not-applicable`` (the plan reads no partition and the query does not read the table)."""
         if self.subplans_removed:
             return "executor-start"
         if self.scanned and len(self.scanned) < self.partitions_total:
@@ -63,6 +69,8 @@ class ExplainReport:
 
     @property
     def problem(self) -> str | None:
+        """Why the query fails the check (it scans every partition, or more than ``max_partitions``),
+        with the fix; ``None`` when it passes. ``callvault explain`` exits 4 (:class:`NotPruned`) on one."""
         n, total = len(self.scanned), self.partitions_total
         if n and total > 1 and n >= total:
             return (
@@ -74,6 +82,7 @@ class ExplainReport:
         return None
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault explain --json``), with ``ok`` and ``problem``."""
         return {
             "table": self.table, "partitions_total": self.partitions_total, "partitions_scanned": len(self.scanned),
             "scanned": self.scanned, "subplans_removed": self.subplans_removed, "pruning": self.pruning,
@@ -269,6 +278,21 @@ def explain(
     Raises InvalidSetting (one line, saying how) for a query :func:`prepare` refuses or the server
     rejects, NotInitialised when the table does not exist or has no partitions, NotPruned never (the
     caller decides from ``report.problem``).
+
+    :param params: one text value per placeholder, bound server-side (Postgres casts them).
+    :param analyze: run ``EXPLAIN ANALYZE``: the query is executed, in a transaction always rolled back.
+    :param max_partitions: a query whose plan keeps more partitions than this fails the check.
+    :raises InvalidSetting: the query is refused before it is sent, the server rejects it (syntax, a
+        value that does not fit), or it neither names the table nor reads a partition of it (exit code 2).
+    :raises NotInitialised: the table does not exist or has no partitions (exit code 66).
+    :raises DatabaseUnavailable: the connection failed while explaining (exit code 69).
+
+    Example:
+
+        window = ["2026-05-04T00:00:00Z", "2026-05-11T00:00:00Z"]
+        sql = "SELECT count(*) FROM call_logs WHERE started_at >= $1 AND started_at < $2"
+        report = explain(conn, settings, sql, window)
+        report.scanned, report.pruning, report.problem      # ['call_logs_p2026w19'], 'plan-time', None
     """
     prepared = prepare(query, params or ())
     if not catalog.table_exists(conn, settings):

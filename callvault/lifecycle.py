@@ -44,6 +44,11 @@ class Interval(enum.StrEnum):
 
     @classmethod
     def parse(cls, text: str) -> Interval:
+        """The interval ``text`` names, case and spacing ignored: ``daily``/``weekly``/``monthly``,
+        pg_partman 5.x's ``1 day``/``1 week``/``1 month``, or the bare unit (``day``, ``week``, ``month``).
+
+        :raises InvalidSetting: any other text (CLI exit code 2).
+        """
         key = " ".join(text.lower().split())
         for member in cls:
             if key in (member.value, member.partman_5x(), _UNIT[member]):
@@ -75,12 +80,15 @@ class Interval(enum.StrEnum):
             raise InvalidSetting(f"{moved} is outside years 1-9999: use a date in range") from None
 
     def partman_4x(self) -> str:
+        """The ``p_interval`` pg_partman 4.x takes: ``daily``, ``weekly`` or ``monthly``."""
         return self.value
 
     def partman_5x(self) -> str:
+        """The ``p_interval`` pg_partman 5.x takes: ``1 day``, ``1 week`` or ``1 month``."""
         return f"1 {_UNIT[self]}"
 
     def pg_interval(self) -> str:
+        """The width as a Postgres interval literal (``1 day``, ``1 week``, ``1 month``)."""
         return self.partman_5x()
 
     def suffix(self, start: datetime) -> str:
@@ -148,6 +156,14 @@ class Retention:
 
     @classmethod
     def parse(cls, text: str) -> Retention:
+        """The retention ``text`` names: a sum of ``<n> <unit>`` terms, units ``d``/``day(s)``,
+        ``w``/``wk(s)``/``week(s)``, ``mon(s)``/``month(s)``, ``y``/``yr(s)``/``year(s)`` (commas
+        allowed), e.g. ``Retention.parse("1 year 6 months") == Retention(months=18, days=0)``. Keeping
+        data forever is ``None`` for the caller to choose (:func:`callvault.config.lifecycle_from` maps
+        ``none`` to it).
+
+        :raises InvalidSetting: an unknown unit, leftover text, a total of zero or over 1000 years.
+        """
         body = " ".join(text.lower().replace(",", " ").split())
         terms = _RETENTION_TERM.findall(body)
         leftover = _RETENTION_TERM.sub("", body).strip()

@@ -31,6 +31,10 @@ WORKER_SLACK = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class PartitionStatus:
+    """One partition in ``callvault status``: its bounds (``None`` for a default partition), the
+    planner's row estimate, its size on disk, and where it sits relative to now (``state``: ``past``,
+    ``current``, ``future`` or ``default``)."""
+
     name: str
     start: datetime | None
     end: datetime | None
@@ -39,6 +43,7 @@ class PartitionStatus:
     state: str  # past | current | future | default
 
     def to_dict(self) -> dict[str, object]:
+        """The partition as JSON-ready values (``from``/``to`` in ISO 8601)."""
         return {
             "name": self.name, "from": _iso(self.start), "to": _iso(self.end),
             "rows_estimate": self.rows_estimate, "bytes": self.bytes, "state": self.state,
@@ -47,6 +52,12 @@ class PartitionStatus:
 
 @dataclass
 class Status:
+    """Everything ``callvault status`` shows for one table, read at ``now`` (the server's clock):
+    pg_partman's lifecycle config, the attached partitions, rows in a default partition, detached
+    partitions awaiting the archive, the last maintenance run, the archive journal, interrupted detaches,
+    the worker's heartbeat, tenant-isolation leaks, the planner's gaps and expected horizon, and the
+    health verdicts (``problems``: one line each, with the fix; empty when healthy)."""
+
     table: str
     now: datetime
     partman_version: str
@@ -70,31 +81,38 @@ class Status:
 
     @property
     def ranged(self) -> list[PartitionStatus]:
+        """The partitions with a range (every one but a default partition)."""
         return [p for p in self.partitions if p.state != "default"]
 
     @property
     def premake_horizon(self) -> datetime | None:
+        """The end of the newest partition: rows starting before it have somewhere to go."""
         ends = [p.end for p in self.ranged if p.end is not None]
         return max(ends) if ends else None
 
     @property
     def oldest(self) -> datetime | None:
+        """The start of the oldest ranged partition, or ``None`` when there is none."""
         starts = [p.start for p in self.ranged if p.start is not None]
         return min(starts) if starts else None
 
     @property
     def retention_cutoff(self) -> datetime | None:
+        """``now - retention``: partitions ending before it are due to be retired (``None``: kept forever)."""
         return self.config.retention.cutoff(self.now) if self.config.retention else None
 
     @property
     def total_bytes(self) -> int:
+        """The size on disk of all attached partitions."""
         return sum(p.bytes for p in self.partitions)
 
     @property
     def total_rows_estimate(self) -> int:
+        """The planner's row estimates of all attached partitions, summed (unknown counts as 0)."""
         return sum(p.rows_estimate or 0 for p in self.partitions)
 
     def to_dict(self) -> dict[str, object]:
+        """The status as JSON-ready values (``callvault status --json``), with ``healthy`` and ``problems``."""
         return {
             "table": self.table,
             "now": _iso(self.now),
@@ -129,6 +147,7 @@ def _iso(ts: datetime | None) -> str | None:
 
 
 def classify(info: PartitionInfo, now: datetime) -> str:
+    """``default``, ``past`` (ends at or before ``now``), ``future`` (starts after it) or ``current``."""
     if info.is_default:
         return "default"
     if info.end is not None and info.end <= now:
@@ -149,6 +168,20 @@ def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
 
 
 def collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Status:
+    """Read the table's status on ``conn`` and judge its health (read only; ``callvault status`` and
+    ``health``).
+
+    :param now: the moment to judge at; default the database server's clock.
+    :raises NotInitialised: pg_partman is not installed or does not manage the table (exit code 66).
+    :raises EmbeddedError: reading failed on an embedded Postgres that runs older binaries than the
+        installed ones and needs a restart (exit code 70).
+
+    Example:
+
+        with connect(settings) as conn:
+            status = collect(conn, settings)
+        print(status.premake_horizon, status.problems)
+    """
     restart = embedded.restart_needed(conn)
     if restart is None:
         return _collect(conn, settings, now)

@@ -101,13 +101,16 @@ class Plan:
 
     @property
     def is_empty(self) -> bool:
+        """Nothing to create or retire, and no rows in a default partition."""
         return not self.create and not self.retire and self.default_rows == 0
 
     @property
     def gaps(self) -> tuple[PartitionRange, ...]:
+        """The partitions to create that only ``callvault maintain`` fills (``by == "callvault"``)."""
         return tuple(r for r in self.create if r.by == BY_CALLVAULT)
 
     def to_dict(self) -> dict[str, object]:
+        """The plan as JSON-ready values (``callvault plan --json``); times are ISO 8601, UTC as ``Z``."""
         return {
             "at": _iso(self.at),
             "table": self.table,
@@ -126,6 +129,8 @@ class Plan:
         }
 
     def describe(self) -> list[str]:
+        """One line per partition to create or retire (or one saying there is nothing to do), then the
+        warnings: what ``callvault plan`` prints."""
         lines = [
             f"create {r.name} {_span(r.start, r.end)}" + (" \u2014 fills a gap" if r.by == BY_CALLVAULT else "")
             for r in self.create

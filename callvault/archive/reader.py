@@ -60,7 +60,25 @@ def _period_name(keys: list[str]) -> str:
 
 
 def query(sql_text: str, *, settings: Settings | None = None, store_url: str | None = None) -> Any:
-    """Run ``sql_text`` in DuckDB with the archive as a table named after the hot table; a pyarrow Table."""
+    """Run ``sql_text`` in DuckDB with the archive as a table named after the hot table; a pyarrow Table.
+
+    The table has the hot table's columns plus the period column from the layout (``week``, ``day``
+    or ``month``, a DATE); filters on it and on ``started_at`` skip files and row groups. Session time
+    zone is UTC. Read only: nothing is restored, the database is not touched.
+
+    :param sql_text: one DuckDB statement; a statement without a result gives an empty table.
+    :param settings: which table's archive (default :func:`callvault.config.from_env`).
+    :param store_url: the archive store, ``s3://bucket/prefix`` or ``file:///dir`` (default the
+        configured ``archive_url``, or the embedded home's archive when no DSN is set).
+    :raises InvalidSetting: DuckDB refused the statement, or no store is configured (exit code 2).
+    :raises StoreUnavailable: a store named explicitly does not exist or cannot be read (exit code 69).
+
+    Example:
+
+        weekly = query("SELECT week, count(*) AS calls FROM call_logs GROUP BY 1 ORDER BY 1",
+                       settings=settings, store_url="s3://calls-archive/prod")
+        weekly.to_pylist()      # [{'week': datetime.date(2024, 3, 4), 'calls': 1200}, ...]
+    """
     import duckdb
 
     settings = settings or from_env()
@@ -91,7 +109,29 @@ def read_calls(
     store_url: str | None = None,
     columns: list[str] | None = None,
 ) -> Any:
-    """All archived calls of one tenant with ``start <= started_at < end`` as a pyarrow Table."""
+    """All archived calls of one tenant with ``start <= started_at < end`` as a pyarrow Table.
+
+    Only that tenant's objects of the periods overlapping the window are listed and read. With all
+    columns the rows are sorted by ``started_at``, then ``id``; no match gives an empty table with the
+    archive's columns.
+
+    :param tenant_id: the tenant's UUID (a ``uuid.UUID`` or its text).
+    :param start: inclusive lower bound; must be timezone-aware.
+    :param end: exclusive upper bound; must be timezone-aware and after ``start``.
+    :param columns: read only these columns (unsorted then); default all.
+    :param settings: which table's archive (default :func:`callvault.config.from_env`).
+    :param store_url: the archive store (default as for :func:`query`).
+    :raises InvalidSetting: a naive or empty window, a tenant that is not a UUID, or no store configured
+        (exit code 2).
+    :raises StoreUnavailable: the store cannot be reached or read (exit code 69).
+    :raises CallvaultError: an archive object's path has a malformed period.
+
+    Example:
+
+        calls = read_calls(tenant, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC),
+                           settings=settings, store_url="s3://calls-archive/prod")
+        calls.num_rows, calls.column("call_id")
+    """
     import pyarrow.dataset as ds
 
     settings = settings or from_env()
