@@ -4,7 +4,9 @@ on stderr and the error's exit code (see docs/cli.md for the table)."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -14,7 +16,7 @@ from psycopg import sql
 from rich.console import Console
 from rich.markup import escape
 
-from callvault import bootstrap, catalog, commands, config, db, demo, monitor, render, schedule, tenancy
+from callvault import bootstrap, catalog, commands, config, db, demo, logs, monitor, render, schedule, tenancy
 from callvault import maintain as maintenance
 from callvault.db import connect
 from callvault.embedded import Cluster
@@ -28,12 +30,20 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
+_log = logs.get_logger("cli")
+
+
 class Cli(click.Group):
     """Errors become one line and an exit code (callvault.failure); ``--debug`` shows the traceback.
-    Usage errors (unknown option, bad value) are one line too, naming the command's --help."""
+    Usage errors (unknown option, bad value) are one line too, naming the command's --help.
+    Logging (``-v``/``-q``, set up by ``main``) is undone on the way out, for in-process callers."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
+        with logs.scoped():
+            return self._main(*args, **kwargs)
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
@@ -49,6 +59,23 @@ class Cli(click.Group):
             sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; with ``-v``, an INFO line on ``callvault.cli`` says how it ended and how long it took."""
+        t0 = time.perf_counter()
+        code: object = 0
+        try:
+            return self._invoke(ctx)
+        except SystemExit as exc:
+            code = exc.code
+            raise
+        except BaseException:
+            code = None  # --debug: the traceback follows
+            raise
+        finally:
+            if ctx.invoked_subcommand:
+                logs.event(_log, logging.INFO, "command finished", command=ctx.invoked_subcommand, exit=code,
+                           seconds=time.perf_counter() - t0)  # fmt: skip
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -157,9 +184,17 @@ def emit(data: object) -> None:
 @click.option("--config", "config_file", default=None, metavar="FILE",
               help="A callvault.toml [CALLVAULT_CONFIG; default: ./callvault.toml when it exists].")  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
-def main(dsn: str | None, schema: str | None, table: str | None, as_json: bool, config_file: str | None,
-         debug: bool) -> None:  # fmt: skip
+@click.option("-v", "--verbose", count=True,
+              help="Log to stderr: -v what was done (INFO), -vv details (DEBUG). Default: warnings.")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only (the command's own output is unchanged).")
+@click.pass_context
+def main(ctx: click.Context, dsn: str | None, schema: str | None, table: str | None, as_json: bool,
+         config_file: str | None, debug: bool, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Keep AI voice-agent call logs in partitioned Postgres, fast for years."""
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet cannot be used together", ctx=ctx)
+    # the worker writes JSON lines on stderr: log records join them as {"event": "log", ...} lines
+    logs.configure(-1 if quiet else verbose, json_lines=ctx.invoked_subcommand == "worker")
 
 
 @main.group(name="config")

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
 from callvault.locks import LOCK_NAMESPACE
+from callvault.logs import event, get_logger
 from callvault.partman import PartmanInfo
 from callvault.plan import Plan, build_plan
 
@@ -46,6 +48,8 @@ PARTMAN_BUSY = "already running"
 # pg_partman 4.7/5.x take these transaction-level advisory locks (single bigint key, hashtext of the
 # text) in run_maintenance() and drop_partition_time(); holding them makes both skip with a notice.
 PARTMAN_LOCKS = ("pg_partman run_maintenance", "pg_partman drop_partition_time")
+
+log = get_logger("maintain")
 
 
 @dataclass
@@ -102,10 +106,18 @@ def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) 
     )
 
 
-def retry_locks(work: Callable[[], None], what: str, blockers: Callable[[], str] | None = None) -> int:
+def retry_locks(
+    work: Callable[[], None],
+    what: str,
+    blockers: Callable[[], str] | None = None,
+    *,
+    logger: logging.Logger | None = None,
+) -> int:
     """Run ``work``; on a lock timeout wait and try again (``RETRIES`` times). Returns the attempts used.
 
-    Giving up raises :class:`Blocked` (exit 75) naming the sessions ``blockers`` describes."""
+    Giving up raises :class:`Blocked` (exit 75) naming the sessions ``blockers`` describes. Each retry
+    and the giving up are WARNINGs on ``logger`` (default ``callvault.maintain``)."""
+    logger = logger or log
     delay = BACKOFF_S
     for attempt in range(1, RETRIES + 1):
         try:
@@ -125,11 +137,15 @@ def retry_locks(work: Callable[[], None], what: str, blockers: Callable[[], str]
                 raise
             if attempt == RETRIES:
                 who = blockers() if blockers else ""
+                event(logger, logging.WARNING, "lock budget exhausted, giving up", what=what, attempts=attempt,
+                      holders=who.strip(" ()") or None)  # fmt: skip
                 raise Blocked(
                     f"{what} gave up after {RETRIES} tries: another session held a lock longer than the lock "
                     f"budget each time{who}. End that session's transaction, or raise CALLVAULT_LOCK_TIMEOUT_MS; "
                     "the next run retries"
                 ) from None
+            event(logger, logging.WARNING, "lock timeout, retrying", what=what, attempt=attempt, of=RETRIES,
+                  wait_s=delay)  # fmt: skip
             time.sleep(delay)
             delay *= 2
     return RETRIES
@@ -155,10 +171,12 @@ def lock_holders(conn: Conn, relation: sql.Composable) -> str:
 
 
 @contextmanager
-def table_lock(conn: Conn, settings: Settings, what: str) -> Iterator[None]:
+def table_lock(conn: Conn, settings: Settings, what: str, *, logger: logging.Logger | None = None) -> Iterator[None]:
     """Hold the right to attach/detach/drop partitions of the table: callvault's per-table lock and
     pg_partman's retention locks (session level, so DDL inside may commit). Waits under the lock
-    budget (``lock_timeout`` of ``conn``) with retries; :class:`Blocked` when it cannot have them."""
+    budget (``lock_timeout`` of ``conn``) with retries; :class:`Blocked` when it cannot have them.
+    Waits are logged on ``logger`` (default ``callvault.maintain``)."""
+    logger = logger or log
     key = locks.key(conn, settings)
     held: list[str] = []
 
@@ -182,7 +200,10 @@ def table_lock(conn: Conn, settings: Settings, what: str) -> Iterator[None]:
                 release()
             raise
 
-    retry_locks(take, f"{what} (waiting for maintenance of {settings.qualified} to finish)")
+    t0 = time.perf_counter()
+    tries = retry_locks(take, f"{what} (waiting for maintenance of {settings.qualified} to finish)", logger=logger)
+    event(logger, logging.DEBUG, "table lock held", table=settings.qualified, what=what, attempts=tries,
+          waited_s=time.perf_counter() - t0)  # fmt: skip
     try:
         yield
     finally:
@@ -194,10 +215,12 @@ def _run(conn: Conn, stmt: sql.Composed) -> None:
     conn.execute(stmt)
 
 
-def finalize_pending(conn: Conn, settings: Settings) -> list[str]:
+def finalize_pending(conn: Conn, settings: Settings, *, logger: logging.Logger | None = None) -> list[str]:
     """Finish every interrupted ``DETACH ... CONCURRENTLY`` of the table (``FINALIZE``), under the lock
     budget with retries. Returns the partitions finished; :class:`Blocked` names who kept one pending.
-    The caller holds :func:`table_lock`."""
+    The caller holds :func:`table_lock`. Each one finished is an INFO on ``logger`` (default
+    ``callvault.maintain``)."""
+    logger = logger or log
     done = []
     parent = sql.Identifier(settings.schema, settings.table)
     for name in catalog.pending_detach(conn, settings):
@@ -207,7 +230,9 @@ def finalize_pending(conn: Conn, settings: Settings) -> list[str]:
             lambda stmt=stmt: _run(conn, stmt),  # type: ignore[misc]
             f"finishing the interrupted detach of {name}",
             lambda child=child: lock_holders(conn, child),  # type: ignore[misc]
+            logger=logger,
         )
+        event(logger, logging.INFO, "finished an interrupted detach", partition=name)
         done.append(name)
     return done
 
@@ -253,6 +278,18 @@ def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
     )
 
 
+def _log_result(report: MaintenanceReport) -> None:
+    event(log, logging.INFO, "maintenance done", table=report.table, at=report.at, created=report.created,
+          detached=report.detached, dropped=report.dropped, finalized=report.finalized,
+          secured=len(report.secured), attempts=report.attempts, seconds=report.seconds,
+          blocked=report.blocked is not None)  # fmt: skip
+    if report.secured:
+        event(log, logging.DEBUG, "tenant isolation repaired", table=report.table, repairs=report.secured)
+    if report.unsecured:
+        event(log, logging.WARNING, "tenant isolation repairs failed; the next run retries", table=report.table,
+              failed=report.unsecured)  # fmt: skip
+
+
 def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = False) -> MaintenanceReport:
     """Run maintenance once and report what changed."""
     report = MaintenanceReport(table=settings.qualified, at=at)
@@ -268,6 +305,8 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             "maintenance is already running for this table in another session; try again later",
             wait=wait,
         )
+        event(log, logging.DEBUG, "maintenance lock held", table=report.table, at=at, wait=wait,
+              waited_s=time.perf_counter() - t0)  # fmt: skip
         try:
             conn.add_notice_handler(lambda d: busy.append(d.message_primary or ""))
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
@@ -276,6 +315,8 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
                 report.finalized = finalize_pending(conn, settings)
             except Blocked as exc:
                 report.blocked = str(exc)  # premake anyway; retention waits for the next run
+                event(log, logging.WARNING, "retention blocked by a pending detach; premaking only",
+                      table=report.table, reason=report.blocked)  # fmt: skip
             retention = report.blocked is None
             report.attempts = retry_locks(
                 lambda: _apply(conn, settings, pm, at, retention), f"maintenance on {report.table}"
@@ -292,6 +333,7 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
             _log(conn, report, started)
         finally:
             locks.release(conn, key)
+    _log_result(report)
     if report.blocked:
         made = f"created {len(report.created)} partition(s); " if report.created else ""
         raise Blocked(f"{made}retention did not run: {report.blocked}")

@@ -20,6 +20,7 @@ nothing left to detach.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import time
@@ -48,6 +49,7 @@ from callvault.errors import (
     InvalidSetting,
     StoreUnavailable,
 )
+from callvault.logs import event, get_logger
 from callvault.maintain import (
     current_plan,
     finalize_pending,
@@ -57,6 +59,8 @@ from callvault.maintain import (
     table_lock,
 )
 from callvault.plan import Interval
+
+log = get_logger("archive")
 
 
 @dataclass
@@ -180,12 +184,14 @@ def step_detach(ctx: _Ctx, job: Job) -> None:
                 "callvault can archive; remove its journal row once you have checked"
             )
 
-    with table_lock(ctx.conn, ctx.settings, f"detaching {job.partition}"):
-        finalize_pending(ctx.conn, ctx.settings)
+    with table_lock(ctx.conn, ctx.settings, f"detaching {job.partition}", logger=log):
+        finalize_pending(ctx.conn, ctx.settings, logger=log)
         if journal.relation_state(ctx.conn, ctx.settings, job.partition) == "attached":
-            retry_locks(attempt, f"detaching {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
+            retry_locks(
+                attempt, f"detaching {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)), logger=log
+            )
         # a lock timeout in the second phase of DETACH CONCURRENTLY leaves it pending: finish it now
-        finalize_pending(ctx.conn, ctx.settings)
+        finalize_pending(ctx.conn, ctx.settings, logger=log)
         if journal.relation_state(ctx.conn, ctx.settings, job.partition) == "missing":
             raise CallvaultError(
                 f"partition {job.partition} disappeared before it was archived (dropped by hand?): nothing "
@@ -210,6 +216,7 @@ def _merge_previous(ctx: _Ctx, job: Job) -> None:
     previous = Manifest.from_json(ctx.store.get_bytes(key)) if ctx.store.head(key) is not None else None
     if previous is None:
         job.state = {**job.state, "merged": [], "kept": {}}
+        event(log, logging.DEBUG, "no earlier archive of the period", partition=job.partition)
         return
     from callvault.archive.load import insert_from_stage, stage
 
@@ -229,6 +236,9 @@ def _merge_previous(ctx: _Ctx, job: Job) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     job.fmt, job.state = merged.fmt, merged.state  # only once committed
+    event(log, logging.INFO, "re-archive: merged the earlier archive of the period", partition=job.partition,
+          merged_tenants=len(merge), kept_tenants=len(kept), format=job.fmt)  # fmt: skip
+    event(log, logging.DEBUG, "re-archive tenants", partition=job.partition, merged=merge, kept=sorted(kept))
 
 
 def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
@@ -325,7 +335,11 @@ def step_verify(ctx: _Ctx, job: Job) -> None:
     for tenant, entry in manifest.tenants.items():
         if not entry.pruned_at:
             prefix = layout.period_prefix(ctx.tdir, tenant, ctx.interval, job.start)
-            ctx.store.sweep(prefix, {o.key for o in entry.objects})
+            gone = ctx.store.sweep(prefix, {o.key for o in entry.objects})
+            if gone:
+                event(log, logging.INFO, "swept store objects no manifest lists", partition=job.partition,
+                      tenant=tenant, objects=len(gone))  # fmt: skip
+                event(log, logging.DEBUG, "swept store objects", partition=job.partition, keys=gone)
 
 
 def step_drop(ctx: _Ctx, job: Job) -> None:
@@ -347,8 +361,8 @@ def step_drop(ctx: _Ctx, job: Job) -> None:
             job.step = "dropped"
             journal.save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
 
-    with table_lock(ctx.conn, ctx.settings, f"dropping {job.partition}"):
-        retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)))
+    with table_lock(ctx.conn, ctx.settings, f"dropping {job.partition}", logger=log):
+        retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)), logger=log)
     shutil.rmtree(ctx.job_spool(job), ignore_errors=True)
 
 
@@ -416,20 +430,30 @@ STEP_TABLE: dict[str, Step] = {
 def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
     result = PartitionResult(job.partition, job.start, job.end, job.step, job.step)
     t_all = time.perf_counter()
+    if job.step != "pending":
+        event(log, logging.INFO, "archive resuming", partition=job.partition, step=job.step)
     while job.step != "dropped":
         step = STEP_TABLE.get(job.step)
         if step is None:
             raise CallvaultError(f"archive journal of {job.partition} has an unknown step {job.step!r}")
+        before = job.step  # the drop step records "dropped" itself, in the DROP's transaction
+        event(log, logging.DEBUG, "archive step starting", partition=job.partition, step=before)
         t0 = time.perf_counter()
         try:
             rows, size = step.run(ctx, job)
         except _Redo as redo:
+            event(log, logging.WARNING, "archive step input gone, going back", partition=job.partition,
+                  step=job.step, back_to=redo.step)  # fmt: skip
             job.step = redo.step
             continue
         job.step = step.next
         if job.step != "dropped":
             journal.save(ctx.conn, ctx.settings, job)
-        journal.log(ctx.conn, ctx.settings, job, job.step, time.perf_counter() - t0, rows, size)
+        took = time.perf_counter() - t0
+        journal.log(ctx.conn, ctx.settings, job, job.step, took, rows, size)
+        counts = {k: v for k, v in (("rows", rows), ("bytes", size)) if v is not None}
+        event(log, logging.INFO, "archive step", partition=job.partition, **{"from": before, "to": job.step},
+              seconds=took, **counts)  # fmt: skip
         if rows is not None:
             result.rows = rows
         if job.step == "exported":
@@ -437,6 +461,8 @@ def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
         result.step_after = job.step
         fault_point(step.fault)
     result.seconds = time.perf_counter() - t_all
+    event(log, logging.INFO, "archived", partition=job.partition, rows=result.rows, bytes=result.bytes,
+          seconds=result.seconds)  # fmt: skip
     return result
 
 
@@ -461,10 +487,13 @@ def archive(
         pm = require_partman(conn, settings)
         ensure_tables(conn)
         jobs = candidates(conn, settings, when, store.url, fmt)
+        event(log, logging.DEBUG, "archive candidates", table=settings.qualified, at=when, store=store.url,
+              partitions=[f"{j.partition}@{j.step}" for j in jobs], dry_run=dry_run)  # fmt: skip
         if dry_run:
             report.partitions = [PartitionResult(j.partition, j.start, j.end, j.step, "dropped") for j in jobs]
             return report
         if not jobs:
+            event(log, logging.DEBUG, "nothing to archive", table=settings.qualified, at=when)
             return report
         store.check()  # unreachable store or bad credentials: stop before anything is detached
         where = spool or (Path(settings.spool) if settings.spool else default_spool())
@@ -475,6 +504,7 @@ def archive(
             "archive",
             f"an archive run for {settings.qualified} is already in progress; try again later",
         )
+        t_run = time.perf_counter()
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             config = current_plan(conn, settings, pm, when)
@@ -483,6 +513,8 @@ def archive(
             blocked: str | None = None
             for job in jobs:
                 if should_stop():
+                    event(log, logging.INFO, "archive stopping on request", table=settings.qualified,
+                          left=len(jobs) - len(report.partitions))  # fmt: skip
                     break
                 if (job.store_url != store.url or job.fmt != fmt) and "merged" not in job.state:
                     if job.step not in ("pending", "detached"):
@@ -490,9 +522,14 @@ def archive(
                             f"{job.partition} is half-way into {job.store_url} ({job.fmt}); finish it with "
                             f"--to {job.store_url} --format {job.fmt}"
                         )
+                    event(log, logging.DEBUG, "archive target changed before export", partition=job.partition,
+                          store=store.url, format=fmt)  # fmt: skip
                     job.store_url, job.fmt = store.url, fmt
                 if blocked and job.step == "pending":  # a detach that cannot finish blocks every detach
                     err = f"not detached: {blocked}"
+                    event(
+                        log, logging.WARNING, "archive skipped: an earlier detach is blocked", partition=job.partition
+                    )
                     report.partitions.append(
                         PartitionResult(job.partition, job.start, job.end, job.step, job.step, error=err, exit_code=75)
                     )
@@ -501,6 +538,7 @@ def archive(
                     report.partitions.append(_advance(ctx, job))
                 except (CallvaultError, psycopg.Error) as exc:
                     code, msg = _failure(exc, job)
+                    _log_failure(exc, job, code, msg)
                     res = PartitionResult(job.partition, job.start, job.end, job.step, job.step, error=msg,
                                           exit_code=code)  # fmt: skip
                     report.partitions.append(res)
@@ -514,7 +552,22 @@ def archive(
                         break  # the store is gone: the next partitions would fail the same way
         finally:
             locks.release(conn, key)
+        done = sum(1 for p in report.partitions if p.step_after == "dropped")
+        event(log, logging.INFO, "archive run done", table=settings.qualified, partitions=len(report.partitions),
+              archived=done, failed=len(report.failed), seconds=time.perf_counter() - t_run)  # fmt: skip
     return report
+
+
+def _log_failure(exc: Exception, job: Job, code: int, msg: str) -> None:
+    """Verify failures and locks held past the budget are WARNINGs (the partition is kept and the next
+    run retries them); anything else is an ERROR."""
+    if isinstance(exc, ArchiveVerifyFailed):
+        what, level = "archive verify failed, partition kept", logging.WARNING
+    elif code == 75:
+        what, level = "archive blocked, partition kept", logging.WARNING
+    else:
+        what, level = "archive step failed", logging.ERROR
+    event(log, level, what, partition=job.partition, step=job.step, exit_code=code, error=msg)
 
 
 def _failure(exc: Exception, job: Job) -> tuple[int, str]:
@@ -536,11 +589,13 @@ def _failure(exc: Exception, job: Job) -> tuple[int, str]:
 def _sweep_spool(ctx: _Ctx, jobs: list[Job]) -> None:
     """Remove what killed runs left in the spool: work directories of dead processes, and exported
     files of this table's partitions that no unfinished journal entry points at."""
-    for kind in ("verify", "merge", "restore"):
-        private.sweep(ctx.spool, kind)
+    removed = [p.name for kind in ("verify", "merge", "restore") for p in private.sweep(ctx.spool, kind)]
     table_spool = ctx.table_spool
     if table_spool.is_dir():
         live = {j.partition for j in jobs}
         for entry in table_spool.iterdir():
             if entry.name not in live:
                 shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+    if removed:
+        event(log, logging.INFO, "swept spool leftovers of earlier runs", spool=ctx.spool, removed=sorted(removed))

@@ -10,6 +10,7 @@ record of what was archived and when it was deleted (no call content is in it).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,11 +25,14 @@ from callvault.archive.store import open_store
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
 from callvault.errors import InvalidSetting
+from callvault.logs import event, get_logger
 from callvault.plan import Retention
 
 DEFAULT_KEEP = Retention(months=12, days=0)  # one year in the archive unless a policy says otherwise
 
 _POLICY = sql.Identifier(META_SCHEMA, "archive_policy")
+
+log = get_logger("prune")
 
 
 @dataclass
@@ -61,6 +65,8 @@ def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None
             ).format(_POLICY),
             (settings.qualified, _tenant(tenant) if tenant else None, ret.to_pg()),
         )
+    event(log, logging.INFO, "archive policy set", table=settings.qualified, tenant=tenant or "default",
+          keep=ret.to_pg())  # fmt: skip
 
 
 def clear_policy(settings: Settings, tenant: str | None = None) -> None:
@@ -70,6 +76,7 @@ def clear_policy(settings: Settings, tenant: str | None = None) -> None:
             sql.SQL("DELETE FROM {} WHERE parent_table = %s AND tenant_id IS NOT DISTINCT FROM %s").format(_POLICY),
             (settings.qualified, _tenant(tenant) if tenant else None),
         )
+    event(log, logging.INFO, "archive policy cleared", table=settings.qualified, tenant=tenant or "default")
 
 
 def policies(conn: Conn, settings: Settings) -> tuple[Retention, dict[str, Retention]]:
@@ -112,7 +119,10 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
         report = PruneReport(store=store.url, at=now, dry_run=dry_run)
         ensure_tables(conn)
         default, per = policies(conn, settings)
+    event(log, logging.DEBUG, "archive policies", table=settings.qualified, at=now, default=default.to_pg(),
+          overrides=len(per), dry_run=dry_run)  # fmt: skip
     tdir = layout.table_dir(settings.schema, settings.table)
+    objects = 0
     for obj in list(store.iter_objects(layout.manifests_prefix(tdir))):
         if not obj.key.endswith(".json"):
             continue
@@ -129,9 +139,14 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
                     "rows": entry.fingerprint.rows,
                 }
             )
+            objects += len(entry.objects)
             if dry_run:
+                event(log, logging.INFO, "would prune", tenant=tenant, period=manifest.period,
+                      objects=len(entry.objects), rows=entry.fingerprint.rows)  # fmt: skip
                 continue
             store.delete([o.key for o in entry.objects])
+            event(log, logging.INFO, "pruned", tenant=tenant, period=manifest.period, objects=len(entry.objects),
+                  rows=entry.fingerprint.rows)  # fmt: skip
             changed[tenant] = TenantEntry(entry.fingerprint, entry.objects, pruned_at=now.isoformat())
         if changed != manifest.tenants and not dry_run:
             updated = Manifest(
@@ -140,4 +155,7 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
                 created_at=manifest.created_at, schema_version=manifest.schema_version,
             )  # fmt: skip
             store.put_bytes(obj.key, updated.to_json())
+            event(log, logging.DEBUG, "manifest updated", key=obj.key)
+    event(log, logging.INFO, "prune done", table=settings.qualified, store=store.url, dry_run=dry_run,
+          tenant_periods=len(report.deleted), objects=objects)  # fmt: skip
     return report

@@ -15,7 +15,9 @@ must equal the manifest's; otherwise the transaction is rolled back.
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,9 +37,12 @@ from callvault.archive.store import Store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
 from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
+from callvault.logs import event, get_logger
 from callvault.maintain import require_partman
 from callvault.plan import Interval
 from callvault.tenancy.facts import side_mark
+
+log = get_logger("restore")
 
 
 @dataclass
@@ -72,7 +77,10 @@ def _work_dir() -> Iterator[Path]:
     """A private directory in the archive spool for downloaded objects; a killed restore's is removed
     by the next run (see :mod:`callvault.private`)."""
     spool = private.private_dir(default_spool(), f"archive spool directory (set {SPOOL_ENV} to move it)")
-    private.sweep(spool, "restore")
+    swept = private.sweep(spool, "restore")
+    if swept:
+        event(log, logging.INFO, "swept work directories of killed restores", spool=spool,
+              removed=sorted(p.name for p in swept))  # fmt: skip
     work = private.work_dir(spool, "restore")
     try:
         yield work
@@ -89,6 +97,7 @@ def restore(
     store_url: str | None = None,
 ) -> RestoreReport:
     """Restore the archived partition containing ``period`` (optionally one tenant) and verify it."""
+    t0 = time.perf_counter()
     store = read_store(settings, store_url)
     if tenant is not None:
         try:
@@ -110,12 +119,17 @@ def restore(
         hot = into is None or into == settings.table
         name = manifest.partition if hot else check_identifier(str(into), "--into table")
         report = RestoreReport(period=start.date(), target=f"{settings.schema}.{settings.table if hot else name}")
+        event(log, logging.INFO, "restore starting", partition=manifest.partition, period=report.period,
+              target=report.target, tenants=len(tenants), store=store.url)  # fmt: skip
         parent = sql.Identifier(settings.schema, settings.table)
         target = sql.Identifier(settings.schema, name)
         with conn.transaction(), _work_dir() as tmp:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
             stage(conn, store, manifest, tenants, Path(tmp))
+            event(log, logging.DEBUG, "restore staged", partition=manifest.partition, tenants=tenants,
+                  rows=sum(live[t].fingerprint.rows for t in tenants))  # fmt: skip
             state = relation_state(conn, settings, name)
+            event(log, logging.DEBUG, "restore target", target=report.target, hot=hot, state=state)
             if hot and state in ("detached", "pending"):
                 raise CallvaultError(
                     f"{name} still exists (detached, waiting to be archived): its rows were never dropped; "
@@ -172,12 +186,19 @@ def restore(
                 rows = conn.execute(layout.pg_fingerprint_sql(check_target, where)).fetchall()
                 got = Fingerprint(int(rows[0][1]), str(rows[0][2]), rows[0][3], rows[0][4]) if rows else None
                 if got != live[t].fingerprint:
+                    event(log, logging.WARNING, "restore verify failed, rolled back", partition=manifest.partition,
+                          tenant=t, rows=got.rows if got else 0, expected=live[t].fingerprint.rows)  # fmt: skip
                     raise ArchiveVerifyFailed(
                         f"restored rows of tenant {t} do not match the manifest of {manifest.partition} "
                         f"({got.rows if got else 0} rows vs {live[t].fingerprint.rows}); the target already held "
                         "other rows in that range, or the archive is damaged. Nothing was restored"
                     )
                 report.tenants[t] = got.rows
+                event(log, logging.DEBUG, "restore verified", partition=manifest.partition, tenant=t, rows=got.rows)
+    event(log, logging.INFO, "restored", partition=manifest.partition, period=report.period, target=report.target,
+          tenants=len(report.tenants), rows=sum(report.tenants.values()), inserted=report.inserted,
+          already_present=report.already_present, attached=report.attached,
+          seconds=time.perf_counter() - t0)  # fmt: skip
     return report
 
 
