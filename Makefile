@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit system-deps venv docs clean
+.PHONY: demo test lint unit system-deps venv docs clean sync-twins
 
 demo: system-deps $(STAMP)
 	$(BIN)/callvault dev up
@@ -22,8 +22,16 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" tests/test_plan.py tests/test_archive_layout.py tests/test_tenancy_rules.py
 
+# docs/cli.md (committed) and the HTML API reference in docs/api/ (generated, not committed; see docs/api.md).
+# The reference is pdoc over tests/test_api_reference.py's PUBLIC_MODULES; any pdoc warning fails the build.
 docs: $(STAMP)
 	$(BIN)/python -m callvault.clidoc > docs/cli.md
+	rm -rf docs/api
+	$(BIN)/python tests/test_api_reference.py docs/api
+
+# The sync twins are generated from their asyncio sources (tests/test_twins.py checks they are current).
+sync-twins: $(STAMP)
+	$(BIN)/python scripts/async_to_sync.py callvault/ingest/_async_io.py > callvault/ingest/_sync_io.py
 
 system-deps:
 	@scripts/install-system-deps.sh

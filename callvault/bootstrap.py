@@ -43,6 +43,8 @@ FROM pg_partitioned_table p WHERE p.partrelid = %s::regclass
 
 @dataclass(frozen=True)
 class Step:
+    """One DDL step of ``init``: what it does, the statement, and the fix when it can fail on what exists."""
+
     what: str
     statement: sql.Composed
     fix: str | None = None  # when the statement can fail on what exists: what to do (init then names the step)
@@ -50,11 +52,18 @@ class Step:
 
 @dataclass
 class InitReport:
+    """What ``init`` did: the steps it ran (none when already initialised) and isolation repairs."""
+
     steps: list[Step] = field(default_factory=list)
     secured: list[str] = field(default_factory=list)  # partition repairs (tenant policy, grants, owner)
 
+    def to_dict(self) -> dict[str, object]:
+        """The report as ``callvault init --json`` prints it."""
+        return {"changed": self.changed, "steps": [s.what for s in self.steps], "secured": self.secured}
+
     @property
     def changed(self) -> bool:
+        """Whether init changed anything."""
         return bool(self.steps or self.secured)
 
 
@@ -66,6 +75,7 @@ def first_partition_start(settings: Settings, now: datetime) -> datetime:
 
 
 def check_shape(conn: Conn, settings: Settings) -> None:
+    """SchemaMismatch (exit 65) naming every difference when the table exists with another shape."""
     reg = catalog.parent_regclass(settings)
     actual = {name: (typ, notnull) for name, typ, notnull in conn.execute(SHAPE_SQL, (reg,)).fetchall()}
     key = conn.execute(PARTKEY_SQL, (reg,)).fetchone()

@@ -328,6 +328,7 @@ def load(
             values[o.key], sources[o.key] = _coerce(o, doc[o.key], f"config file {path}"), f"file {path}"
         else:
             values[o.key], sources[o.key] = o.default, "default"
+    embedded_default = embedded_default or bool(extra.pop("embedded", False))  # Settings(embedded=True) wording
     embedded = False
     if values["dsn"] is None:
         libpq = [v for v in LIBPQ_ENV if env.get(v)]

@@ -54,6 +54,9 @@ log = get_logger("maintain")
 
 @dataclass
 class MaintenanceReport:
+    """What one maintenance run changed: partitions created, detached and dropped (names), tenant
+    isolation repaired, interrupted detaches finished, and how long it took."""
+
     table: str
     at: datetime | None
     created: list[str] = field(default_factory=list)
@@ -68,9 +71,11 @@ class MaintenanceReport:
 
     @property
     def changed(self) -> bool:
+        """Whether the run created, detached, dropped, repaired or finished anything."""
         return bool(self.created or self.detached or self.dropped or self.secured or self.finalized)
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault maintain --json``)."""
         return {
             "table": self.table, "at": self.at.isoformat() if self.at else None,
             "created": self.created, "detached": self.detached, "dropped": self.dropped,
@@ -81,6 +86,11 @@ class MaintenanceReport:
 
 
 def require_partman(conn: Conn, settings: Settings) -> PartmanInfo:
+    """The installed pg_partman, once it manages the table.
+
+    :raises NotInitialised: pg_partman is not installed in this database, or does not manage the
+        table: run ``callvault init`` first (exit code 66).
+    """
     pm = partman.installed(conn)
     if pm is None or partman.read_config(conn, settings, pm) is None:
         raise NotInitialised(
@@ -291,7 +301,24 @@ def _log_result(report: MaintenanceReport) -> None:
 
 
 def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = False) -> MaintenanceReport:
-    """Run maintenance once and report what changed."""
+    """Run maintenance once and report what changed (``callvault maintain``), on a fresh autocommit
+    connection closed afterwards.
+
+    :param at: apply the planner's view of that moment (create up to its horizon, retire what is past
+        retention then) instead of pg_partman's ``run_maintenance()`` at the server's now.
+    :param wait: queue behind a concurrent run instead of failing.
+    :raises NotInitialised: the table is not managed by pg_partman yet (exit code 66).
+    :raises AlreadyRunning: another run holds the table's lock (and ``wait`` is false), or pg_partman's
+        own maintenance is running (exit code 75).
+    :raises Blocked: a lock was held past the lock budget on every retry, or a pending detach could not be
+        finished; partitions were still premade, retention waits for the next run (exit code 75).
+    :raises DatabaseUnavailable: the database cannot be reached (exit code 69).
+
+    Example:
+
+        report = maintain(settings)
+        print(report.created, report.detached, report.dropped)
+    """
     report = MaintenanceReport(table=settings.qualified, at=at)
     t0 = time.perf_counter()
     busy: list[str] = []

@@ -111,6 +111,7 @@ class DayStat:
 
 # -- pure: windows and cursors --------------------------------------------------------------------
 def max_window_of(settings: Settings) -> timedelta:
+    """The widest read window a Reader accepts by default: the table's hot retention."""
     retention = settings.lifecycle.retention or DEFAULT_RETENTION
     now = datetime.now(UTC)
     return now - retention.cutoff(now)
@@ -156,17 +157,20 @@ def call_value(call_id: UUID | str) -> str:
 
 
 def check_limit(limit: int) -> int:
+    """``limit`` when it is 1..MAX_LIMIT; InvalidSetting otherwise."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidSetting(f"limit={limit} must be between 1 and {MAX_LIMIT}")
     return limit
 
 
 def encode_cursor(started_at: datetime, row_id: int) -> str:
+    """The opaque ``next_cursor`` of a page ending at (started_at, id)."""
     raw = json.dumps([started_at.astimezone(UTC).isoformat(), row_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """(started_at, id) of a cursor callvault returned; InvalidSetting for anything else."""
     try:
         ts, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(ts), int(row_id)
@@ -203,6 +207,7 @@ def get_call_sql(settings: Settings, *, pinned: bool) -> sql.Composed:
 
 
 def count_sql(settings: Settings) -> sql.Composed:
+    """A tenant's calls in [since, until), counted (pruned by the bounds)."""
     return sql.SQL(
         "SELECT count(*) FROM {t} WHERE tenant_id = %(tenant)s AND started_at >= %(since)s AND started_at < %(until)s"
     ).format(t=_table(settings))

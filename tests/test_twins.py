@@ -199,3 +199,36 @@ def test_writers_fail_alike_on_bad_targets(dsn: str, kind: str) -> None:
             _writer(kind, twin, target)
         assert type(info.value).__name__ == error, (target, info.value)
     twin.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_quarantine_is_logged_and_handed_to_on_quarantine_alike(
+    ready: str, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from callvault.ingest._batch import QuarantineEvent
+
+    twin = Twin(kind)
+    secret = "the caller said their card number is 4111"
+    calls = make_calls(20, tenants=2)
+    bad = [
+        dict(calls[0], call_id=uuid4(), transcript=secret, started_at=calls[0]["started_at"].replace(tzinfo=None)),
+        dict(calls[1], call_id=uuid4(), tenant_id="nope", transcript=secret),
+    ]
+    seen: list[QuarantineEvent] = []
+    w = Writer(ready, on_quarantine=seen.extend) if kind == "sync" else AsyncWriter(ready, on_quarantine=seen.extend)
+    if kind == "async":
+        twin(w.open())
+    with caplog.at_level(logging.DEBUG, logger="callvault"):
+        twin(w.write_many(calls + bad))
+        twin(w.flush())
+        twin(w.close())
+    twin.close()
+    assert sorted((e.tenant_id, e.call_id) for e in seen) == sorted(
+        (str(b["tenant_id"]), str(b["call_id"])) for b in bad
+    )
+    assert all(e.reason for e in seen)
+    records = [r for r in caplog.records if r.name == "callvault.ingest"]
+    assert any(r.levelno == logging.WARNING and "quarantined rows=2" in r.getMessage() for r in records)
+    assert all(secret not in r.getMessage() for r in caplog.records), "transcripts are never logged"

@@ -65,6 +65,9 @@ log = get_logger("archive")
 
 @dataclass
 class PartitionResult:
+    """One partition in an archive run: the journal step it started at and reached (``dropped`` when
+    done), rows and exported bytes, time taken, and on failure the message and exit code."""
+
     partition: str
     start: datetime
     end: datetime
@@ -77,6 +80,7 @@ class PartitionResult:
     exit_code: int = 0
 
     def to_dict(self) -> dict[str, object]:
+        """The result as JSON-ready values (one entry of ``callvault archive --json``)."""
         return {
             "partition": self.partition, "from": self.start.isoformat(), "to": self.end.isoformat(),
             "step_before": self.step_before, "step_after": self.step_after, "rows": self.rows,
@@ -86,6 +90,8 @@ class PartitionResult:
 
 @dataclass
 class ArchiveReport:
+    """What one archive run did to each partition past retention (with ``dry_run``: what it would do)."""
+
     table: str
     store: str
     fmt: str
@@ -94,9 +100,11 @@ class ArchiveReport:
 
     @property
     def failed(self) -> list[PartitionResult]:
+        """The partitions that stopped with an error (kept in the database; the next run resumes them)."""
         return [p for p in self.partitions if p.error]
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault archive --json``)."""
         return {
             "table": self.table, "store": self.store, "format": self.fmt, "dry_run": self.dry_run,
             "partitions": [p.to_dict() for p in self.partitions],
@@ -242,6 +250,8 @@ def _merge_previous(ctx: _Ctx, job: Job) -> None:
 
 
 def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
+    """Export the detached table to the spool, one file set per tenant, and record the source
+    fingerprints; returns (rows, bytes). A spool that cannot be written is :class:`StoreUnavailable`."""
     _merge_previous(ctx, job)
     source = _source_fingerprints(ctx, job)
     base = ctx.job_spool(job)
@@ -305,6 +315,8 @@ def _manifest(ctx: _Ctx, job: Job) -> Manifest:
 
 
 def step_upload(ctx: _Ctx, job: Job) -> int:
+    """Upload the exported objects not already in the store (same size and SHA-256), then the
+    manifest; returns the bytes sent."""
     manifest = _manifest(ctx, job)
     sent = 0
     for tenant, entry in sorted(manifest.tenants.items()):
@@ -324,6 +336,8 @@ def step_upload(ctx: _Ctx, job: Job) -> int:
 
 
 def step_verify(ctx: _Ctx, job: Job) -> None:
+    """Read the objects back and check them against the manifest (:class:`ArchiveVerifyFailed` if not),
+    then remove objects of the period the manifest does not list."""
     manifest = _manifest(ctx, job)
     work = private.work_dir(ctx.spool, "verify")
     try:
@@ -343,6 +357,8 @@ def step_verify(ctx: _Ctx, job: Job) -> None:
 
 
 def step_drop(ctx: _Ctx, job: Job) -> None:
+    """Drop the detached table under the table lock, if it still holds exactly the rows archived
+    (:class:`ArchiveVerifyFailed` if not: it is kept and archived again)."""
     expected = sum(int(fp["rows"]) for fp in job.state["source"].values())
 
     def attempt() -> None:
@@ -412,6 +428,8 @@ def _run_drop(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
 
 @dataclass(frozen=True)
 class Step:
+    """One transition of the journal's step machine: what runs, the step it leads to, its fault point."""
+
     run: Callable[[_Ctx, Job], tuple[int | None, int | None]]  # -> (rows, bytes) when it knows them
     next: str
     fault: str  # FAULT_POINTS name fired right after the step
@@ -476,7 +494,31 @@ def archive(
     spool: Path | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> ArchiveReport:
-    """Archive every partition past retention at ``at`` (default now); see the module docstring."""
+    """Archive every partition past retention at ``at`` (default now); see the module docstring.
+
+    A partition that fails stays in the database and is reported in ``partitions`` with its ``error``
+    and ``exit_code``; the run goes on with the next one (it stops when the store or the database is
+    gone). The next run resumes each partition from its journal step.
+
+    :param store_url: the archive store, ``s3://bucket/prefix`` or ``file:///dir`` (default the
+        configured ``archive_url``, or the embedded home's archive when no DSN is set).
+    :param fmt: ``parquet`` or ``csv``.
+    :param dry_run: list the partitions that would be archived; change nothing.
+    :param spool: local directory for exported files (default ``settings.spool``, else
+        ``$CALLVAULT_ARCHIVE_SPOOL``, else one in the temporary directory).
+    :param should_stop: asked before each partition; true ends the run early (the worker's shutdown).
+    :raises InvalidSetting: an unknown format, no store configured, or a partition half-way into another
+        store or format (exit code 2).
+    :raises NotInitialised: the table is not managed by pg_partman (exit code 66).
+    :raises StoreUnavailable: the store cannot be reached or written before anything starts (exit code 69).
+    :raises AlreadyRunning: another archive run holds the table's archive lock (exit code 75).
+
+    Example:
+
+        report = archive(settings, store_url="s3://calls-archive/prod")
+        for p in report.partitions:
+            print(p.partition, p.step_after, p.error)
+    """
     if fmt not in layout.FORMATS:
         raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
     url = store_url or default_store_url(settings)

@@ -37,12 +37,16 @@ log = get_logger("prune")
 
 @dataclass
 class PruneReport:
+    """What one prune deleted (or, with ``dry_run``, would delete): one entry per tenant and period,
+    with its object and row counts, judged at ``at``."""
+
     store: str
     at: datetime
     dry_run: bool
     deleted: list[dict[str, object]] = field(default_factory=list)  # tenant, period, objects, rows
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault archive prune --json``)."""
         return {"store": self.store, "at": self.at.isoformat(), "dry_run": self.dry_run, "deleted": self.deleted}
 
 
@@ -54,7 +58,11 @@ def _tenant(value: str) -> str:
 
 
 def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None:
-    """Keep archived data of ``tenant`` (None: the table default) for ``keep`` (e.g. '7 years')."""
+    """Keep archived data of ``tenant`` (None: the table default) for ``keep`` (e.g. '7 years').
+
+    :raises InvalidSetting: ``keep`` is not a retention (see :meth:`callvault.plan.Retention.parse`) or
+        ``tenant`` is not a UUID (exit code 2).
+    """
     ret = Retention.parse(keep)
     with connect(settings, autocommit=True) as conn:
         ensure_tables(conn)
@@ -70,6 +78,11 @@ def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None
 
 
 def clear_policy(settings: Settings, tenant: str | None = None) -> None:
+    """Remove the keep period of ``tenant`` (None: the table default, which falls back to
+    :data:`DEFAULT_KEEP`); removing one that is not set does nothing.
+
+    :raises InvalidSetting: ``tenant`` is not a UUID (exit code 2).
+    """
     with connect(settings, autocommit=True) as conn:
         ensure_tables(conn)
         conn.execute(
@@ -112,7 +125,15 @@ def expires(ret: Retention, period_end: datetime) -> datetime:
 
 def prune(settings: Settings, *, store_url: str | None = None, at: datetime | None = None,
           dry_run: bool = False) -> PruneReport:  # fmt: skip
-    """Delete archived objects whose tenant's keep period is over; record it in the manifests."""
+    """Delete archived objects whose tenant's keep period is over; record it in the manifests.
+
+    :param store_url: the archive store (default the configured one; a store that does not exist yet
+        has nothing to prune).
+    :param at: judge expiry at this moment instead of the database server's now.
+    :param dry_run: report what would be deleted, delete nothing.
+    :raises InvalidSetting: no store is configured (exit code 2).
+    :raises StoreUnavailable: the store cannot be reached, read or written (exit code 69).
+    """
     store = open_store(store_url or default_store_url(settings))  # none yet: nothing to prune
     with connect(settings, autocommit=True) as conn:
         now = at or server_now(conn)

@@ -47,6 +47,9 @@ log = get_logger("restore")
 
 @dataclass
 class RestoreReport:
+    """What one restore did: the period (its first day), the target table, rows verified per tenant,
+    whether a new partition was attached, rows added and rows the target already held."""
+
     period: date
     target: str
     tenants: dict[str, int] = field(default_factory=dict)  # tenant -> rows verified in the target
@@ -55,6 +58,7 @@ class RestoreReport:
     already_present: int = 0  # archived rows the target held already (ON CONFLICT DO NOTHING)
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault restore --json``)."""
         return {
             "period": self.period.isoformat(), "target": self.target, "tenants": self.tenants,
             "rows": sum(self.tenants.values()), "attached_partition": self.attached,
@@ -63,6 +67,11 @@ class RestoreReport:
 
 
 def load_manifest(store: Store, settings: Settings, interval: Interval, start: datetime) -> Manifest:
+    """The manifest of the archived partition that starts at ``start``.
+
+    :raises CallvaultError: the store holds no archive of that period.
+    :raises StoreUnavailable: the store cannot be read (exit code 69).
+    """
     key = layout.manifest_key(layout.table_dir(settings.schema, settings.table), interval, start)
     if store.head(key) is None:
         raise CallvaultError(
@@ -96,7 +105,31 @@ def restore(
     into: str | None = None,
     store_url: str | None = None,
 ) -> RestoreReport:
-    """Restore the archived partition containing ``period`` (optionally one tenant) and verify it."""
+    """Restore the archived partition containing ``period`` (optionally one tenant) and verify it.
+
+    One transaction: the rows are staged from the store, inserted (``ON CONFLICT DO NOTHING``), and
+    each tenant's rows in the target must match the manifest's fingerprint, or nothing is kept.
+
+    :param period: any day in the period; the table's interval (from pg_partman) gives the partition.
+    :param tenant: restore only this tenant's rows (a UUID); default every tenant in the archive.
+    :param into: a side table in the table's schema (created if missing, shaped like the hot table);
+        default (or the hot table's own name) the hot table: the partition is recreated and attached
+        when it is gone, else the rows are added to it.
+    :param store_url: the archive store (default the configured ``archive_url``).
+    :raises InvalidSetting: ``tenant`` is not a UUID, ``into`` is not a usable table name, or no store is
+        configured (exit code 2).
+    :raises NotInitialised: the table is not managed by pg_partman (exit code 66).
+    :raises ArchiveVerifyFailed: the restored rows do not match the manifest; nothing was restored (exit
+        code 65).
+    :raises StoreUnavailable: the store cannot be reached or read (exit code 69).
+    :raises CallvaultError: no archive of that period, the tenant has no rows in it (or they were
+        pruned), the partition still exists detached, or its range overlaps existing partitions.
+
+    Example:
+
+        report = restore(settings, date(2024, 3, 4), tenant=str(tenant), into="investigation")
+        report.tenants          # {'<tenant uuid>': 1200}: rows verified in public.investigation
+    """
     t0 = time.perf_counter()
     store = read_store(settings, store_url)
     if tenant is not None:
@@ -203,6 +236,11 @@ def restore(
 
 
 def list_archived(settings: Settings, store_url: str | None = None) -> list[Manifest]:
+    """The manifests of every archived partition of the table, oldest first (``callvault archive list``).
+
+    :raises InvalidSetting: no store is configured (exit code 2).
+    :raises StoreUnavailable: the store cannot be reached, or a manifest cannot be read (exit code 69).
+    """
     store = read_store(settings, store_url)
     prefix = layout.manifests_prefix(layout.table_dir(settings.schema, settings.table))
     out = []

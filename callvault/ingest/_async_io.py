@@ -82,7 +82,7 @@ async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.Flush
         if b.needs_fallback(exc):
             return None
         raise
-    return b.FlushResult(written=len(batch.rows), quarantined=len(batch.rejected), batches=1)
+    return b.FlushResult(written=len(batch.rows), quarantined=len(batch.rejected), batches=1, rejected=batch.rejected)
 
 
 async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
@@ -95,7 +95,9 @@ async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load
         written, refused = await merge_rows(conn, settings, rows)
         rejected += refused
         await _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
-    return b.idempotent_result(rows, written, len(refused), len(rejected))
+    result = b.idempotent_result(rows, written, len(refused), len(rejected))
+    result.rejected = rejected
+    return result
 
 
 async def write_batch(conn: AConn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
@@ -108,5 +110,5 @@ async def write_batch(conn: AConn, settings: Settings, batch: b.Batch, load_rang
     if not batch.rows:
         async with conn.transaction():
             await _quarantine(conn, settings, batch.rejected, dedupe=batch.idempotent)
-        return b.FlushResult(quarantined=len(batch.rejected), batches=1)
+        return b.FlushResult(quarantined=len(batch.rejected), batches=1, rejected=batch.rejected)
     return await write_idempotent(conn, settings, batch, load_range)

@@ -6,6 +6,8 @@ Nothing here does I/O. The two writers differ only in how they wait (threads vs 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,7 @@ from callvault.config import META_SCHEMA, Settings
 from callvault.errors import WriterError
 from callvault.ingest import rawform
 from callvault.ingest.validate import COLUMNS, PG_TYPES, LiveRange, Rejected, Row
+from callvault.logs import event, get_logger
 
 STAGE = "_callvault_stage"
 DURABLE = sql.SQL(
@@ -69,20 +72,79 @@ class FlushResult:
     batches: int = 0
     fallbacks: int = 0  # batches that needed the idempotent staging path
     retries: int = 0  # batches re-sent after a connection failure
+    # the rows this batch quarantined (not summed by add(); the writers hand them to logging and on_quarantine)
+    rejected: list[Rejected] = field(default_factory=list, compare=False, repr=False)
 
     _FIELDS = ("written", "duplicates", "quarantined", "batches", "fallbacks", "retries")
 
     def add(self, other: FlushResult) -> None:
+        """Add ``other``'s counts to these (in place)."""
         for name in self._FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def minus(self, other: FlushResult) -> FlushResult:
-        return FlushResult(*(getattr(self, n) - getattr(other, n) for n in self._FIELDS))
+        """These counts less ``other``'s (a new result)."""
+        return FlushResult(**{n: getattr(self, n) - getattr(other, n) for n in self._FIELDS})
 
     def copy(self) -> FlushResult:
+        """A copy of the counts."""
         out = FlushResult()
         out.add(self)
         return out
+
+
+@dataclass(frozen=True)
+class QuarantineEvent:
+    """One row the writer set aside, as ``on_quarantine`` receives it: who and why, never the content
+    (no transcript, no metadata). ``tenant_id``/``call_id`` are the producer's values as text (``None``
+    when the row had none); the row itself is in ``callvault.quarantine`` (see ``quarantine list``)."""
+
+    tenant_id: str | None
+    call_id: str | None
+    reason: str
+
+
+def quarantine_events(rejected: list[Rejected]) -> list[QuarantineEvent]:
+    """The events of quarantined rows (pure)."""
+    out = []
+    for r in rejected:
+        raw = r.raw
+        if isinstance(raw, dict):
+            tid, cid = raw.get("tenant_id"), raw.get("call_id")
+        else:
+            tid, cid = getattr(raw, "tenant_id", None), getattr(raw, "call_id", None)
+        out.append(QuarantineEvent(None if tid is None else str(tid)[:64], None if cid is None else str(cid)[:64],
+                                   r.reason))  # fmt: skip
+    return out
+
+
+log = get_logger("ingest")
+
+
+def after_batch(result: FlushResult, on_quarantine: Callable[[list[QuarantineEvent]], None] | None) -> None:
+    """What both writers do once a batch is durable: log it, and hand quarantined rows to the callback
+    (an exception in the callback is logged, never lost into the writer)."""
+    event(log, logging.DEBUG, "batch", written=result.written, duplicates=result.duplicates,
+          quarantined=result.quarantined, fallback=bool(result.fallbacks), retries=result.retries)  # fmt: skip
+    if not result.rejected:
+        return
+    events = quarantine_events(result.rejected)
+    reasons: dict[str, int] = {}
+    for e in events:
+        key = e.reason.split(":")[0][:80]
+        reasons[key] = reasons.get(key, 0) + 1
+    event(
+        log, logging.WARNING, "quarantined", rows=len(events), reasons=sorted(f"{k} x{n}" for k, n in reasons.items())
+    )
+    if on_quarantine is not None:
+        try:
+            on_quarantine(events)
+        except Exception:
+            log.exception("on_quarantine callback failed (the rows are in callvault.quarantine)")
+
+
+def log_retry(exc: BaseException, attempt: int, delay: float) -> None:
+    event(log, logging.WARNING, "retrying batch", attempt=attempt, wait_s=delay, error=str(exc).splitlines()[0][:200])
 
 
 def recheck(batch: Batch, live: LiveRange) -> tuple[list[Row], list[Rejected]]:

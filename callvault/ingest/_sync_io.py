@@ -67,7 +67,7 @@ def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult 
         if b.needs_fallback(exc):
             return None
         raise
-    return b.FlushResult(written=len(batch.rows), quarantined=len(batch.rejected), batches=1)
+    return b.FlushResult(written=len(batch.rows), quarantined=len(batch.rejected), batches=1, rejected=batch.rejected)
 
 
 def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
@@ -80,7 +80,9 @@ def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range:
         written, refused = merge_rows(conn, settings, rows)
         rejected += refused
         _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
-    return b.idempotent_result(rows, written, len(refused), len(rejected))
+    result = b.idempotent_result(rows, written, len(refused), len(rejected))
+    result.rejected = rejected
+    return result
 
 
 def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: RangeLoader) -> b.FlushResult:
@@ -93,5 +95,5 @@ def write_batch(conn: Conn, settings: Settings, batch: b.Batch, load_range: Rang
     if not batch.rows:
         with conn.transaction():
             _quarantine(conn, settings, batch.rejected, dedupe=batch.idempotent)
-        return b.FlushResult(quarantined=len(batch.rejected), batches=1)
+        return b.FlushResult(quarantined=len(batch.rejected), batches=1, rejected=batch.rejected)
     return write_idempotent(conn, settings, batch, load_range)

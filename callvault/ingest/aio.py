@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -68,9 +68,11 @@ class AsyncWriter:
         max_transcript_bytes: int = DEFAULT_MAX_TRANSCRIPT_BYTES,
         assume_utc: bool = False,
         retry_for: float = DEFAULT_RETRY_FOR,
+        on_quarantine: Callable[[list[b.QuarantineEvent]], None] | None = None,
     ) -> None:
         self.settings = as_settings(target)
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
+        self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
         self._pool_arg, self._own_pool = pool, pool is None
         self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
         self._rules = self._base_rules
@@ -85,6 +87,9 @@ class AsyncWriter:
         self._closed = False
 
     async def open(self) -> AsyncWriter:
+        """Connect (probing once: a wrong password or closed port raises at once), check the table is
+        initialised and the role may COPY, start the sender task. ``async with AsyncWriter(...)`` calls
+        it. Raises AuthenticationFailed / DatabaseUnavailable / NotInitialised / WriterError."""
         pool = self._pool_arg
         if pool is None:
             await asyncio.to_thread(probe, resolve_dsn(self.settings))  # wrong password: now, not after 30 s
@@ -118,11 +123,15 @@ class AsyncWriter:
         await self.aclose()
 
     async def write(self, call: CallLike) -> None:
+        """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
+        waits when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
+        writer has failed or is closed."""
         self._check()
         out = validate(call, self._rules)
         await self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
     async def write_many(self, calls: Iterable[CallLike]) -> None:
+        """:meth:`write` for many calls."""
         self._check()
         rows: list[Any] = []
         rejected: list[Rejected] = []
@@ -139,6 +148,8 @@ class AsyncWriter:
             await self._add(rows, rejected)
 
     async def flush(self) -> b.FlushResult:
+        """Send what is buffered and wait until every batch so far is durable; the counts since the
+        last flush (written, duplicates, quarantined...). Raises WriterError (with ``unwritten``)."""
         self._check()
         sealed = self._seal()
         if sealed is not None:
@@ -152,6 +163,7 @@ class AsyncWriter:
 
     @property
     def stats(self) -> b.FlushResult:
+        """Counts since the writer opened (a copy)."""
         return self._total.copy()
 
     async def close(self) -> b.FlushResult:
@@ -260,7 +272,9 @@ class AsyncWriter:
                     return
                 batch.idempotent = True
                 retries += 1
+                b.log_retry(exc, retries, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
+        b.after_batch(result, self._on_quarantine)
         self._total.add(result)

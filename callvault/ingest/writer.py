@@ -15,7 +15,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -132,9 +132,11 @@ class Writer:
         max_transcript_bytes: int = DEFAULT_MAX_TRANSCRIPT_BYTES,
         assume_utc: bool = False,
         retry_for: float = DEFAULT_RETRY_FOR,
+        on_quarantine: Callable[[list[b.QuarantineEvent]], None] | None = None,
     ) -> None:
         self.settings = as_settings(target)
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
+        self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
         self._own_pool = pool is None
         if pool is None:
             probe(resolve_dsn(self.settings))  # a wrong password or closed port: say so now, not after 30 s
@@ -343,8 +345,10 @@ class Writer:
                     return
                 batch.idempotent = True  # the last attempt may have committed: re-send without doubling
                 retries += 1
+                b.log_retry(exc, retries, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
+        b.after_batch(result, self._on_quarantine)
         with self._lock:
             self._total.add(result)

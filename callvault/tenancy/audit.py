@@ -32,6 +32,9 @@ FIX = "run `callvault audit --fix` (every `callvault maintain` does the same)"
 
 @dataclass(frozen=True)
 class Finding:
+    """One verdict of the audit: ``severity`` (leak, error, warning), the relation and role concerned,
+    the problem and its fix."""
+
     severity: str  # leak: some role can read across tenants now; error: a defence is missing; warning
     relation: str | None
     role: str | None
@@ -39,11 +42,14 @@ class Finding:
     fix: str
 
     def to_dict(self) -> dict[str, str | None]:
+        """The finding as JSON-ready values."""
         return dict(self.__dict__)
 
 
 @dataclass
 class AuditReport:
+    """What ``callvault audit`` found (``findings``) and repaired (``repaired``, with ``fix=True``)."""
+
     table: str
     partitions: int
     findings: list[Finding] = field(default_factory=list)
@@ -51,9 +57,11 @@ class AuditReport:
 
     @property
     def failed(self) -> list[Finding]:
+        """The findings that make the audit fail (leaks and errors)."""
         return [f for f in self.findings if f.severity != WARNING]
 
     def to_dict(self) -> dict[str, object]:
+        """The report as the JSON ``callvault audit --json`` prints."""
         return {
             "table": self.table, "partitions_checked": self.partitions, "ok": not self.failed,
             "findings": [f.to_dict() for f in self.findings], "repaired": self.repaired,

@@ -55,6 +55,8 @@ def require_table(conn: Conn, settings: Settings) -> None:
 
 @dataclass
 class SecureResult:
+    """Tenant-isolation repairs: ``done`` (what was fixed) and ``failed`` (``"<what>: <why>"``)."""
+
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "<what>: <why>"; the next run tries again
 

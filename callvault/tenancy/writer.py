@@ -29,6 +29,8 @@ from callvault.tenancy.session import tenant, tenant_value
 
 @dataclass
 class TenantWriteResult:
+    """Counts of one :meth:`TenantWriter.write`: written, duplicates (a retry) and quarantined."""
+
     written: int = 0
     duplicates: int = 0  # already stored (same tenant, call id, started_at): a retry, skipped
     rejected: list[Rejected] = field(default_factory=list)
@@ -47,6 +49,8 @@ class TenantWriter:
         self._limits = (max_transcript_bytes, assume_utc)
 
     def write(self, calls: Iterable[Call | Mapping[str, Any]]) -> TenantWriteResult:
+        """Insert ``calls`` as this writer's tenant, in one transaction, idempotently; a call of another
+        tenant or an invalid one is quarantined, never written."""
         result = TenantWriteResult()
         with tenant(self.conn, self.tenant):
             rules = Rules(*self._limits, LiveRange(catalog.partition_bounds(self.conn, self.settings)))
