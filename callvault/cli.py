@@ -132,7 +132,7 @@ def role_option(f: F) -> F:
 
 
 def store_option(f: F) -> F:
-    return click.option("--to", "store_url", default=None, metavar="URL", callback=_inherit("store_url"),
+    return click.option("--to", "--store-url", "store_url", default=None, metavar="URL", callback=_inherit("store_url"),
                         help="Archive store: s3://bucket/prefix or file:///dir. Default: CALLVAULT_ARCHIVE_URL, or "
                              "<callvault home>/archive with the embedded database.")(f)  # fmt: skip
 
@@ -185,8 +185,9 @@ def emit(data: object) -> None:
               help="A callvault.toml [CALLVAULT_CONFIG; default: ./callvault.toml when it exists].")  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 @click.option("-v", "--verbose", count=True,
-              help="Log to stderr: -v what was done (INFO), -vv details (DEBUG). Default: warnings.")  # fmt: skip
-@click.option("-q", "--quiet", is_flag=True, help="Log errors only (the command's own output is unchanged).")
+              help="Log to stderr: -v what was done and warnings (lock retries...), -vv details. Default: errors "
+                   "only, so a failure is one line.")  # fmt: skip
+@click.option("-q", "--quiet", is_flag=True, help="Log nothing (the command's output and its error line stay).")
 @click.pass_context
 def main(ctx: click.Context, dsn: str | None, schema: str | None, table: str | None, as_json: bool,
          config_file: str | None, debug: bool, verbose: int, quiet: bool) -> None:  # fmt: skip
@@ -675,7 +676,7 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
     from callvault.archive.pipeline import archive
 
     s = settings_of(dsn, schema, table, start_embedded=not dry_run)
-    rep = archive(s, store_url=store_url, fmt=fmt, at=parse_at(at), dry_run=dry_run)
+    rep = archive(s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run)
     if as_json:
         emit(rep.to_dict())
     else:
@@ -763,7 +764,7 @@ def archive_prune(dsn: str | None, schema: str, table: str, store_url: str | Non
 
 @archive_cmd.command(name="policy")
 @target_options
-@click.option("--tenant", default=None, help="Tenant UUID; omit for the table's default.")
+@click.option("--tenant", "--tenant-id", "tenant", default=None, help="Tenant UUID; omit for the table's default.")
 @click.option("--keep", default=None, help="How long to keep archived data, e.g. '7 years', '400 days'.")
 @click.option("--clear", is_flag=True, help="Remove the policy (the tenant falls back to the default).")
 @json_option
@@ -772,7 +773,7 @@ def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None,
     """Show or set archive retention: a table default and per-tenant overrides (e.g. HIPAA: 7 years)."""
 
     s = settings_of(dsn, schema, table)
-    pol = commands.archive_policy(s, keep=keep, clear=clear, tenant=tenant)
+    pol = commands.archive_policy(s, keep=keep, clear=clear, tenant_id=tenant)
     if as_json:
         emit(pol.to_dict())
         return
@@ -786,7 +787,8 @@ def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None,
 @store_option
 @click.option("--week", "--period", "period", required=True, metavar="DATE",
               help="Any date inside the archived partition, e.g. 2026-08-24.")  # fmt: skip
-@click.option("--tenant", default=None, help="Only this tenant (UUID). Default: every tenant of that period.")
+@click.option("--tenant", "--tenant-id", "tenant", default=None,
+              help="Only this tenant (UUID). Default: every tenant of that period.")  # fmt: skip
 @click.option("--into", default=None, metavar="TABLE",
               help="Target: the hot table (default; attaches the partition) or a side table name.")  # fmt: skip
 @json_option
@@ -802,7 +804,7 @@ def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None,
     except ValueError:
         raise InvalidSetting(f"--week {period!r} is not a date; use YYYY-MM-DD") from None
     s = settings_of(dsn, schema, table)
-    rep = restore(s, day, tenant=tenant, into=into, store_url=store_url)
+    rep = restore(s, day, tenant_id=tenant, into=into, store_url=store_url)
     if as_json:
         emit(rep.to_dict())
         return

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
+from uuid import UUID
 
 from callvault import bootstrap, db, monitor, tenancy
 from callvault import maintain as maintenance
@@ -258,31 +259,39 @@ class Policies:
 
 
 def archive_policy(
-    settings: Settings, *, keep: str | None = None, clear: bool = False, tenant: str | None = None
+    settings: Settings,
+    *,
+    keep: str | None = None,
+    clear: bool = False,
+    tenant_id: str | UUID | None = None,
+    tenant: str | UUID | None = None,
 ) -> Policies:
     """``callvault archive policy``: set (``keep``), remove (``clear``) or show archive retention.
 
     :param keep: keep archived data this long, e.g. ``7 years`` (see :meth:`callvault.plan.Retention.parse`).
     :param clear: remove the policy, so the default (or :data:`callvault.archive.prune.DEFAULT_KEEP`) applies.
-    :param tenant: a tenant UUID to set or clear an override for; default the table's default.
+    :param tenant_id: a tenant (UUID or its text) to set or clear an override for; default the table's
+        default. ``tenant=`` is its deprecated name.
     :return: the policies after the change.
     :raises InvalidSetting: both ``keep`` and ``clear``, a ``keep`` that is not a retention, or a tenant
         that is not a UUID (exit code 2).
 
     Example:
 
-        commands.archive_policy(settings, keep="7 years", tenant=str(tenant_id))   # a HIPAA tenant
+        commands.archive_policy(settings, keep="7 years", tenant_id=tenant_id)   # a HIPAA tenant
         commands.archive_policy(settings).to_dict()   # {"default": "1 year", "tenants": {"<uuid>": "7 years"}}
     """
+    from callvault._compat import renamed
     from callvault.archive import prune as pr
     from callvault.archive.journal import ensure_tables
 
+    tenant_id = cast("str | UUID | None", renamed("archive_policy", "tenant", tenant, "tenant_id", tenant_id))
     if keep and clear:
         raise InvalidSetting("pass either --keep or --clear, not both")
     if keep:
-        pr.set_policy(settings, keep, tenant)
+        pr.set_policy(settings, keep, tenant_id)
     elif clear:
-        pr.clear_policy(settings, tenant)
+        pr.clear_policy(settings, tenant_id)
     with connect(settings) as conn:
         ensure_tables(conn)
         default, per = pr.policies(conn, settings)

@@ -103,10 +103,11 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
 
 
 def level_for(verbosity: int) -> int:
-    """-1 (``-q``): ERROR; 0: WARNING; 1 (``-v``): INFO; 2 or more (``-vv``): DEBUG."""
+    """-1 (``-q``): CRITICAL (nothing but the error line); 0: ERROR (an error stays one line); 1
+    (``-v``): INFO, warnings included (lock retries...); 2 or more (``-vv``): DEBUG."""
     if verbosity < 0:
-        return logging.ERROR
-    return {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+        return logging.CRITICAL
+    return {0: logging.ERROR, 1: logging.INFO}.get(verbosity, logging.DEBUG)
 
 
 def configure(verbosity: int = 0, *, json_lines: bool = False) -> int:

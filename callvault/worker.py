@@ -101,7 +101,7 @@ def cycle(settings: Settings, opts: WorkerOptions, log: Log, stop: Callable[[], 
     ok = True
     t0 = time.perf_counter()
     try:
-        rep = archive(settings, store_url=opts.store_url, fmt=opts.fmt, should_stop=stop)
+        rep = archive(settings, store_url=opts.store_url, format=opts.fmt, should_stop=stop)
         for p in rep.partitions:
             log("archive", partition=p.partition, step_before=p.step_before, step_after=p.step_after,
                 rows=p.rows, bytes=p.bytes, seconds=round(p.seconds, 3), error=p.error)  # fmt: skip

@@ -168,7 +168,7 @@ def test_archive_to_s3_then_query_and_restore(filled: Settings, conn: psycopg.Co
 
     start = datetime.fromisoformat(doc["range"]["from"])
     end = datetime.fromisoformat(doc["range"]["to"])
-    table = read_calls(TENANTS[2], start, end, settings=filled, store_url=bucket)
+    table = read_calls(TENANTS[2], since=start, until=end, settings=filled, store_url=bucket)
     assert table.num_rows == int(doc["tenants"][TENANTS[2]]["rows"])
 
     side = run_json("restore", "--dsn", dsn, "--to", bucket, "--week", week, "--tenant", TENANTS[0], "--into", "inv")

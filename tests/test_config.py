@@ -251,3 +251,23 @@ def test_the_cli_and_python_callers_share_one_command_layer(dsn: str) -> None:
     via_cli = json.loads(cli("audit", "--dsn", dsn, "--json").stdout)
     assert commands.audit(s).to_dict()["findings"] == via_cli["findings"]  # one layer, one answer
     assert commands.archive_policy(s, keep="7 years").to_dict()["default"].startswith("7 year")
+
+
+def test_old_keyword_names_still_work_with_a_deprecation_warning(dsn: str, tmp_path: Path) -> None:
+    from callvault import commands
+    from callvault.archive.prune import clear_policy, set_policy
+
+    run("init", "--dsn", dsn)
+    s = Settings(dsn=dsn)
+    t = "00000000-0000-4000-8000-000000000001"
+    with pytest.warns(DeprecationWarning, match=r"tenant_id="):
+        set_policy(s, "2 years", tenant=t)
+    assert commands.archive_policy(s).tenants == {t: "2 years"}
+    with pytest.warns(DeprecationWarning):
+        clear_policy(s, tenant=t)
+    assert commands.archive_policy(s, keep="3 years", tenant_id=t).tenants == {t: "3 years"}
+    with pytest.warns(DeprecationWarning, match=r"format="):
+        rep = commands.archive(s, store_url=tmp_path.as_uri(), fmt="csv", dry_run=True)
+    assert rep.fmt == "csv"
+    with pytest.raises(InvalidSetting, match="not both"), pytest.warns(DeprecationWarning):
+        commands.archive(s, store_url=tmp_path.as_uri(), fmt="csv", format="parquet", dry_run=True)

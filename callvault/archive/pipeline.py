@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from callvault import catalog, locks, private
+from callvault._compat import renamed
 from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
 from callvault.archive.journal import Job, ensure_tables
@@ -488,11 +489,12 @@ def archive(
     settings: Settings,
     *,
     store_url: str | None = None,
-    fmt: str = "parquet",
+    format: str | None = None,
     at: datetime | None = None,
     dry_run: bool = False,
     spool: Path | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    fmt: str | None = None,
 ) -> ArchiveReport:
     """Archive every partition past retention at ``at`` (default now); see the module docstring.
 
@@ -519,6 +521,7 @@ def archive(
         for p in report.partitions:
             print(p.partition, p.step_after, p.error)
     """
+    fmt = renamed("archive", "fmt", fmt, "format", format) or "parquet"
     if fmt not in layout.FORMATS:
         raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
     url = store_url or default_store_url(settings)

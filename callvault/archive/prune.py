@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from psycopg import sql
 
+from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.journal import ensure_tables
 from callvault.archive.layout import Manifest, TenantEntry
@@ -57,12 +58,16 @@ def _tenant(value: str) -> str:
         raise InvalidSetting(f"tenant {value!r} is not a UUID") from None
 
 
-def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None:
+def set_policy(
+    settings: Settings, keep: str, tenant_id: str | uuid.UUID | None = None, *, tenant: str | None = None
+) -> None:
     """Keep archived data of ``tenant`` (None: the table default) for ``keep`` (e.g. '7 years').
 
     :raises InvalidSetting: ``keep`` is not a retention (see :meth:`callvault.plan.Retention.parse`) or
         ``tenant`` is not a UUID (exit code 2).
     """
+    given = renamed("set_policy", "tenant", tenant, "tenant_id", tenant_id)
+    tenant = None if given is None else str(given)
     ret = Retention.parse(keep)
     with connect(settings, autocommit=True) as conn:
         ensure_tables(conn)
@@ -77,12 +82,14 @@ def set_policy(settings: Settings, keep: str, tenant: str | None = None) -> None
           keep=ret.to_pg())  # fmt: skip
 
 
-def clear_policy(settings: Settings, tenant: str | None = None) -> None:
+def clear_policy(settings: Settings, tenant_id: str | uuid.UUID | None = None, *, tenant: str | None = None) -> None:
     """Remove the keep period of ``tenant`` (None: the table default, which falls back to
     :data:`DEFAULT_KEEP`); removing one that is not set does nothing.
 
     :raises InvalidSetting: ``tenant`` is not a UUID (exit code 2).
     """
+    given = renamed("clear_policy", "tenant", tenant, "tenant_id", tenant_id)
+    tenant = None if given is None else str(given)
     with connect(settings, autocommit=True) as conn:
         ensure_tables(conn)
         conn.execute(

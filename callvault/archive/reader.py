@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.location import read_store
 from callvault.config import Settings, from_env
@@ -102,12 +103,14 @@ def query(sql_text: str, *, settings: Settings | None = None, store_url: str | N
 
 def read_calls(
     tenant_id: str | uuid.UUID,
-    start: datetime,
-    end: datetime,
+    since: datetime | None = None,
+    until: datetime | None = None,
     *,
     settings: Settings | None = None,
     store_url: str | None = None,
     columns: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> Any:
     """All archived calls of one tenant with ``start <= started_at < end`` as a pyarrow Table.
 
@@ -132,6 +135,10 @@ def read_calls(
                            settings=settings, store_url="s3://calls-archive/prod")
         calls.num_rows, calls.column("call_id")
     """
+    start = renamed("read_calls", "start", start, "since", since)
+    end = renamed("read_calls", "end", end, "until", until)
+    if start is None or end is None:
+        raise InvalidSetting("read_calls needs since= and until= (timezone-aware datetimes)")
     import pyarrow.dataset as ds
 
     settings = settings or from_env()

@@ -28,6 +28,7 @@ from pathlib import Path
 from psycopg import sql
 
 from callvault import catalog, partman, private, tenancy
+from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.journal import relation_state
 from callvault.archive.layout import Fingerprint, Manifest
@@ -101,9 +102,10 @@ def restore(
     settings: Settings,
     period: date,
     *,
-    tenant: str | None = None,
+    tenant_id: str | uuid.UUID | None = None,
     into: str | None = None,
     store_url: str | None = None,
+    tenant: str | None = None,
 ) -> RestoreReport:
     """Restore the archived partition containing ``period`` (optionally one tenant) and verify it.
 
@@ -130,6 +132,8 @@ def restore(
         report = restore(settings, date(2024, 3, 4), tenant=str(tenant), into="investigation")
         report.tenants          # {'<tenant uuid>': 1200}: rows verified in public.investigation
     """
+    given = renamed("restore", "tenant", tenant, "tenant_id", tenant_id)
+    tenant = None if given is None else str(given)
     t0 = time.perf_counter()
     store = read_store(settings, store_url)
     if tenant is not None:

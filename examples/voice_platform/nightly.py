@@ -222,7 +222,7 @@ def run_nightly(
     existed = step("restore", lambda: _exists(settings, into))
     if existed is None:
         return report
-    report.restore = step("restore", lambda: commands.restore(settings, week, tenant=restore_tenant, into=into))
+    report.restore = step("restore", lambda: commands.restore(settings, week, tenant_id=restore_tenant, into=into))
     if report.restore is not None and not keep and not existed:
         report.side_table_dropped = bool(step("restore", lambda: _drop(settings, into)))
     return report
