@@ -57,6 +57,11 @@ DUCK_FINGERPRINT = (
     f"SELECT count(*), coalesce(sum(('0x' || substr(md5({_DUCK_ROW}), 1, 15))::BIGINT), 0)::VARCHAR, "
     "min(epoch_us(started_at)), max(epoch_us(started_at)) FROM {source}"
 )
+# The same per file group: ``grp`` is a column the source provides (the file each row came from).
+DUCK_FINGERPRINT_BY = (
+    f"SELECT grp, count(*), coalesce(sum(('0x' || substr(md5({_DUCK_ROW}), 1, 15))::BIGINT), 0)::VARCHAR, "
+    "min(epoch_us(started_at)), max(epoch_us(started_at)) FROM {source} GROUP BY grp"
+)
 
 
 def pg_fingerprint_sql(table: sql.Identifier, where: sql.Composable | None = None) -> sql.Composed:

@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,7 @@ from callvault.archive.location import SPOOL_ENV, default_spool, default_store_u
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.archive.verify import verify_manifest
 from callvault.config import Settings
-from callvault.db import Conn, connect, server_now
+from callvault.db import Conn, connect, resolve_dsn, server_now
 from callvault.errors import (
     ArchiveVerifyFailed,
     Blocked,
@@ -154,6 +155,7 @@ class _Ctx:
         self.spool = spool
         self.interval = interval
         self.tdir = layout.table_dir(settings.schema, settings.table)
+        self.dsn = resolve_dsn(settings)  # the exporter's own (ADBC) connection
         # The spool is shared by every database archived from this machine: each gets its own subtree,
         # or two databases with the same table name would export into (and sweep) each other's files.
         ident = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
@@ -213,6 +215,13 @@ def _source_fingerprints(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
     return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
 
 
+def _source_fingerprints_apart(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
+    """:func:`_source_fingerprints` on a connection of its own (it runs beside the export)."""
+    with connect(ctx.settings, autocommit=True) as conn:
+        rows = conn.execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
+    return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
+
+
 def _merge_previous(ctx: _Ctx, job: Job) -> None:
     """A period archived before (and since restored, wholly or per tenant, into the hot table) is
     archived again as the union of both: the earlier archive's rows of every tenant that is in the
@@ -254,19 +263,31 @@ def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
     """Export the detached table to the spool, one file set per tenant, and record the source
     fingerprints; returns (rows, bytes). A spool that cannot be written is :class:`StoreUnavailable`."""
     _merge_previous(ctx, job)
-    source = _source_fingerprints(ctx, job)
     base = ctx.job_spool(job)
     shutil.rmtree(base, ignore_errors=True)
     private.private_dir(base, "archive spool directory")
     files: dict[str, list[dict[str, object]]] = {}
     total_bytes = 0
     try:
+        if job.fmt == "parquet":
+            # One pass over the partition in C++ (ADBC), cut by tenant, while Postgres computes the source
+            # fingerprints in its own backend on a second connection: the two overlap on two cores.
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(_source_fingerprints_apart, ctx, job)
+                done = export.export_partition_parquet(
+                    ctx.dsn, ctx.conn, ctx.child(job), lambda tenant: base / f"tenant_id={tenant}"
+                )
+                source = pending.result()
+        else:
+            source = _source_fingerprints(ctx, job)
+            done = {t: export.export_csv(ctx.conn, ctx.child(job), t, base / f"tenant_id={t}") for t in source}
+        if set(done) != set(source):
+            raise CallvaultError(
+                f"export of {job.partition} found tenants {sorted(set(done) ^ set(source))} that the fingerprint "
+                "did not (or the reverse): is something writing into the detached table?"
+            )
         for tenant in source:
-            dest = base / f"tenant_id={tenant}"
-            if job.fmt == "parquet":
-                out = export.export_parquet(ctx.conn, ctx.child(job), tenant, dest)
-            else:
-                out = export.export_csv(ctx.conn, ctx.child(job), tenant, dest)
+            out = done[tenant]
             if sum(f.rows for f in out) != source[tenant].rows:
                 raise CallvaultError(
                     f"export of {job.partition} tenant {tenant} wrote {sum(f.rows for f in out)} rows but the "
