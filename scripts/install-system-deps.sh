@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages callvault needs (PostgreSQL 15 server, pg_partman, pg_cron; faketime
-# for the tests that set the server's clock; pgbouncer for the tests through a transaction pooler; a
-# Java 17 runtime for tests/test_spark.py, which reads the archive with pyspark in local mode),
+# for the tests that set the server's clock; pgbouncer for the tests through a transaction pooler),
 # only when something is missing. Safe to run again; does nothing when all is present.
 set -euo pipefail
 
 PG_MAJOR="${CALLVAULT_PG_MAJOR:-15}"
-packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer" "openjdk-17-jre-headless")
+packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +26,4 @@ if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
     $SUDO mkdir -p /etc/postgresql-common
     echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
 fi
-# Slim images drop /usr/share/man; the JRE's postinst links its man pages there and fails without it.
-$SUDO mkdir -p /usr/share/man/man1
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
