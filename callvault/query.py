@@ -36,7 +36,7 @@ from callvault.config import DEFAULT_RETENTION, Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
 from callvault.plans import walk
-from callvault.tenancy.session import atenant, tenant, tenant_value
+from callvault.tenancy.session import atenant, tenant, tenant_value, uuid_text
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000  # a page bigger than this is an export, not a query: use the archive tools
@@ -148,12 +148,7 @@ def window_params(
 
 def call_value(call_id: UUID | str) -> str:
     """The call id as canonical UUID text, or InvalidSetting naming the bad value (pure)."""
-    if isinstance(call_id, UUID):
-        return str(call_id)
-    try:
-        return str(UUID(str(call_id)))
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidSetting(f"call id {call_id!r} is not a UUID; pass the call's UUID (str or uuid.UUID)") from None
+    return uuid_text(call_id, "call", "str or uuid.UUID")
 
 
 def check_limit(limit: int) -> int:

@@ -210,16 +210,16 @@ def step_detach(ctx: _Ctx, job: Job) -> None:
             )
 
 
-def _source_fingerprints(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
-    rows = ctx.conn.execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
+def _source_fingerprints(ctx: _Ctx, job: Job, conn: Conn | None = None) -> dict[str, Fingerprint]:
+    """Per-tenant fingerprints of the detached table, computed by Postgres (on ``conn``, default ctx's)."""
+    rows = (conn or ctx.conn).execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
     return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
 
 
 def _source_fingerprints_apart(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
     """:func:`_source_fingerprints` on a connection of its own (it runs beside the export)."""
     with connect(ctx.settings, autocommit=True) as conn:
-        rows = conn.execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
-    return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
+        return _source_fingerprints(ctx, job, conn)
 
 
 def _merge_previous(ctx: _Ctx, job: Job) -> None:

@@ -27,16 +27,19 @@ from callvault.errors import InvalidSetting
 from callvault.tenancy.policy import SET_TENANT_SQL
 
 
+def uuid_text(value: UUID | str, what: str, example: str) -> str:
+    """``value`` as canonical UUID text, or InvalidSetting naming ``what`` and the bad value (pure)."""
+    if isinstance(value, UUID):
+        return str(value)
+    try:
+        return str(UUID(str(value)))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidSetting(f"{what} id {value!r} is not a UUID; pass the {what}'s UUID ({example})") from None
+
+
 def tenant_value(tenant_id: UUID | str) -> str:
     """The tenant as the canonical UUID text, or InvalidSetting naming the bad value (pure)."""
-    if isinstance(tenant_id, UUID):
-        return str(tenant_id)
-    try:
-        return str(UUID(str(tenant_id)))
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidSetting(
-            f"tenant id {tenant_id!r} is not a UUID; pass the tenant's UUID (e.g. uuid.UUID('...'))"
-        ) from None
+    return uuid_text(tenant_id, "tenant", "e.g. uuid.UUID('...')")
 
 
 @contextmanager

@@ -24,6 +24,7 @@ that does not validate; 503 when the database is unreachable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -209,16 +210,7 @@ class CallOut(BaseModel):
 
     @classmethod
     def of(cls, c: CallRecord) -> CallOut:
-        return cls(
-            id=c.id,
-            tenant_id=c.tenant_id,
-            call_id=c.call_id,
-            started_at=c.started_at,
-            ended_at=c.ended_at,
-            duration_sec=c.duration_sec,
-            transcript=c.transcript,
-            metadata=c.metadata,
-        )
+        return cls(**dataclasses.asdict(c))
 
 
 # -- the app -----------------------------------------------------------------------------------------------
