@@ -242,20 +242,30 @@ def test_async_writer_must_be_opened(ready: str) -> None:
 
 
 def test_server_restart_while_writing(scratch_cluster: Cluster) -> None:
+    """The server stops mid-stream and stays down longer than one pool wait; every row lands once.
+
+    Deterministic whatever the machine's speed: the second half is handed to the writer only after
+    the server is down, so at least one batch meets the dead server (a PoolTimeout after
+    CONNECT_WAIT_S, then a retry). The first half races the stop (a COPY may or may not be cut)."""
+    from callvault.ingest.writer import CONNECT_WAIT_S
+
     cluster = scratch_cluster
     dsn = cluster.dsn()
     run("init", "--dsn", dsn)
     calls = make_calls(40_000, tenants=20, spacing_s=0.5)
     with Writer(Settings(dsn=dsn), batch_rows=1_000) as w:
-        t = threading.Thread(target=w.write_many, args=(calls,))
-        t.start()
+        first = threading.Thread(target=w.write_many, args=(calls[:20_000],))
+        first.start()
         deadline = time.monotonic() + 30
         while w.stats.written < 2_000 and time.monotonic() < deadline:  # mid-stream, whatever the load
             time.sleep(0.01)
         cluster.down()
-        time.sleep(1.0)
+        second = threading.Thread(target=w.write_many, args=(calls[20_000:],))
+        second.start()
+        time.sleep(CONNECT_WAIT_S + 1.0)
         cluster.up()
-        t.join()
+        first.join()
+        second.join()
         w.flush()
     assert w.stats.retries >= 1
     assert count(dsn) == 40_000
