@@ -27,8 +27,9 @@ class Column:
 
 COLUMNS: tuple[Column, ...] = (
     Column("id", "bigserial NOT NULL", "bigint", True, "int64", "BIGINT", written=False),
-    Column("tenant_id", "uuid NOT NULL", "uuid", True, "uuid", "UUID"),
-    Column("call_id", "uuid NOT NULL", "uuid", True, "uuid", "UUID"),
+    # ids are plain strings in the archive: Spark (4.x) refuses Parquet's UUID logical type
+    Column("tenant_id", "uuid NOT NULL", "uuid", True, "string", "UUID"),
+    Column("call_id", "uuid NOT NULL", "uuid", True, "string", "UUID"),
     Column("started_at", "timestamptz NOT NULL", "timestamp with time zone", True, "timestamp[us, UTC]", "TIMESTAMPTZ"),
     Column("ended_at", "timestamptz", "timestamp with time zone", False, "timestamp[us, UTC]", "TIMESTAMPTZ"),
     Column("duration_sec", "integer", "integer", False, "int32", "INTEGER"),
@@ -70,7 +71,8 @@ def duck_csv_columns() -> str:
 
 
 def arrow_schema() -> Any:
-    """The archive's Parquet schema (uuid and JSON extension types, timestamptz as µs UTC)."""
+    """The archive's Parquet schema: ids as strings, jsonb as Parquet's JSON type, timestamptz as µs UTC.
+    (Archives of schema 1 hold the ids as Parquet's UUID type; readers accept both.)"""
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")

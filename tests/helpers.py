@@ -49,3 +49,33 @@ def make_calls(n: int, *, tenants: int = 5, start: datetime | None = None, spaci
             }
         )
     return out
+
+
+def pg_fingerprints(conn: Any, name: str, schema: str = "public") -> dict[str, dict[str, tuple[object, ...]]]:
+    """Per tenant of table ``name``: what Postgres computes of each fingerprint version (md5, and the
+    sums+hash check sums), to compare with any manifest entry via :func:`fingerprints_match`."""
+    from psycopg import sql
+
+    from callvault.archive import layout
+
+    ident = sql.Identifier(schema, name)
+    md5 = layout.pg_fingerprints(conn, ident, None, layout.MD5)
+    sums = layout.pg_fingerprints(conn, ident, None, layout.SUMS_HASH)
+    return {t: {layout.MD5: md5[t].postgres_part(), layout.SUMS_HASH: sums[t].postgres_part()} for t in md5}
+
+
+def manifest_view(tenants: dict[str, Any]) -> dict[str, tuple[str, tuple[object, ...]]]:
+    """A manifest's ``tenants`` as {tenant: (algo, the part Postgres can recompute)}."""
+    from callvault.archive.layout import Fingerprint
+
+    out = {}
+    for t, e in tenants.items():
+        fp = Fingerprint.from_dict(e)
+        out[t] = (fp.algo, fp.postgres_part())
+    return out
+
+
+def fingerprints_match(tenants: dict[str, Any], expected: dict[str, dict[str, tuple[object, ...]]]) -> bool:
+    """Whether a manifest's ``tenants`` hold exactly ``expected``'s tenants with the same rows."""
+    view = manifest_view(tenants)
+    return set(view) == set(expected) and all(expected[t][algo] == part for t, (algo, part) in view.items())

@@ -22,13 +22,12 @@ import boto3
 import psycopg
 import pytest
 
-from callvault.archive import layout
 from callvault.archive.faults import FAULT_ENV, FAULT_POINTS
 from callvault.archive.location import default_spool
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
 from callvault.locks import LOCK_NAMESPACE
-from tests.helpers import run, run_json
+from tests.helpers import fingerprints_match, pg_fingerprints, run, run_json
 
 CLI = str(Path(sys.executable).parent / "callvault")
 TENANTS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 6)]
@@ -71,16 +70,10 @@ def counts(conn: psycopg.Connection, start: datetime, end: datetime) -> dict[str
     return dict(rows)
 
 
-def expected_archive(conn: psycopg.Connection, settings: Settings) -> dict[str, dict[str, dict[str, object]]]:
+def expected_archive(conn: psycopg.Connection, settings: Settings) -> dict[str, dict[str, dict[str, tuple]]]:
     """For each partition the archive will take at AT: per-tenant fingerprints computed by Postgres now."""
     plan = run_json("plan", "--dsn", settings.dsn or "", "--at", AT)
-    out = {}
-    for p in plan["retire"]:
-        q = layout.pg_fingerprint_sql(psycopg.sql.Identifier("public", p["name"]))
-        out[p["name"]] = {
-            t: {"rows": n, "digest": d, "min_us": lo, "max_us": hi} for t, n, d, lo, hi in conn.execute(q).fetchall()
-        }
-    return out
+    return {p["name"]: pg_fingerprints(conn, p["name"]) for p in plan["retire"]}
 
 
 def cli(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -120,9 +113,7 @@ def assert_archived(conn: psycopg.Connection, url: str, expected: dict) -> None:
     for name, tenants in expected.items():
         assert not exists(conn, name), f"{name} should be dropped after a verified archive"
         doc = got[name]
-        assert {
-            t: {k: e[k] for k in ("rows", "digest", "min_us", "max_us")} for t, e in doc["tenants"].items()
-        } == tenants
+        assert fingerprints_match(doc["tenants"], tenants)
         for entry in doc["tenants"].values():
             listed |= {o["key"] for o in entry["objects"]}
     assert keys == listed, f"objects not in any manifest (duplicates?): {keys - listed}"
@@ -176,8 +167,7 @@ def test_archive_to_s3_then_query_and_restore(filled: Settings, conn: psycopg.Co
     hot = run_json("restore", "--dsn", dsn, "--to", bucket, "--week", week)
     assert hot["attached_partition"] and hot["rows"] == rows
     assert counts(conn, start, end) == {t: int(e["rows"]) for t, e in doc["tenants"].items()}
-    restored = conn.execute(layout.pg_fingerprint_sql(psycopg.sql.Identifier("public", oldest))).fetchall()
-    assert {t: {"rows": n, "digest": d, "min_us": lo, "max_us": hi} for t, n, d, lo, hi in restored} == expected[oldest]
+    assert pg_fingerprints(conn, oldest) == expected[oldest]
     # Restoring over an attached week adds nothing and still verifies.
     assert run_json("restore", "--dsn", dsn, "--to", bucket, "--week", week)["rows"] == rows
 
@@ -299,7 +289,7 @@ def test_empty_partition_and_csv_format(dsn: str, conn: psycopg.Connection, tmp_
     docs = {json.loads(p.read_text())["partition"]: json.loads(p.read_text()) for p in tmp_path.rglob("*.json")}
     assert docs[emptied]["tenants"] == {} and docs[emptied]["rows"] == 0
     other = sorted(expected)[1]
-    assert docs[other]["format"] == "csv" and docs[other]["rows"] == sum(e["rows"] for e in expected[other].values())
+    assert docs[other]["format"] == "csv" and docs[other]["rows"] == sum(e["md5"][0] for e in expected[other].values())
     csv_file = next(tmp_path.rglob("*.csv"))
     assert csv_file.read_text().startswith("id,tenant_id,call_id,started_at")
     week = docs[other]["range"]["from"][:10]

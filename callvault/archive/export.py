@@ -1,10 +1,11 @@
-"""Export one table's rows to local files, one tenant at a time, from the client side.
+"""Export one partition's rows to local files, from the client side (no superuser, nothing installed
+on the database host).
 
-``COPY (SELECT ...) TO STDOUT`` over the ordinary connection: no superuser, nothing installed on the
-database host. Rows stream in binary and are turned into Arrow record batches of ``BATCH_ROWS``, so
-memory stays bounded by one batch whatever the partition size. Parquet files are zstd-compressed with
-the table's types (uuid, timestamptz in UTC, jsonb as JSON text); ``csv`` writes the seed's CSV
-(``COPY ... CSV HEADER``) for tools that want it.
+* Parquet (:func:`export_partition_parquet`): one pass over the partition through ADBC's PostgreSQL
+  driver (binary ``COPY`` decoded into Arrow in C++), cut by tenant into zstd Parquet files as the
+  batches arrive; memory is bounded by a fixed buffer, not by the partition. Ids are strings, jsonb is
+  Parquet's JSON type, timestamptz µs in UTC (:func:`callvault.columns.arrow_schema`).
+* CSV (:func:`export_csv`): the seed's CSV (``COPY ... CSV HEADER``), one tenant at a time, streamed.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import uuid
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,24 +25,20 @@ from typing import Any
 from psycopg import sql
 
 from callvault import columns
-from callvault.archive.layout import PART_ROWS
+from callvault.archive import layout
+from callvault.archive.layout import PART_ROWS, Fingerprint
 from callvault.db import Conn
 from callvault.private import open_private, private_dir, private_file
 
-BATCH_ROWS = 32_768  # rows per Arrow batch / Parquet row group (~40 MB of 1.2 KB rows)
 _COPY_BLOCK = 1024 * 1024
 
-_SELECT_BINARY = (
-    "SELECT id, uuid_send(call_id), (extract(epoch FROM started_at) * 1000000)::int8, "
-    "(extract(epoch FROM ended_at) * 1000000)::int8, duration_sec, transcript, metadata::text "
-    "FROM {} WHERE tenant_id = {} ORDER BY started_at, call_id"
-)
 _SELECT_CSV = "SELECT " + ", ".join(columns.NAMES) + " FROM {} WHERE tenant_id = {} ORDER BY started_at, call_id"
-_TYPES = ["int8", "bytea", "int8", "int8", "int4", "text", "text"]
 
 
 @dataclass(frozen=True)
 class LocalFile:
+    """One exported file in the spool: its part number, rows, size and SHA-256."""
+
     path: Path
     part: int
     rows: int
@@ -47,6 +47,7 @@ class LocalFile:
 
 
 def arrow_schema() -> Any:
+    """The archive's Parquet schema (see :func:`callvault.columns.arrow_schema`)."""
     return columns.arrow_schema()
 
 
@@ -58,175 +59,218 @@ def _digest(path: Path) -> tuple[int, str]:
     return path.stat().st_size, h.hexdigest()
 
 
-def _batches(conn: Conn, table: sql.Identifier, tenant: str) -> Iterator[Any]:
-    import pyarrow as pa
-
-    schema = arrow_schema()
-    tenant_bytes = uuid.UUID(tenant).bytes
-    query = sql.SQL(_SELECT_BINARY).format(table, sql.Literal(tenant))
-    cols: list[list[Any]] = [[] for _ in _TYPES]
-
-    def flush() -> Any:
-        n = len(cols[0])
-        tid = pa.ExtensionArray.from_storage(pa.uuid(), pa.array([tenant_bytes] * n, pa.binary(16)))
-        arrays = [
-            pa.array(cols[0], pa.int64()),
-            tid,
-            pa.ExtensionArray.from_storage(pa.uuid(), pa.array(cols[1], pa.binary(16))),
-            pa.array(cols[2], pa.int64()).cast(schema.field("started_at").type),
-            pa.array(cols[3], pa.int64()).cast(schema.field("ended_at").type),
-            pa.array(cols[4], pa.int32()),
-            pa.array(cols[5], pa.string()),
-            pa.ExtensionArray.from_storage(pa.json_(pa.string()), pa.array(cols[6], pa.string())),
-        ]
-        for c in cols:
-            c.clear()
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
-        copy.set_types(_TYPES)
-        appends = [c.append for c in cols]
-        for row in copy.rows():
-            for append, value in zip(appends, row, strict=True):
-                append(value)
-            if len(cols[0]) >= BATCH_ROWS:
-                yield flush()
-    if cols[0]:
-        yield flush()
+_SELECT_PARTITION = (
+    "SELECT id, tenant_id::text AS tenant_id, call_id::text AS call_id, started_at, ended_at, duration_sec, "
+    "transcript, metadata FROM {}"
+)
+BUFFER_BYTES = 96 * 1024 * 1024  # batches held before they are split by tenant and written (one row group each)
+WRITE_THREADS = 2  # tenants' row groups encoded and compressed at once
+MAX_OPEN_FILES = 128  # Parquet files open at once; the least recently used is closed (its tenant rolls a part)
+_QUEUE_BATCHES = 2  # record batches read ahead of the writer (memory: a batch is ~16 MB of 1.2 KB rows)
 
 
-def export_parquet(
-    conn: Conn,
-    table: sql.Identifier,
-    tenant: str,
-    dest_dir: Path,
-    part_rows: int = PART_ROWS,
-    *,
-    dsn: str | None = None,
-) -> list[LocalFile]:
-    """Write ``tenant``'s rows of ``table`` to ``dest_dir/part-NNNNN.parquet`` files.
+@dataclass
+class PartitionExport:
+    """What :func:`export_partition_parquet` wrote: each tenant's files, and each tenant's fingerprint
+    (``sums+hash``) computed by DuckDB over the Arrow stream as it was written."""
 
-    With ``dsn``, rows travel Postgres -> Arrow in C++ (ADBC's PostgreSQL driver: binary ``COPY`` decoded
-    straight into Arrow record batches; Python never touches a row) and each batch is written as it
-    arrives, so memory is bounded by one batch. Without it, the pure-Python path (psycopg binary COPY,
-    rows into Arrow batches) does the same, slower."""
-    import pyarrow.parquet as pq
-
-    private_dir(dest_dir, "archive spool directory")
-    files: list[LocalFile] = []
-    writer: Any = None
-    part, rows = 0, 0
-
-    def close() -> None:
-        nonlocal writer
-        if writer is None:
-            return
-        writer.close()
-        path = private_file(dest_dir / f"part-{part:05d}.parquet")
-        size, sha = _digest(path)
-        files.append(LocalFile(path=path, part=part, rows=rows, size=size, sha256=sha))
-        writer = None
-
-    for batch in _batches(conn, table, tenant):
-        offset = 0
-        while offset < batch.num_rows:
-            if writer is not None and rows >= part_rows:
-                close()
-                part, rows = part + 1, 0
-            if writer is None:
-                writer = pq.ParquetWriter(
-                    dest_dir / f"part-{part:05d}.parquet", batch.schema, compression="zstd", write_statistics=True
-                )
-            take = min(batch.num_rows - offset, part_rows - rows)
-            writer.write_batch(batch.slice(offset, take), row_group_size=BATCH_ROWS)
-            rows += take
-            offset += take
-    close()
-    return files
+    files: dict[str, list[LocalFile]]
+    fingerprints: dict[str, Fingerprint]
 
 
-_SELECT_PARTITION = "SELECT {} FROM {} ORDER BY tenant_id, started_at, id"
+class _Sums:
+    """A tenant's ``sums+hash`` fingerprint, added up batch by batch."""
+
+    def __init__(self) -> None:
+        self.rows, self.digest = 0, 0
+        self.sums = [0] * len(layout.CHECK_NAMES)
+        self.lo: int | None = None
+        self.hi: int | None = None
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        n = len(layout.CHECK_NAMES)
+        self.rows += int(row[1])
+        self.digest += int(row[2])
+        for i, v in enumerate(row[3 : 3 + n]):
+            self.sums[i] += int(v)
+        lo, hi = row[3 + n], row[4 + n]
+        self.lo = lo if self.lo is None or (lo is not None and lo < self.lo) else self.lo
+        self.hi = hi if self.hi is None or (hi is not None and hi > self.hi) else self.hi
+
+    def fingerprint(self) -> Fingerprint:
+        check = {name: str(v) for name, v in zip(layout.CHECK_NAMES, self.sums, strict=True)}
+        return Fingerprint(self.rows, str(self.digest), self.lo, self.hi, layout.SUMS_HASH, check)
 
 
 class _TenantFiles:
-    """The part files of one tenant being written: rolls to ``part-00001`` after ``part_rows`` rows."""
+    """One tenant's Parquet files: row groups appended to the open part, rolled into ``part-00001``
+    after ``part_rows`` rows or when the file had to be closed to free a descriptor."""
 
     def __init__(self, dest_dir: Path, schema: Any, part_rows: int) -> None:
-        private_dir(dest_dir, "archive spool directory")
         self.dest, self.schema, self.part_rows = dest_dir, schema, part_rows
         self.files: list[LocalFile] = []
         self.writer: Any = None
         self.part, self.rows = 0, 0
 
-    def write(self, batch: Any) -> None:
+    def write(self, table: Any) -> None:
+        """Append ``table`` as one row group (two across a part boundary)."""
         import pyarrow.parquet as pq
 
         offset = 0
-        while offset < batch.num_rows:
+        while offset < table.num_rows:
             if self.writer is not None and self.rows >= self.part_rows:
-                self.close()
-                self.part, self.rows = self.part + 1, 0
+                self.close_file()
             if self.writer is None:
+                private_dir(self.dest, "archive spool directory")
                 self.writer = pq.ParquetWriter(self._path(), self.schema, compression="zstd", write_statistics=True)
-            take = min(batch.num_rows - offset, self.part_rows - self.rows)
-            self.writer.write_batch(batch.slice(offset, take), row_group_size=BATCH_ROWS)
+            take = min(table.num_rows - offset, self.part_rows - self.rows)
+            self.writer.write_table(table.slice(offset, take), row_group_size=take)
             self.rows += take
             offset += take
 
     def _path(self) -> Path:
         return self.dest / f"part-{self.part:05d}.parquet"
 
-    def close(self) -> list[LocalFile]:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-            path = private_file(self._path())
-            size, sha = _digest(path)
-            self.files.append(LocalFile(path=path, part=self.part, rows=self.rows, size=size, sha256=sha))
-        return self.files
+    def close_file(self) -> None:
+        """Close the open file (if any); the next rows go to the next part."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        path = private_file(self._path())
+        size, sha = _digest(path)
+        self.files.append(LocalFile(path=path, part=self.part, rows=self.rows, size=size, sha256=sha))
+        self.part, self.rows = self.part + 1, 0
+
+
+def _read_ahead(reader: Any, out: queue.Queue[Any], stop: threading.Event) -> None:
+    """Feed ``out`` with the reader's record batches (then None), or the exception that stopped it."""
+    try:
+        for batch in reader:
+            while not stop.is_set():
+                try:
+                    out.put(batch, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        out.put(None)
+    except BaseException as exc:  # handed to the consumer, which raises it
+        out.put(exc)
 
 
 def export_partition_parquet(
-    dsn: str, conn: Conn, table: sql.Identifier, dest_dir: Callable[[str], Path], part_rows: int = PART_ROWS
-) -> dict[str, list[LocalFile]]:
+    dsn: str,
+    conn: Conn,
+    table: sql.Identifier,
+    dest_dir: Callable[[str], Path],
+    part_rows: int = PART_ROWS,
+    *,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PartitionExport:
     """Every tenant's rows of ``table`` into ``dest_dir(tenant)/part-NNNNN.parquet``, in ONE pass.
 
     Rows travel Postgres -> Arrow in C++ (ADBC's PostgreSQL driver decodes binary ``COPY`` into Arrow
-    record batches; Python never touches a row), in primary-key order (tenant, started_at, id: an
-    index scan, no sort), and each batch is cut at tenant boundaries and appended to that tenant's
-    Parquet file as it arrives: memory is bounded by one batch and one open writer, never by the
-    partition. ``conn`` only quotes the statement."""
+    record batches; Python never touches a row) in the table's physical order (a sequential scan: an
+    index-ordered read was 4x slower), on a thread of their own so the next batches arrive while the
+    buffer is written. DuckDB adds each batch's ``sums+hash`` fingerprint per tenant as it arrives;
+    batches are buffered up to ``BUFFER_BYTES``, then ordered by tenant and each tenant's rows are
+    appended to its zstd Parquet file as one row group (``WRITE_THREADS`` tenants at a time). Memory
+    is bounded by the buffer (and one tenant's rows of it), never by the partition. ``conn`` only
+    quotes the statement; ``on_batch(rows, bytes)`` is called after each batch (progress)."""
     import adbc_driver_postgresql.dbapi as adbc
+    import duckdb
     import pyarrow as pa
     import pyarrow.compute as pc
 
     schema = arrow_schema()
-    query = sql.SQL(_SELECT_PARTITION).format(columns.column_list(), table).as_string(conn)
-    out: dict[str, list[LocalFile]] = {}
-    current: tuple[str, _TenantFiles] | None = None
-    with adbc.connect(dsn or "postgresql://") as aconn, aconn.cursor() as cur:
+    query = sql.SQL(_SELECT_PARTITION).format(table).as_string(conn)
+    tenants: dict[str, _TenantFiles] = {}
+    sums: dict[str, _Sums] = {}
+    open_files: OrderedDict[str, None] = OrderedDict()  # tenants with an open file, least recent first
+    buffer: list[Any] = []
+    buffered = 0
+    fingerprint_sql = layout.DUCK_SUMS_HASH_BY.format(source="(SELECT *, tenant_id AS grp FROM cv_batch)")
+
+    def write_buffer(duck: Any) -> None:
+        nonlocal buffer, buffered
+        if not buffer:
+            return
+        # one contiguous copy (a take over many chunks is ~100x slower); the batches are freed with it
+        rows = pa.Table.from_batches(buffer, schema=schema).combine_chunks()
+        buffer, buffered = [], 0
+        codes = pc.dictionary_encode(rows.column("tenant_id").combine_chunks())
+        order = pc.sort_indices(codes.indices)
+        ordered_codes = pc.take(codes.indices, order)
+        cuts = [0]
+        if len(order) > 1:
+            changed = pc.not_equal(ordered_codes.slice(1), ordered_codes.slice(0, len(order) - 1))
+            cuts += [int(i) + 1 for i in pc.indices_nonzero(changed).to_pylist()]
+        cuts.append(len(order))
+        work = []
+        for lo, hi in itertools.pairwise(cuts):
+            tenant = str(codes.dictionary[ordered_codes[lo].as_py()].as_py())
+            files = tenants.get(tenant)
+            if files is None:
+                files = tenants[tenant] = _TenantFiles(dest_dir(tenant), schema, part_rows)
+            if files.writer is None:
+                while len(open_files) >= MAX_OPEN_FILES:
+                    oldest, _ = open_files.popitem(last=False)
+                    tenants[oldest].close_file()
+            open_files[tenant] = None
+            open_files.move_to_end(tenant)
+            work.append((files, order.slice(lo, hi - lo)))
+
+        def write(item: tuple[_TenantFiles, Any]) -> None:
+            files, picks = item
+            files.write(rows.take(picks).sort_by("started_at"))
+
+        # pyarrow encodes and compresses without the GIL: tenants' row groups are written side by side
+        list(writers.map(write, work))
+
+    stop = threading.Event()
+    batches: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
+    with (
+        adbc.connect(dsn or "postgresql://") as aconn,
+        aconn.cursor() as cur,
+        duckdb.connect() as duck,
+        ThreadPoolExecutor(WRITE_THREADS) as writers,
+    ):
+        duck.execute("SET TimeZone = 'UTC'")
         cur.execute("SET row_security TO off")  # the whole table or an error, never a filtered view
         cur.execute(query)
-        for raw in cur.fetch_record_batch():
-            if not raw.num_rows:
-                continue
-            batch = pa.RecordBatch.from_arrays(raw.columns, schema=schema)
-            tenants = batch.column(1).storage  # uuid extension -> 16-byte storage; sorted by tenant
-            cuts = [0]
-            if batch.num_rows > 1:
-                changed = pc.not_equal(tenants.slice(1), tenants.slice(0, batch.num_rows - 1))
-                cuts += [int(i) + 1 for i in pc.indices_nonzero(changed).to_pylist()]
-            cuts.append(batch.num_rows)
-            for lo, hi in itertools.pairwise(cuts):
-                tenant = str(uuid.UUID(bytes=tenants[lo].as_py()))
-                if current is None or current[0] != tenant:
-                    if current is not None:
-                        out[current[0]] = current[1].close()
-                    current = (tenant, _TenantFiles(dest_dir(tenant), schema, part_rows))
-                current[1].write(batch.slice(lo, hi - lo))
-    if current is not None:
-        out[current[0]] = current[1].close()
-    return out
+        reader = threading.Thread(target=_read_ahead, args=(cur.fetch_record_batch(), batches, stop), daemon=True)
+        reader.start()
+        try:
+            while (raw := batches.get()) is not None:
+                if isinstance(raw, BaseException):
+                    raise raw
+                if not raw.num_rows:
+                    continue
+                batch = pa.RecordBatch.from_arrays(raw.columns, schema=schema)
+                duck.register("cv_batch", batch)
+                for row in duck.execute(fingerprint_sql).fetchall():
+                    sums.setdefault(str(row[0]), _Sums()).add(row)
+                duck.unregister("cv_batch")
+                buffer.append(batch)
+                buffered += batch.nbytes
+                if buffered >= BUFFER_BYTES:
+                    write_buffer(duck)
+                if on_batch is not None:
+                    on_batch(batch.num_rows, batch.nbytes)
+            write_buffer(duck)
+            for files in tenants.values():
+                files.close_file()
+        finally:
+            stop.set()
+            for files in tenants.values():
+                if files.writer is not None:
+                    files.writer.close()
+            reader.join(timeout=5)
+    return PartitionExport(
+        files={t: f.files for t, f in tenants.items()}, fingerprints={t: s.fingerprint() for t, s in sums.items()}
+    )
 
 
 def export_csv(conn: Conn, table: sql.Identifier, tenant: str, dest_dir: Path) -> list[LocalFile]:

@@ -40,6 +40,7 @@ from callvault.archive.faults import fault_point
 from callvault.archive.journal import Job, ensure_tables
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
 from callvault.archive.location import SPOOL_ENV, default_spool, default_store_url
+from callvault.archive.progress import Tracker
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.archive.verify import verify_manifest
 from callvault.config import Settings
@@ -163,6 +164,7 @@ class _Ctx:
             f"{re.sub(r'[^A-Za-z0-9_]', '_', conn.info.dbname)[:40]}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
         )
         self.table_spool = spool / tag / self.tdir
+        self.progress: Tracker | None = None  # the partition being archived, when someone watches
 
     def child(self, job: Job) -> sql.Identifier:
         return sql.Identifier(self.settings.schema, job.partition)
@@ -210,16 +212,18 @@ def step_detach(ctx: _Ctx, job: Job) -> None:
             )
 
 
-def _source_fingerprints(ctx: _Ctx, job: Job, conn: Conn | None = None) -> dict[str, Fingerprint]:
-    """Per-tenant fingerprints of the detached table, computed by Postgres (on ``conn``, default ctx's)."""
-    rows = (conn or ctx.conn).execute(layout.pg_fingerprint_sql(ctx.child(job))).fetchall()
-    return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
+def _source_fingerprints(
+    ctx: _Ctx, job: Job, conn: Conn | None = None, algo: str = layout.MD5
+) -> dict[str, Fingerprint]:
+    """Per-tenant fingerprints of the detached table computed by Postgres (on ``conn``, default ctx's):
+    for ``sums+hash`` the check sums only (the digest is DuckDB's, over the exported stream)."""
+    return layout.pg_fingerprints(conn or ctx.conn, ctx.child(job), None, algo)
 
 
-def _source_fingerprints_apart(ctx: _Ctx, job: Job) -> dict[str, Fingerprint]:
+def _source_fingerprints_apart(ctx: _Ctx, job: Job, algo: str) -> dict[str, Fingerprint]:
     """:func:`_source_fingerprints` on a connection of its own (it runs beside the export)."""
     with connect(ctx.settings, autocommit=True) as conn:
-        return _source_fingerprints(ctx, job, conn)
+        return _source_fingerprints(ctx, job, conn, algo)
 
 
 def _merge_previous(ctx: _Ctx, job: Job) -> None:
@@ -270,14 +274,26 @@ def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
     total_bytes = 0
     try:
         if job.fmt == "parquet":
-            # One pass over the partition in C++ (ADBC), cut by tenant, while Postgres computes the source
-            # fingerprints in its own backend on a second connection: the two overlap on two cores.
+            # One pass over the partition in C++ (ADBC), cut by tenant, while Postgres adds up the check
+            # sums in its own backend on a second connection; the exporter's own sums over the Arrow
+            # stream must equal them (the decoder checked against Postgres), and its digest is the source.
             with ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(_source_fingerprints_apart, ctx, job)
-                done = export.export_partition_parquet(
-                    ctx.dsn, ctx.conn, ctx.child(job), lambda tenant: base / f"tenant_id={tenant}"
-                )
-                source = pending.result()
+                pending = pool.submit(_source_fingerprints_apart, ctx, job, layout.SUMS_HASH)
+                exported = export.export_partition_parquet(
+                    ctx.dsn, ctx.conn, ctx.child(job), lambda tenant: base / f"tenant_id={tenant}",
+                    on_batch=ctx.progress.advance if ctx.progress else None,
+                )  # fmt: skip
+                postgres = pending.result()
+            done, source = exported.files, exported.fingerprints
+            for tenant in sorted(set(postgres) | set(source)):
+                pg, ours = postgres.get(tenant), source.get(tenant)
+                if pg is None or ours is None or pg.postgres_part() != ours.postgres_part():
+                    raise CallvaultError(
+                        f"export of {job.partition}: tenant {tenant}'s rows as exported "
+                        f"({ours.rows if ours else 0} rows, sums {ours.check if ours else {}}) differ from what "
+                        f"Postgres holds ({pg.rows if pg else 0} rows, sums {pg.check if pg else {}}); nothing was "
+                        "uploaded. Is something writing into the detached table? The next run exports again"
+                    )
         else:
             source = _source_fingerprints(ctx, job)
             done = {t: export.export_csv(ctx.conn, ctx.child(job), t, base / f"tenant_id={t}") for t in source}

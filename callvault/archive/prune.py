@@ -10,6 +10,7 @@ record of what was archived and when it was deleted (no call content is in it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -177,11 +178,7 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
                   rows=entry.fingerprint.rows)  # fmt: skip
             changed[tenant] = TenantEntry(entry.fingerprint, entry.objects, pruned_at=now.isoformat())
         if changed != manifest.tenants and not dry_run:
-            updated = Manifest(
-                table=manifest.table, partition=manifest.partition, interval=manifest.interval,
-                start=manifest.start, end=manifest.end, fmt=manifest.fmt, tenants=changed,
-                created_at=manifest.created_at, schema_version=manifest.schema_version,
-            )  # fmt: skip
+            updated = dataclasses.replace(manifest, tenants=changed)
             store.put_bytes(obj.key, updated.to_json())
             event(log, logging.DEBUG, "manifest updated", key=obj.key)
     event(log, logging.INFO, "prune done", table=settings.qualified, store=store.url, dry_run=dry_run,

@@ -10,7 +10,8 @@
   restoring twice adds nothing (``ON CONFLICT DO NOTHING``).
 
 Afterwards the fingerprint of each restored tenant's rows, computed by Postgres over the target,
-must equal the manifest's; otherwise the transaction is rolled back.
+must equal the manifest's (``md5``: all of it; ``sums+hash``: the check sums, after each object's
+SHA-256 was checked on download); otherwise the transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from callvault import catalog, partman, private, tenancy
 from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.journal import relation_state
-from callvault.archive.layout import Fingerprint, Manifest
+from callvault.archive.layout import Manifest
 from callvault.archive.load import insert_from_stage, stage
 from callvault.archive.location import SPOOL_ENV, default_spool, read_store
 from callvault.archive.store import Store
@@ -220,9 +221,9 @@ def restore(
                 where = sql.SQL("WHERE tenant_id = {} AND started_at >= {} AND started_at < {}").format(
                     sql.Literal(t), sql.Literal(manifest.start), sql.Literal(manifest.end)
                 )
-                rows = conn.execute(layout.pg_fingerprint_sql(check_target, where)).fetchall()
-                got = Fingerprint(int(rows[0][1]), str(rows[0][2]), rows[0][3], rows[0][4]) if rows else None
-                if got != live[t].fingerprint:
+                expected = live[t].fingerprint
+                got = layout.pg_fingerprints(conn, check_target, where, expected.algo).get(t)
+                if got is None or got.postgres_part() != expected.postgres_part():
                     event(log, logging.WARNING, "restore verify failed, rolled back", partition=manifest.partition,
                           tenant=t, rows=got.rows if got else 0, expected=live[t].fingerprint.rows)  # fmt: skip
                     raise ArchiveVerifyFailed(

@@ -58,6 +58,7 @@ class Store(Protocol):
     def delete(self, keys: list[str]) -> None: ...
     def sweep(self, prefix: str, keep: set[str]) -> list[str]: ...
     def arrow_filesystem(self) -> tuple[Any, str]: ...
+    def local_path(self, key: str) -> Path | None: ...
 
 
 def open_store(url: str) -> Store:
@@ -214,6 +215,10 @@ class LocalStore:
         from pyarrow import fs
 
         return fs.LocalFileSystem(), str(self.root)
+
+    def local_path(self, key: str) -> Path | None:
+        """The object's file: readers read it in place."""
+        return self._path(key)
 
 
 class S3Store:
@@ -372,3 +377,7 @@ class S3Store:
         if parsed.hostname and not parsed.hostname.endswith("amazonaws.com"):
             kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
         return fs.S3FileSystem(**kwargs), _join(self.bucket, self.prefix)
+
+    def local_path(self, key: str) -> Path | None:
+        """None: S3 objects are downloaded to be read."""
+        return None

@@ -1,21 +1,26 @@
-"""``callvault bench archive``: archive throughput vs raw ``COPY TO``, and what a writer feels meanwhile.
+"""``callvault bench archive``: archive throughput vs raw ``COPY TO``, the archiver's memory, and what a
+writer feels meanwhile.
 
-One weekly partition ~12 weeks back is filled with N calls (200 tenants, 1.2 KB rows, the writer).
-Then, in the same process and on the same partition:
+Two weekly partitions ~12 weeks back are filled with N calls each (200 tenants, 1.2 KB rows, the
+writer). Then, in the same run:
 
-* **raw COPY TO**: ``COPY (SELECT * FROM <partition>) TO STDOUT (FORMAT binary)`` streamed to the
-  client and discarded: the floor for reading the partition out of Postgres over the wire.
-* **archive**: the full pipeline (detach CONCURRENTLY, fingerprint, export to Parquet/zstd, upload,
-  read back + verify, drop) to the given store (default: a temporary directory).
-
-Meanwhile a writer commits one small batch after another into the *current* week and records how long
-each commit took; the report gives its worst and p99 latency during the archive, against the same
-writer's worst latency before the archive started. That is the longest a concurrent writer waited
-on a lock taken by detach/drop (plus ordinary commit time).
+* **raw COPY TO** of the first: ``COPY (SELECT * FROM <partition>) TO STDOUT (FORMAT binary)``
+  streamed to the client and discarded: the floor for reading the partition out of Postgres.
+* **archive** of the first, alone on the machine, in a child process (``archive()``, the whole
+  pipeline: detach CONCURRENTLY, export to Parquet/zstd, upload, read back + verify, drop) to the
+  given store (default: a temporary directory): its seconds (as the archive reports them, without
+  the child's start-up), ``archive_vs_raw_copy`` = raw seconds / archive seconds, and the child's peak
+  RSS (``archiver_peak_rss_mb``: the archiver's own memory, not the bench's).
+* **archive under writes**: the second partition archived the same way while a writer commits small
+  batches into the *current* week; the writer's commit latency before (3 s) and during: p99 and max.
 """
 
 from __future__ import annotations
 
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,10 +33,10 @@ from psycopg import sql
 
 from callvault import bootstrap, catalog
 from callvault.archive.pipeline import archive
-from callvault.bench import data
+from callvault.bench import _tables, data
 from callvault.bench._timing import pct
 from callvault.config import Settings
-from callvault.db import connect
+from callvault.db import connect, resolve_dsn
 from callvault.ingest import Writer
 from callvault.plan import Interval
 
@@ -39,30 +44,33 @@ SCHEMA = "callvault_bench"
 TABLE = "a_part"
 TENANTS = 200
 WRITER_BATCH = 20  # rows per commit of the concurrent writer
+# The two filled weeks, weeks before now's: the first is past retention (90 days) one week from now,
+# the second only three weeks from now, so each archive run takes exactly one.
+WEEKS_BACK = (13, 11)
+AT_FIRST, AT_SECOND = timedelta(weeks=1), timedelta(weeks=3)
 
 
-def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str], None]) -> tuple[Settings, str]:
+def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str], None]) -> tuple[Settings, list[str]]:
+    """A fresh bench table with two filled weeks: 13 and 11 weeks before ``now``'s week."""
     s = settings.with_(schema=SCHEMA, table=TABLE)
     with connect(settings) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA, TABLE)))
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE parent_table LIKE %s").format(
-                sql.Identifier(settings.partman_schema, "part_config")
-            ),
-            (f"{SCHEMA}.%",),
-        )
+        _tables.forget(conn, s, TABLE)
         if catalog.meta_table_exists(conn, "archive_journal"):
             conn.execute("DELETE FROM callvault.archive_journal WHERE parent_table = %s", (s.qualified,))
         conn.commit()
         bootstrap.init(conn, s)
-    week = Interval.WEEKLY.floor(now) - timedelta(weeks=12)
-    progress(f"loading {rows:,} rows into the week of {week:%Y-%m-%d}")
-    with Writer(s) as w:
-        w.write_many(data.calls(rows, tenants=TENANTS, span=timedelta(days=6, hours=23), now=week + timedelta(days=7)))
+    names = []
+    for back in WEEKS_BACK:
+        week = Interval.WEEKLY.floor(now) - timedelta(weeks=back)
+        progress(f"loading {rows:,} rows into the week of {week:%Y-%m-%d}")
+        with Writer(s) as w:
+            w.write_many(
+                data.calls(rows, tenants=TENANTS, span=timedelta(days=6, hours=23), now=week + timedelta(days=7))
+            )
+        names.append(f"{TABLE}_{Interval.WEEKLY.suffix(week)}")
     with connect(s, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(SCHEMA, TABLE)))
-    return s, f"{TABLE}_{Interval.WEEKLY.suffix(week)}"
+    return s, names
 
 
 def _raw_copy(s: Settings, partition: str) -> tuple[float, int]:
@@ -110,41 +118,74 @@ class _Writer(threading.Thread):
                 self.samples.append((t0, time.perf_counter() - t0))
 
 
+def _archive_child(s: Settings, store_url: str, at: datetime) -> dict[str, Any]:
+    """``archive()`` in a child process of its own: its report and peak RSS."""
+    job = {"dsn": resolve_dsn(s), "schema": s.schema, "table": s.table, "store_url": store_url, "at": at.isoformat()}
+    done = subprocess.run(
+        [sys.executable, "-m", "callvault.bench.archive"], input=json.dumps(job), capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the archive child failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _child() -> None:
+    job = json.loads(sys.stdin.read())
+    s = Settings(dsn=job["dsn"], schema=job["schema"], table=job["table"])
+    report = archive(s, store_url=job["store_url"], at=datetime.fromisoformat(job["at"]))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"report": report.to_dict(), "peak_rss_mb": round(peak_kb / 1024, 1)}))
+
+
+def _partition(result: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [p for p in result["report"]["partitions"] if p["partition"] == name]
+    if not found:
+        raise RuntimeError(f"the archive run did not take {name}: {result['report']}")
+    mine: dict[str, Any] = found[0]
+    if mine["error"]:
+        raise RuntimeError(mine["error"])
+    return mine
+
+
 def run(settings: Settings, rows: int, store_url: str | None, progress: Callable[[str], None]) -> dict[str, Any]:
     now = datetime.now(UTC)
-    s, partition = _setup(settings, rows, now, progress)
+    s, (first, second) = _setup(settings, rows, now, progress)
     with connect(s) as conn:
-        size_row = conn.execute("SELECT pg_total_relation_size(%s)", (f"{SCHEMA}.{partition}",)).fetchone()
+        size_row = conn.execute("SELECT pg_total_relation_size(%s)", (f"{SCHEMA}.{first}",)).fetchone()
     table_bytes = int(size_row[0]) if size_row else 0
     progress("raw COPY TO")
-    raw_s, raw_bytes = _raw_copy(s, partition)
-    writer = _Writer(s)
-    writer.start()
-    time.sleep(3)  # the writer's baseline
-    progress("archive")
+    raw_s, raw_bytes = _raw_copy(s, first)
     with tempfile.TemporaryDirectory(prefix="callvault-bench-archive-") as tmp:
         url = store_url or Path(tmp).as_uri()
+        progress("archive (alone)")
+        alone = _archive_child(s, url, now + AT_FIRST)
+        mine = _partition(alone, first)
+        with connect(settings) as conn:
+            steps = conn.execute(
+                "SELECT step, seconds FROM callvault.archive_log WHERE parent_table = %s AND partition = %s "
+                "ORDER BY id",
+                (s.qualified, first),
+            ).fetchall()
+        progress("archive under writes")
+        writer = _Writer(s)
+        writer.start()
+        time.sleep(3)  # the writer's baseline
         t_start = time.perf_counter()
-        report = archive(s, store_url=url, at=now + timedelta(weeks=2))
+        loaded = _archive_child(s, url, now + AT_SECOND)
         t_end = time.perf_counter()
-    time.sleep(1)
-    writer.stop.set()
-    writer.join()
-    mine = next(p for p in report.partitions if p.partition == partition)
-    if mine.error:
-        raise RuntimeError(mine.error)
+        time.sleep(1)
+        writer.stop.set()
+        writer.join()
+        under = _partition(loaded, second)
     before = [d for t, d in writer.samples if t < t_start]
     during = [d for t, d in writer.samples if t_start <= t <= t_end]
-    with connect(settings) as conn:
-        steps = conn.execute(
-            "SELECT step, seconds FROM callvault.archive_log WHERE parent_table = %s AND partition = %s ORDER BY id",
-            (s.qualified, partition),
-        ).fetchall()
-    archive_s = mine.seconds
+    archive_s = float(mine["seconds"])
     return {
         "rows": rows,
         "partition_bytes": table_bytes,
-        "archive_bytes": mine.bytes,
+        "archive_bytes": mine["bytes"],
         "raw_copy_s": round(raw_s, 3),
         "raw_copy_rows_per_s": round(rows / raw_s),
         "raw_copy_mb_per_s": round(raw_bytes / raw_s / 1e6, 1),
@@ -153,9 +194,17 @@ def run(settings: Settings, rows: int, store_url: str | None, progress: Callable
         "archive_mb_per_s": round(table_bytes / archive_s / 1e6, 1),
         "archive_vs_raw_copy": round(raw_s / archive_s, 3),
         "steps_s": {step: round(sec, 3) for step, sec in steps},
-        "store": report.store,
+        "archiver_peak_rss_mb": alone["peak_rss_mb"],
+        "store": alone["report"]["store"],
+        "archive_under_writes_s": round(float(under["seconds"]), 3),
+        "writer_commits_before": len(before),
         "writer_commits_during_archive": len(during),
+        "writer_p99_ms_before": pct(before, 99) if len(before) > 1 else None,
         "writer_max_ms_before": round(max(before) * 1000, 2) if before else None,
-        "writer_max_ms_during": round(max(during) * 1000, 2) if during else None,
         "writer_p99_ms_during": pct(during, 99) if len(during) > 1 else None,
+        "writer_max_ms_during": round(max(during) * 1000, 2) if during else None,
     }
+
+
+if __name__ == "__main__":  # the archive child of :func:`_archive_child`
+    _child()

@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from callvault import bootstrap
-from callvault.bench import _files, data
+from callvault.bench import _files, _tables, data
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import AsyncWriter, Writer
@@ -84,8 +84,7 @@ def _rss_mb() -> float:
 def _fresh_table(settings: Settings, name: str) -> Settings:
     s = settings.with_(schema=SCHEMA, table=name)
     with connect(s) as conn:
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA, name)))
-        conn.execute("DELETE FROM partman.part_config WHERE parent_table = %s", (s.qualified,))
+        _tables.forget(conn, s, name)
         conn.commit()
         bootstrap.init(conn, s)
     return s

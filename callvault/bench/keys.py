@@ -20,7 +20,7 @@ from typing import Any
 from psycopg import sql
 
 from callvault import bootstrap, partman, schema
-from callvault.bench import data
+from callvault.bench import _tables, data
 from callvault.bench._files import rows_file
 from callvault.bench._timing import pct, timed
 from callvault.config import Settings
@@ -65,9 +65,8 @@ class LayoutResult:
 
 def _make_table(conn: Conn, settings: Settings, name: str, ddl: list[str]) -> sql.Identifier:
     t = sql.Identifier(SCHEMA, name)
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(t))
-    conn.execute("DELETE FROM partman.part_config WHERE parent_table = %s", (f"{SCHEMA}.{name}",))
     s = settings.with_(schema=SCHEMA, table=name)
+    _tables.forget(conn, s, name)
     pm = partman.installed(conn)
     assert pm is not None
     conn.execute(schema.create_bare_table_sql(t))
@@ -83,7 +82,7 @@ def run(settings: Settings, rows: int, row_bytes: int = 1200) -> dict[str, Any]:
     now = datetime.now(UTC)
     src = settings.with_(schema=SCHEMA, table="keys_source")
     with connect(settings) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        _tables.forget(conn, src, "keys_source")
         conn.commit()
         bootstrap.init(conn, src)
     span = timedelta(days=70)  # ten weekly partitions of history

@@ -22,7 +22,7 @@ from typing import Any
 from psycopg import sql
 
 from callvault import bootstrap
-from callvault.bench import data
+from callvault.bench import _tables, data
 from callvault.bench._timing import pct, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
@@ -42,9 +42,7 @@ def _load(settings: Settings, rows: int, now: datetime, progress: Callable[[str]
     part = settings.with_(schema=SCHEMA, table="q_part")
     flat = sql.Identifier(SCHEMA, "q_flat")
     with connect(settings) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}, {} CASCADE").format(sql.Identifier(SCHEMA, "q_part"), flat))
-        conn.execute("DELETE FROM partman.part_config WHERE parent_table = %s", (part.qualified,))
+        _tables.forget(conn, part, "q_part", "q_flat")
         conn.commit()
         bootstrap.init(conn, part)
     progress(f"loading {rows:,} rows (writer)")
