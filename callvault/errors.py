@@ -97,3 +97,10 @@ class ArchiveVerifyFailed(CallvaultError):
     """An archived object read back does not match the database: the partition is kept, not dropped."""
 
     exit_code = 65  # EX_DATAERR
+
+
+class ArchivePruned(CallvaultError):
+    """What was asked for lies in an archived period whose objects for that tenant were deleted by
+    archive retention (``callvault archive prune``): the calls are gone, not merely not found."""
+
+    exit_code = 1
