@@ -15,16 +15,27 @@ The readers never prepare their statements server-side (``prepare=False``, whate
 transaction mode hands the next transaction another one (``"_pg3_0" already exists`` / ``does not
 exist``). So a reader is safe behind PgBouncer on any connection; each read is planned with its own
 bounds (plan-time pruning).
+
+**Across tiers.** Given an archive store (``store_url=``, or the configured ``archive_url``),
+:meth:`Reader.recent_calls` and :meth:`Reader.get_call` (with ``started_at``) also serve the parts of a
+window that no attached partition covers from the archive (:mod:`callvault.archive.reader`: the
+manifests say which periods are archived, DuckDB reads that tenant's objects), merged in the same order
+and with the same cursor; each row says which tier served it (``CallSummary.tier``, ``Page.tiers``). A
+period that is attached is read from Postgres only, even when it is archived too (restored). Which
+partitions are attached is read from the catalog in the read's own transaction (pipelined with the
+query): a window the hot table covers never touches the store. Without a store, reads are exactly the
+hot-only reads they always were.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import psycopg
@@ -38,9 +49,14 @@ from callvault.errors import InvalidSetting
 from callvault.plans import walk
 from callvault.tenancy.session import atenant, tenant, tenant_value, uuid_text
 
+if TYPE_CHECKING:  # the archive tier loads only when a read reaches it
+    from callvault.archive.store import Store
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000  # a page bigger than this is an export, not a query: use the archive tools
 SUMMARY_COLUMNS = ("id", "call_id", "started_at", "ended_at", "duration_sec")
+HOT, ARCHIVE = "hot", "archive"  # the tiers a row can come from: Postgres, or the archive store
+_US = timedelta(microseconds=1)
 
 
 class WindowRefused(InvalidSetting):
@@ -51,18 +67,21 @@ class WindowRefused(InvalidSetting):
 class CallSummary:
     """One call in a :class:`Page`: no transcript or metadata (use :meth:`Reader.get_call` for those).
 
-    ``id`` is the row's server-assigned id; ``call_id`` the producer's id; times are UTC."""
+    ``id`` is the row's server-assigned id (archived rows keep theirs); ``call_id`` the producer's id;
+    times are UTC. ``tier``: where the row was read, ``"hot"`` (Postgres) or ``"archive"`` (the store)."""
 
     id: int
     call_id: UUID
     started_at: datetime
     ended_at: datetime | None
     duration_sec: int | None
+    tier: str = HOT
 
 
 @dataclass(frozen=True)
 class CallRecord:
-    """One whole call, as :meth:`Reader.get_call` returns it (times UTC, metadata decoded from jsonb)."""
+    """One whole call, as :meth:`Reader.get_call` returns it (times UTC, metadata decoded from jsonb);
+    ``tier``: ``"hot"`` (Postgres) or ``"archive"`` (the store)."""
 
     id: int
     tenant_id: UUID
@@ -72,6 +91,7 @@ class CallRecord:
     duration_sec: int | None
     transcript: str | None
     metadata: dict[str, Any] | None
+    tier: str = HOT
 
 
 @dataclass(frozen=True)
@@ -85,10 +105,36 @@ class Page:
             older = reader.recent_calls(tenant_id, since=week_ago, cursor=page.next_cursor)
 
     ``calls``: the rows; ``next_cursor``: an opaque string to pass back as ``cursor=`` for the next,
-    older page (``None`` when this page is the last)."""
+    older page (``None`` when this page is the last). A page may hold rows of both tiers: each
+    :class:`CallSummary` has its ``tier`` and :attr:`tiers` sums them up. ``pruned``: first days of the
+    archived periods this page reached whose objects for the tenant were deleted by archive retention
+    (their calls are gone: the page is complete for what still exists); always ``()`` without a store."""
 
     calls: list[CallSummary]
     next_cursor: str | None
+    pruned: tuple[date, ...] = ()
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The tiers that served this page's rows, in page order: ``()`` for an empty page, else e.g.
+        ``("hot",)``, ``("archive",)`` or ``("hot", "archive")`` (a page across the boundary)."""
+        return tuple(dict.fromkeys(c.tier for c in self.calls))
+
+    def to_dict(self) -> dict[str, object]:
+        """``{"calls": [...], "next_cursor", "tiers", "pruned"}`` as JSON-ready values (``callvault calls --json``);
+        each call ``{"id", "call_id", "started_at", "ended_at", "duration_sec", "tier"}``, times ISO 8601 UTC."""
+
+        def iso(ts: datetime | None) -> str | None:
+            return ts.astimezone(UTC).isoformat() if ts is not None else None
+
+        return {
+            "calls": [
+                {"id": c.id, "call_id": str(c.call_id), "started_at": iso(c.started_at), "ended_at": iso(c.ended_at),
+                 "duration_sec": c.duration_sec, "tier": c.tier}
+                for c in self.calls
+            ],
+            "next_cursor": self.next_cursor, "tiers": list(self.tiers), "pruned": [d.isoformat() for d in self.pruned],
+        }  # fmt: skip
 
     def __iter__(self) -> Iterator[CallSummary]:
         return iter(self.calls)
@@ -201,6 +247,34 @@ def get_call_sql(settings: Settings, *, pinned: bool) -> sql.Composed:
     )
 
 
+# The partitions attached to %(parent)s (a regclass text): one pg_inherits index scan. A key per attach
+# (the partition's oid, and the xmin of its pg_inherits row: attaching again makes a new one); pending
+# detaches are not attached (queries no longer see them). Catalog only: any role may read it, the
+# RLS-bound application role included.
+ATTACHED_SQL = sql.SQL(
+    "SELECT inhrelid::int8, xmin::text FROM pg_inherits WHERE inhparent = %(parent)s::regclass AND NOT inhdetachpending"
+)
+# The [from, to) bounds of partitions %(oids)s as timestamptz (NULL for DEFAULT or MINVALUE/MAXVALUE),
+# read only for keys not seen before: a partition's bounds cannot change while it stays attached.
+BOUNDS_SQL = sql.SQL(
+    "SELECT oid::int8, (regexp_match(b, 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz, "
+    "(regexp_match(b, 'TO \\(''([^'']+)''\\)'))[1]::timestamptz "
+    "FROM (SELECT oid, pg_get_expr(relpartbound, oid) AS b FROM pg_class WHERE oid = ANY(%(oids)s::oid[])) p"
+)
+
+Range = tuple[datetime, datetime]
+Bounds = tuple[datetime | None, datetime | None]
+
+
+def attached_ranges(conn: Conn, settings: Settings) -> list[Range]:
+    """The ``[from, to)`` ranges of the partitions attached to the settings' table, oldest first
+    (two catalog statements; no rows read)."""
+    parent = sql.Identifier(settings.schema, settings.table).as_string()
+    keys = conn.execute(ATTACHED_SQL, {"parent": parent}, prepare=False).fetchall()
+    rows = conn.execute(BOUNDS_SQL, {"oids": [oid for oid, _ in keys]}, prepare=False).fetchall()
+    return sorted((lo, hi) for _, lo, hi in rows if lo is not None and hi is not None)
+
+
 def count_sql(settings: Settings) -> sql.Composed:
     """A tenant's calls in [since, until), counted (pruned by the bounds)."""
     return sql.SQL(
@@ -227,6 +301,47 @@ class _Read:
     statement: sql.Composed
     params: dict[str, Any]
     result: Callable[[list[Any]], Any]
+    tiers: _Tiers | None = None  # with an archive store: what the archive may add
+
+
+@dataclass(frozen=True)
+class _Tiers:
+    """The archive half of a read across tiers (pure plan; the twins only run it).
+
+    In the read's transaction the twins send :data:`ATTACHED_SQL` (``params``) pipelined with the read's
+    statement; when ``missing(keys)`` gives parameters, partitions they have not seen yet are attached
+    and :data:`BOUNDS_SQL` reads their bounds, for ``learn(keys, bounds)``. With the transaction over
+    (and a pooled connection given back), ``after(hot rows, keys)`` says whether the archive is needed,
+    as a blocking call to make (the async twin makes it on a thread, off the event loop), and
+    ``result(hot rows, archive part or None)`` is the answer."""
+
+    params: dict[str, Any]
+    missing: Callable[[list[Any]], dict[str, Any] | None]
+    learn: Callable[[list[Any], list[Any]], None]
+    after: Callable[[list[Any], list[Any]], Callable[[], Any] | None]
+    result: Callable[[list[Any], Any], Any]
+
+
+def _tiers(r: _Base, after: Callable[[list[Any], list[Range]], Callable[[], Any] | None],
+           result: Callable[[list[Any], Any], Any]) -> _Tiers:  # fmt: skip
+    known = r._attached  # (oid, xmin) -> bounds, kept by the reader across reads
+
+    def missing(keys: list[Any]) -> dict[str, Any] | None:
+        new = [oid for oid, xmin in keys if (oid, xmin) not in known]
+        return {"oids": new} if new else None
+
+    def learn(keys: list[Any], bounds: list[Any]) -> None:
+        found = {oid: (lo, hi) for oid, lo, hi in bounds}
+        for oid, xmin in keys:
+            if oid in found:  # gone since (dropped): not attached any more
+                known[(oid, xmin)] = found[oid]
+
+    def ranges(keys: list[Any]) -> list[Range]:
+        got = [known.get((oid, xmin), (None, None)) for oid, xmin in keys]
+        return sorted((lo, hi) for lo, hi in got if lo is not None and hi is not None)
+
+    parent = sql.Identifier(r.settings.schema, r.settings.table).as_string()
+    return _Tiers({"parent": parent}, missing, learn, lambda rows, keys: after(rows, ranges(keys)), result)
 
 
 def _recent(r: _Base, tenant_id: UUID | str, since: datetime | None, until: datetime | None, limit: int,
@@ -235,17 +350,51 @@ def _recent(r: _Base, tenant_id: UUID | str, since: datetime | None, until: date
     params["limit"] = check_limit(limit)
     if cursor:
         params["cts"], params["cid"] = decode_cursor(cursor)
-    return _Read(params["tenant"], window_sql(r.settings, after_cursor=bool(cursor)), params,
+    read = _Read(params["tenant"], window_sql(r.settings, after_cursor=bool(cursor)), params,
                  lambda rows: _page(rows, limit))  # fmt: skip
+    if r.store_url is None:
+        return read
+    before = (params["cts"], params["cid"]) if cursor else None
+    since, until, who = params["since"], params["until"], params["tenant"]
+
+    def after(rows: list[Any], attached: list[Range]) -> Callable[[], Any] | None:
+        from callvault.archive import reader as archive
+
+        gaps = archive.uncovered(since, until, attached)
+        if before is not None:  # nothing newer than the cursor can be on this page
+            gaps = [(lo, min(hi, before[0] + _US)) for lo, hi in gaps if lo <= before[0]]
+        if not gaps or (len(rows) == limit and rows[-1][2] >= gaps[-1][1]):
+            return None  # the hot rows fill the page and are all newer than anything archived
+        return lambda: archive._page(r._archive_store(), r.settings, who, gaps, before, limit)
+
+    return replace(read, tiers=_tiers(r, after, lambda rows, part: _page(rows, limit, part)))
 
 
 def _get(r: _Base, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None) -> _Read:
     if started_at is not None and (not isinstance(started_at, datetime) or started_at.tzinfo is None):
         raise InvalidSetting(f"started_at={started_at!r} must be a timezone-aware datetime (or None)")
-    who = tenant_value(tenant_id)
-    params = {"tenant": who, "call": call_value(call_id), "started_at": started_at}
-    return _Read(who, get_call_sql(r.settings, pinned=started_at is not None), params,
+    who, call = tenant_value(tenant_id), call_value(call_id)
+    params = {"tenant": who, "call": call, "started_at": started_at}
+    read = _Read(who, get_call_sql(r.settings, pinned=started_at is not None), params,
                  lambda rows: CallRecord(*rows[0]) if rows else None)  # fmt: skip
+    if r.store_url is None or started_at is None:
+        return read
+    at = started_at.astimezone(UTC)
+
+    def after(rows: list[Any], attached: list[Range]) -> Callable[[], Any] | None:
+        from callvault.archive import reader as archive
+
+        gaps = archive.uncovered(at, at + _US, attached)
+        if rows or not gaps:
+            return None  # found in Postgres, or its partition is attached: the hot table is the answer
+        return lambda: archive._find(r._archive_store(), r.settings, who, call, at, gaps)
+
+    def result(rows: list[Any], part: Any) -> CallRecord | None:
+        if rows:
+            return CallRecord(*rows[0])
+        return replace(CallRecord(*part), tier=ARCHIVE) if part is not None else None
+
+    return replace(read, tiers=_tiers(r, after, result))
 
 
 def _count(r: _Base, tenant_id: UUID | str, since: datetime | None, until: datetime | None) -> _Read:
@@ -263,11 +412,42 @@ class _Base:
     settings: Settings
     max_window: timedelta
     pipeline: bool
+    store_url: str | None
+    _store: Store | None
+    _attached: dict[tuple[int, str], Bounds]  # attached partitions' bounds by (oid, pg_inherits xmin)
 
-    def _setup(self, settings: Settings | None, max_window: timedelta | None, pipeline: bool) -> None:
+    def _setup(
+        self, settings: Settings | None, max_window: timedelta | None, pipeline: bool, store_url: str | None
+    ) -> None:
         self.settings = settings or from_env()
         self.max_window = max_window or max_window_of(self.settings)
         self.pipeline = pipeline
+        self.store_url = _checked_store_url(store_url or self.settings.archive_url)
+        self._store = None
+        self._attached = {}
+
+    def _archive_store(self) -> Store:
+        """The archive store, opened (and, when named, checked to exist) on first use, then reused."""
+        if self._store is None:
+            from callvault.archive.location import read_store
+
+            self._store = read_store(self.settings, self.store_url)
+        return self._store
+
+
+def _checked_store_url(url: str | None) -> str | None:
+    """``url`` when it is a store URL callvault can read (InvalidSetting naming the forms otherwise),
+    checked without any I/O: a bucket or directory is only looked at when a read reaches the archive."""
+    if url is None:
+        return None
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if not (parsed.scheme == "s3" and parsed.netloc):
+        from callvault.archive.store import open_store
+
+        open_store(url)  # file URLs and paths open without I/O; anything else raises InvalidSetting
+    return url
 
 
 class Reader(_Base):
@@ -281,6 +461,9 @@ class Reader(_Base):
     ``settings``: which table (default: the one configuration, :func:`callvault.config.from_env`).
     ``max_window``: the widest ``[since, until)`` accepted (default: the table's hot retention).
     ``pipeline``: send BEGIN, the tenant and the query in one round trip (pays over a network).
+    ``store_url``: the archive store (``s3://bucket/prefix`` or ``file:///dir``; default the settings'
+    ``archive_url``, ``CALLVAULT_ARCHIVE_URL``). With one, :meth:`recent_calls` and :meth:`get_call` (given
+    ``started_at``) also read archived weeks (see the module docstring); without, reads are hot only.
 
     Ids are ``uuid.UUID`` or their text; a bad id raises :class:`callvault.errors.InvalidSetting`.
     A missing, empty or too-wide window raises :class:`WindowRefused` before any SQL runs::
@@ -297,12 +480,13 @@ class Reader(_Base):
     def __init__(
         self, source: Conn | ConnectionPool[Any] | None = None, settings: Settings | None = None, *,
         max_window: timedelta | None = None, pipeline: bool = False, conn: Conn | None = None,
+        store_url: str | None = None,
     ) -> None:  # fmt: skip
         chosen = source if source is not None else conn
         if chosen is None:
             raise InvalidSetting("Reader needs a connection or a pool: Reader(conn) or Reader(pool)")
         self.source: Conn | ConnectionPool[Any] = chosen
-        self._setup(settings, max_window, pipeline)
+        self._setup(settings, max_window, pipeline, store_url)
 
     @property
     def conn(self) -> Conn:
@@ -313,28 +497,67 @@ class Reader(_Base):
 
     def _run(self, read: _Read) -> Any:
         if isinstance(self.source, psycopg.Connection):
-            return self._on(self.source, read)
-        with self.source.connection() as conn:
-            return self._on(conn, read)
+            got = self._on(self.source, read)
+        else:
+            with self.source.connection() as conn:
+                got = self._on(conn, read)
+        if read.tiers is None:
+            return got
+        rows, attached = got  # the connection is back in the pool before the store is read
+        fetch = read.tiers.after(rows, attached)
+        return read.tiers.result(rows, fetch() if fetch is not None else None)
 
     def _on(self, conn: Conn, read: _Read) -> Any:
+        if read.tiers is not None:
+            return self._tiered(conn, read, read.tiers)
         with tenant(conn, read.tenant, pipeline=self.pipeline):
             rows = conn.execute(read.statement, read.params, prepare=False).fetchall()
         return read.result(rows)
+
+    def _tiered(self, conn: Conn, read: _Read, tiers: _Tiers) -> tuple[list[Any], list[Any]]:
+        with tenant(conn, read.tenant, pipeline=self.pipeline):
+            with conn.pipeline():  # the attached partitions ride along with the query: no extra round trip
+                hot = conn.execute(read.statement, read.params, prepare=False)
+                attached = conn.execute(ATTACHED_SQL, tiers.params, prepare=False)
+            rows, keys = hot.fetchall(), attached.fetchall()
+            if (new := tiers.missing(keys)) is not None:  # partitions attached since the last read
+                tiers.learn(keys, conn.execute(BOUNDS_SQL, new, prepare=False).fetchall())
+        return rows, keys
 
     def recent_calls(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None,
         limit: int = DEFAULT_LIMIT, cursor: str | None = None,
     ) -> Page:  # fmt: skip
         """The tenant's calls in ``[since, until)`` (``until`` default: now), newest first, ``limit`` per
-        page (1..10,000); pass ``page.next_cursor`` back as ``cursor=`` for the next, older page."""
+        page (1..10,000); pass ``page.next_cursor`` back as ``cursor=`` for the next, older page.
+
+        With an archive store, the parts of the window no attached partition covers are read from the
+        archive and merged in (same order, same cursor; a page can span both tiers: see
+        ``CallSummary.tier``, ``Page.tiers``, and ``Page.pruned`` for archived weeks deleted by archive
+        retention). A page the hot rows fill with calls newer than anything archived, and any window the
+        hot table covers, never touch the store.
+
+        :raises WindowRefused: a missing, naive, empty or too-wide window (before any SQL).
+        :raises InvalidSetting: a bad tenant id, cursor or limit.
+        :raises StoreUnavailable: the read reaches the archive and the store cannot be read (exit code 69).
+        """
         return self._run(_recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
 
     def get_call(
         self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None
     ) -> CallRecord | None:
         """One call with transcript and metadata, or ``None``. With ``started_at`` it reads one
-        partition; without, one unique-index probe per partition."""
+        partition; without, one unique-index probe per partition.
+
+        Archived calls are found only with ``started_at`` (and an archive store): when no attached
+        partition holds that instant, the archived period that does is read (``CallRecord.tier ==
+        "archive"``). Without ``started_at`` the lookup is hot only, store or not (probing every archived
+        period for an id would read the whole tenant's archive).
+
+        :raises ArchivePruned: ``started_at`` is in an archived period whose objects for the tenant were
+            deleted by archive retention: the call, if it existed, is gone.
+        :raises StoreUnavailable: the lookup reaches the archive and the store cannot be read.
+        """
         return self._run(_get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
 
     def count_calls(
@@ -352,7 +575,8 @@ class Reader(_Base):
 
 class AsyncReader(_Base):
     """The asyncio twin of :class:`Reader`: same reads, same checks, same errors (the plan of each read
-    is shared code; only the awaiting differs). ``source``: a ``psycopg.AsyncConnection`` or a
+    is shared code; only the awaiting differs; the archive tier, blocking I/O, runs on a thread with
+    ``asyncio.to_thread``, off the event loop). ``source``: a ``psycopg.AsyncConnection`` or a
     ``psycopg_pool.AsyncConnectionPool``::
 
         pool = AsyncConnectionPool(app_dsn, kwargs={"prepare_threshold": None}, open=False)
@@ -364,13 +588,13 @@ class AsyncReader(_Base):
     def __init__(
         self, source: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any] | None = None,
         settings: Settings | None = None, *, max_window: timedelta | None = None, pipeline: bool = False,
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None, store_url: str | None = None,
     ) -> None:  # fmt: skip
         chosen = source if source is not None else conn
         if chosen is None:
             raise InvalidSetting("AsyncReader needs a connection or a pool: AsyncReader(conn) or AsyncReader(pool)")
         self.source: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any] = chosen
-        self._setup(settings, max_window, pipeline)
+        self._setup(settings, max_window, pipeline, store_url)
 
     @property
     def conn(self) -> psycopg.AsyncConnection[Any]:
@@ -381,15 +605,36 @@ class AsyncReader(_Base):
 
     async def _run(self, read: _Read) -> Any:
         if isinstance(self.source, psycopg.AsyncConnection):
-            return await self._on(self.source, read)
-        async with self.source.connection() as conn:
-            return await self._on(conn, read)
+            got = await self._on(self.source, read)
+        else:
+            async with self.source.connection() as conn:
+                got = await self._on(conn, read)
+        if read.tiers is None:
+            return got
+        rows, attached = got  # the connection is back in the pool before the store is read
+        fetch = read.tiers.after(rows, attached)
+        return read.tiers.result(rows, await asyncio.to_thread(fetch) if fetch is not None else None)
 
     async def _on(self, conn: psycopg.AsyncConnection[Any], read: _Read) -> Any:
+        if read.tiers is not None:
+            return await self._tiered(conn, read, read.tiers)
         async with atenant(conn, read.tenant, pipeline=self.pipeline):
             cur = await conn.execute(read.statement, read.params, prepare=False)
             rows = await cur.fetchall()
         return read.result(rows)
+
+    async def _tiered(
+        self, conn: psycopg.AsyncConnection[Any], read: _Read, tiers: _Tiers
+    ) -> tuple[list[Any], list[Any]]:
+        async with atenant(conn, read.tenant, pipeline=self.pipeline):
+            async with conn.pipeline():
+                hot = await conn.execute(read.statement, read.params, prepare=False)
+                attached = await conn.execute(ATTACHED_SQL, tiers.params, prepare=False)
+            rows, keys = await hot.fetchall(), await attached.fetchall()
+            if (new := tiers.missing(keys)) is not None:
+                cur = await conn.execute(BOUNDS_SQL, new, prepare=False)
+                tiers.learn(keys, await cur.fetchall())
+        return rows, keys
 
     async def recent_calls(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None,
@@ -417,10 +662,16 @@ class AsyncReader(_Base):
         return await self._run(_daily(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
 
-def _page(rows: list[Any], limit: int) -> Page:
+def _page(rows: list[Any], limit: int, archived: Any = None) -> Page:
     calls = [CallSummary(*r) for r in rows]
+    pruned: tuple[date, ...] = ()
+    if archived is not None:  # an ArchivePage: merge by (started_at, id), newest first; hot wins an id
+        hot = {c.id for c in calls}
+        calls += [replace(CallSummary(*a), tier=ARCHIVE) for a in archived.calls if a[0] not in hot]
+        calls = sorted(calls, key=lambda c: (c.started_at, c.id), reverse=True)[:limit]
+        pruned = archived.pruned
     last = calls[-1] if len(calls) == limit else None
-    return Page(calls=calls, next_cursor=encode_cursor(last.started_at, last.id) if last else None)
+    return Page(calls=calls, next_cursor=encode_cursor(last.started_at, last.id) if last else None, pruned=pruned)
 
 
 def explain_window(
