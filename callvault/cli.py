@@ -147,14 +147,26 @@ def at_option(f: F) -> F:
                         help="Reference time, ISO 8601 (naive means UTC). Default: now.")(f)  # fmt: skip
 
 
-def parse_at(text: str | None) -> datetime | None:
+def parse_at(text: str | None, flag: str = "--at") -> datetime | None:
     if text is None:
         return None
     try:
         ts = datetime.fromisoformat(text.strip().replace(" ", "T") if "T" not in text else text.strip())
     except ValueError:
-        raise InvalidSetting(f"--at {text!r} is not an ISO 8601 time; e.g. 2026-12-01T00:00:00Z") from None
+        raise InvalidSetting(f"{flag} {text!r} is not an ISO 8601 time; e.g. 2026-12-01T00:00:00Z") from None
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def parse_uuid(text: str, flag: str) -> str:
+    """``text`` as canonical UUID text, or InvalidSetting naming the option, the value and the form."""
+    import uuid
+
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise InvalidSetting(
+            f"{flag} {text!r} is not a UUID: pass the tenant's UUID, e.g. {flag} 6f1c2a4e-0b7d-4c3e-9a51-2d8e4f6a7b90"
+        ) from None
 
 
 def settings_of(dsn: str | None, schema: str | None, table: str | None, **more: Any) -> config.Settings:
@@ -686,6 +698,40 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
         exc = CallvaultError(f"{len(rep.failed)} partition(s) not archived; {first.partition}: {first.error}")
         exc.exit_code = first.exit_code  # 65: read-back mismatch, 69: store/spool unavailable
         raise exc
+
+
+@main.command(name="calls")
+@target_options
+@store_option
+@click.option("--tenant-id", "--tenant", "tenant", required=True, metavar="UUID", help="The tenant (UUID).")
+@click.option("--since", required=True, metavar="TS", help="Window start (inclusive), ISO 8601; naive means UTC.")
+@click.option("--until", default=None, metavar="TS",
+              help="Window end (exclusive), ISO 8601; naive means UTC. Default: now.")  # fmt: skip
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Calls per page.")
+@click.option("--cursor", default=None, help="next_cursor of the previous page: print the next, older page.")
+@json_option
+def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, tenant: str, since: str,
+              until: str | None, limit: int, cursor: str | None, as_json: bool) -> None:  # fmt: skip
+    """A tenant's calls in [--since, --until), newest first, one page: attached partitions from Postgres,
+    archived weeks from the store (DuckDB), merged; each call says which tier served it.
+
+    The window is at most the hot retention wide (90 days by default). Pass the printed next cursor as
+    --cursor for the next page. Exit 2: bad input, or the window reaches archived weeks and no store is
+    configured; 69: the store cannot be read."""
+    tenant_id = parse_uuid(tenant, "--tenant-id")
+    lo = parse_at(since, "--since")
+    hi = parse_at(until, "--until")
+    assert lo is not None
+    if hi is not None and hi <= lo:
+        raise InvalidSetting(
+            f"--until {until} is not after --since {since}: the window is [since, until); pass a later --until"
+        )
+    s = settings_of(dsn, schema, table)
+    page = commands.calls(s, tenant_id, since=lo, until=hi, limit=limit, cursor=cursor, store_url=store_url)
+    if as_json:
+        emit(page.to_dict())
+    else:
+        render.calls(out, page)
 
 
 @archive_cmd.command(name="list")

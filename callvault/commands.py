@@ -43,10 +43,12 @@ from callvault.tenancy.audit import AuditReport
 
 if TYPE_CHECKING:  # pglast loads only when a query is explained
     from callvault.explain import ExplainReport
+    from callvault.query import Page
 
 __all__ = [
     "ArchiveReport", "AuditReport", "Health", "MaintenanceReport", "Plan", "Policies", "PruneReport",
-    "QuarantineListing", "RestoreReport", "archive", "archive_policy", "audit", "explain", "health", "init", "init_sql",
+    "QuarantineListing", "RestoreReport", "archive", "archive_policy", "audit", "calls", "explain", "health", "init",
+    "init_sql",
     "list_archived", "maintain", "plan", "prune", "quarantine_list", "quarantine_replay", "restore", "schedule",
     "status",
 ]  # fmt: skip
@@ -296,6 +298,68 @@ def archive_policy(
         ensure_tables(conn)
         default, per = pr.policies(conn, settings)
     return Policies(str(default), {t: str(r) for t, r in sorted(per.items())})
+
+
+def calls(
+    settings: Settings, tenant_id: str | UUID, *, since: datetime, until: datetime | None = None, limit: int = 100,
+    cursor: str | None = None, store_url: str | None = None,
+) -> Page:  # fmt: skip
+    """``callvault calls``: one page of a tenant's calls in ``[since, until)``, newest first, from
+    whichever tier holds them: attached partitions from Postgres, archived weeks from the store
+    (:meth:`callvault.query.Reader.recent_calls` with a store; each call's ``tier`` says which).
+
+    The store is ``store_url``, else the configured ``archive_url`` (``CALLVAULT_ARCHIVE_URL``), else,
+    with the embedded database, ``<callvault home>/archive`` when it exists. Reads as the connected role
+    with row-level security in force (an app role sees the tenant's rows only).
+
+    :param until: exclusive end; default now.
+    :param limit: calls per page (1..10,000).
+    :param cursor: the previous page's ``next_cursor``: the next, older page.
+    :return: the :class:`callvault.query.Page` (``to_dict()`` is the ``--json`` document).
+    :raises InvalidSetting: a bad tenant id, window, limit or cursor; or the window reaches before the
+        oldest attached partition and no archive store is configured (exit code 2).
+    :raises StoreUnavailable: a store named explicitly does not exist or cannot be read (exit code 69).
+
+    Example:
+
+        page = commands.calls(settings, tenant_id, since=datetime(2026, 7, 1, tzinfo=UTC),
+                              until=datetime(2026, 9, 1, tzinfo=UTC), store_url="s3://calls-archive/prod")
+        [(c.started_at, c.tier) for c in page]
+    """
+    import os
+
+    from callvault import query as reads
+    from callvault.archive.location import ARCHIVE_URL_ENV, default_store_url
+    from callvault.archive.store import LocalStore, open_store
+
+    # bad input is named before connecting
+    window = reads.window_params(tenant_id, since, until, reads.max_window_of(settings))
+    reads.check_limit(limit)
+    if cursor:
+        reads.decode_cursor(cursor)
+    url = store_url or settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
+    if url is None and settings.dsn is None:  # the embedded database: its home's archive, once there is one
+        default = default_store_url(settings)
+        store = open_store(default)
+        url = None if isinstance(store, LocalStore) and not store.root.is_dir() else default
+        hot_only_ok = True
+    else:
+        hot_only_ok = url is not None
+    with connect(settings) as conn:
+        conn.execute("RESET row_security")  # a tenant read: row-level security filters, it does not refuse
+        conn.commit()
+        if not hot_only_ok:
+            starts = [lo for lo, _ in reads.attached_ranges(conn, settings)]
+            conn.commit()
+            if not starts or window["since"] < min(starts):
+                oldest = f"starts {min(starts):%Y-%m-%d}" if starts else "does not exist"
+                raise InvalidSetting(
+                    f"the window from {window['since']:%Y-%m-%d %H:%M} reaches before the oldest hot partition of "
+                    f"{settings.qualified} ({oldest}), and no archive store is configured to read older weeks from: "
+                    "pass --store-url s3://bucket/prefix (or file:///dir), or set CALLVAULT_ARCHIVE_URL"
+                )
+        reader = reads.Reader(conn, settings, store_url=url)
+        return reader.recent_calls(tenant_id, since=since, until=until, limit=limit, cursor=cursor)
 
 
 # re-exported so ``commands`` is the one place to look

@@ -12,6 +12,7 @@ from callvault.archive.pipeline import ArchiveReport
 from callvault.maintain import MaintenanceReport
 from callvault.monitor import Status
 from callvault.plan import Plan
+from callvault.query import Page
 from callvault.tenancy.audit import AuditReport
 
 
@@ -137,3 +138,24 @@ def archive(console: Console, r: ArchiveReport) -> None:
             console.print(f"{verb} {p.partition} ({rows}{size(p.bytes)}) {p.step_before} -> {p.step_after} "
                           f"in {p.seconds:.2f}s")  # fmt: skip
     console.print(f"store: {r.store} ({r.fmt})")
+
+
+def calls(console: Console, page: Page) -> None:
+    """One page of ``callvault calls``: a row per call (with its tier), then the cursor and pruned weeks."""
+    if not page.calls:
+        console.print("no calls in the window")
+    else:
+        table = Table()
+        for col, just in (("started_at", "left"), ("call_id", "left"), ("duration", "right"), ("tier", "left"),
+                          ("id", "right")):  # fmt: skip
+            table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        for c in page.calls:
+            duration = "-" if c.duration_sec is None else f"{c.duration_sec} s"
+            table.add_row(f"{c.started_at:%Y-%m-%d %H:%M:%S}", str(c.call_id), duration, c.tier, str(c.id),
+                          style="cyan" if c.tier == "archive" else None)  # fmt: skip
+        console.print(table)
+    if page.pruned:
+        console.print("pruned by archive retention (those calls are gone): "
+                      + ", ".join(d.isoformat() for d in page.pruned), markup=False)  # fmt: skip
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}", markup=False, soft_wrap=True)
