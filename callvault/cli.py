@@ -22,6 +22,7 @@ from callvault.db import connect
 from callvault.embedded import Cluster
 from callvault.errors import CallvaultError, InvalidSetting, Unhealthy
 from callvault.plan import Interval
+from callvault.termprogress import terminal_progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output (make, CI, logs) gets a wide fixed width instead of rich's 80-column default.
@@ -688,7 +689,8 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
     from callvault.archive.pipeline import archive
 
     s = settings_of(dsn, schema, table, start_embedded=not dry_run)
-    rep = archive(s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run)
+    with terminal_progress() as progress:
+        rep = archive(s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run, progress=progress)
     if as_json:
         emit(rep.to_dict())
     else:
@@ -850,7 +852,8 @@ def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None,
     except ValueError:
         raise InvalidSetting(f"--week {period!r} is not a date; use YYYY-MM-DD") from None
     s = settings_of(dsn, schema, table)
-    rep = restore(s, day, tenant_id=tenant, into=into, store_url=store_url)
+    with terminal_progress() as progress:
+        rep = restore(s, day, tenant_id=tenant, into=into, store_url=store_url, progress=progress)
     if as_json:
         emit(rep.to_dict())
         return

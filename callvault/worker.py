@@ -32,6 +32,7 @@ from psycopg import sql
 from callvault import catalog, locks
 from callvault.archive.journal import ensure_tables
 from callvault.archive.pipeline import archive
+from callvault.archive.progress import ProgressUpdate, Sink
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
@@ -96,12 +97,30 @@ def _beat(conn: Conn, settings: Settings, every_s: int, **cols: Any) -> None:
     )
 
 
+PROGRESS_EVERY_S = 10.0  # a progress line per partition and step at most this often (and at its end)
+
+
+def progress_lines(log: Log, every: float = PROGRESS_EVERY_S) -> Sink:
+    """A progress sink writing ``{"event": "progress", ...}`` JSON lines (rows, bytes, rate, ETA)."""
+    last: dict[tuple[str, str], float] = {}
+
+    def sink(u: ProgressUpdate) -> None:
+        key = (u.partition, u.step)
+        now = time.monotonic()
+        if u.done or key not in last or now - last[key] >= every:
+            last[key] = now
+            log("progress", **u.to_dict())
+
+    return sink
+
+
 def cycle(settings: Settings, opts: WorkerOptions, log: Log, stop: Callable[[], bool]) -> bool:
     """One archive + maintain + prune pass; True when every step succeeded."""
     ok = True
     t0 = time.perf_counter()
     try:
-        rep = archive(settings, store_url=opts.store_url, format=opts.fmt, should_stop=stop)
+        rep = archive(settings, store_url=opts.store_url, format=opts.fmt, should_stop=stop,
+                      progress=progress_lines(log))  # fmt: skip
         for p in rep.partitions:
             log("archive", partition=p.partition, step_before=p.step_before, step_after=p.step_after,
                 rows=p.rows, bytes=p.bytes, seconds=round(p.seconds, 3), error=p.error)  # fmt: skip

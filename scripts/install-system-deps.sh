@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages callvault needs (PostgreSQL 15 server, pg_partman, pg_cron; faketime
-# for the tests that set the server's clock; pgbouncer for the tests through a transaction pooler),
+# for the tests that set the server's clock; pgbouncer for the tests through a transaction pooler;
+# a Java 17 runtime for the test that reads the archive with Spark),
 # only when something is missing. Safe to run again; does nothing when all is present.
 set -euo pipefail
 
 PG_MAJOR="${CALLVAULT_PG_MAJOR:-15}"
-packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer")
+packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer" "openjdk-17-jre-headless")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

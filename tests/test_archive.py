@@ -344,6 +344,9 @@ def test_worker_runs_cycles_and_stops_on_sigterm(filled: Settings, conn: psycopg
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and "cycle" in kinds and "signal" in kinds and kinds[-1] == "stop"
     assert any(e["event"] == "archive" and e["step_after"] == "dropped" for e in events)
+    done = [e for e in events if e["event"] == "progress" and e["done"]]
+    assert {e["step"] for e in done} == {"export", "upload", "verify"}, "progress as JSON lines"
+    assert all({"rows", "bytes", "rows_per_s", "eta_s", "partition"} <= set(e) for e in done)
     st = run_json("status", "--dsn", dsn)
     assert st["worker"]["cycle_ok"] is not None and st["archive_in_progress"] == []
     assert cli("health", "--dsn", dsn).returncode == 0

@@ -63,9 +63,11 @@ _SELECT_PARTITION = (
     "SELECT id, tenant_id::text AS tenant_id, call_id::text AS call_id, started_at, ended_at, duration_sec, "
     "transcript, metadata FROM {}"
 )
-BUFFER_BYTES = 96 * 1024 * 1024  # batches held before they are split by tenant and written (one row group each)
+BUFFER_BYTES = 48 * 1024 * 1024  # batches held before they are split by tenant and written (one row group each)
 WRITE_THREADS = 2  # tenants' row groups encoded and compressed at once
-MAX_OPEN_FILES = 128  # Parquet files open at once; the least recently used is closed (its tenant rolls a part)
+MAX_OPEN_FILES = 512  # Parquet files open at once (the fd limit is raised for them); past it the least
+# recently written is closed and its tenant rolls to the next part
+ADBC_BATCH_BYTES = 16 * 1024 * 1024  # the size of a record batch the driver hands over (a hint)
 _QUEUE_BATCHES = 2  # record batches read ahead of the writer (memory: a batch is ~16 MB of 1.2 KB rows)
 
 
@@ -143,6 +145,16 @@ class _TenantFiles:
         self.part, self.rows = self.part + 1, 0
 
 
+def _raise_file_limit(want: int) -> None:
+    """Raise this process's soft limit on open files to ``want`` (at most the hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def _read_ahead(reader: Any, out: queue.Queue[Any], stop: threading.Event) -> None:
     """Feed ``out`` with the reader's record batches (then None), or the exception that stopped it."""
     try:
@@ -197,11 +209,14 @@ def export_partition_parquet(
         nonlocal buffer, buffered
         if not buffer:
             return
-        # one contiguous copy (a take over many chunks is ~100x slower); the batches are freed with it
+        # one contiguous copy (a take over many chunks is ~100x slower), then one take into (tenant,
+        # started_at) order: each tenant's rows are a zero-copy slice. The batches are freed on the way.
         rows = pa.Table.from_batches(buffer, schema=schema).combine_chunks()
         buffer, buffered = [], 0
         codes = pc.dictionary_encode(rows.column("tenant_id").combine_chunks())
-        order = pc.sort_indices(codes.indices)
+        keys = pa.table({"t": codes.indices, "s": rows.column("started_at")})
+        order = pc.sort_indices(keys, sort_keys=[("t", "ascending"), ("s", "ascending")])
+        rows = rows.take(order)
         ordered_codes = pc.take(codes.indices, order)
         cuts = [0]
         if len(order) > 1:
@@ -214,21 +229,28 @@ def export_partition_parquet(
             files = tenants.get(tenant)
             if files is None:
                 files = tenants[tenant] = _TenantFiles(dest_dir(tenant), schema, part_rows)
-            if files.writer is None:
-                while len(open_files) >= MAX_OPEN_FILES:
-                    oldest, _ = open_files.popitem(last=False)
-                    tenants[oldest].close_file()
-            open_files[tenant] = None
-            open_files.move_to_end(tenant)
-            work.append((files, order.slice(lo, hi - lo)))
+            work.append((tenant, files, rows.slice(lo, hi - lo)))
 
-        def write(item: tuple[_TenantFiles, Any]) -> None:
-            files, picks = item
-            files.write(rows.take(picks).sort_by("started_at"))
+        def write(item: tuple[str, _TenantFiles, Any]) -> None:
+            item[1].write(item[2])
 
-        # pyarrow encodes and compresses without the GIL: tenants' row groups are written side by side
-        list(writers.map(write, work))
+        # pyarrow encodes and compresses without the GIL: tenants' row groups are written side by side,
+        # at most MAX_OPEN_FILES tenants at a time, closing the least recently written files first
+        for i in range(0, len(work), MAX_OPEN_FILES):
+            chunk = work[i : i + MAX_OPEN_FILES]
+            names = {t for t, _, _ in chunk}
+            opening = sum(1 for _, f, _ in chunk if f.writer is None)
+            for t in [t for t in open_files if t not in names]:
+                if len(open_files) + opening <= MAX_OPEN_FILES:
+                    break
+                del open_files[t]
+                tenants[t].close_file()
+            list(writers.map(write, chunk))
+            for t, _, _ in chunk:
+                open_files[t] = None
+                open_files.move_to_end(t)
 
+    _raise_file_limit(MAX_OPEN_FILES + 64)
     stop = threading.Event()
     batches: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
     with (
@@ -239,6 +261,7 @@ def export_partition_parquet(
     ):
         duck.execute("SET TimeZone = 'UTC'")
         cur.execute("SET row_security TO off")  # the whole table or an error, never a filtered view
+        cur.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(ADBC_BATCH_BYTES)})
         cur.execute(query)
         reader = threading.Thread(target=_read_ahead, args=(cur.fetch_record_batch(), batches, stop), daemon=True)
         reader.start()

@@ -5,7 +5,7 @@ archived for the same period (:func:`callvault.archive.pipeline.step_export`).""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from psycopg import sql
@@ -18,6 +18,7 @@ from callvault.errors import ArchiveVerifyFailed
 
 _COLS = columns.NAMES
 _STAGE = "callvault_restore_stage"
+_REPORT_ROWS = 10_000  # progress every so many rows
 
 
 def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
@@ -39,7 +40,16 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
             yield from batch
 
 
-def stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], workdir: Path) -> None:
+def stage(
+    conn: Conn,
+    store: Store,
+    manifest: Manifest,
+    tenants: list[str],
+    workdir: Path,
+    on_rows: Callable[[int, int], None] | None = None,
+) -> None:
+    """COPY the ``tenants``' objects of ``manifest`` into the stage table, one downloaded object at a
+    time (each checked against its SHA-256); ``on_rows(rows, bytes)`` after each block of rows."""
     conn.execute(columns.stage_ddl(sql.Identifier(_STAGE), _COLS, json_as_text=True, on_commit="DROP"))
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
         sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, _COLS))
@@ -51,8 +61,14 @@ def stage(conn: Conn, store: Store, manifest: Manifest, tenants: list[str], work
             if sha256_file(dest) != obj.sha256:
                 raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its manifest SHA-256 (corrupted)")
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                done = 0
                 for row in _rows(dest, manifest.fmt):
                     copy.write_row(row)
+                    done += 1
+                    if on_rows is not None and done % _REPORT_ROWS == 0:
+                        on_rows(_REPORT_ROWS, obj.size * _REPORT_ROWS // max(obj.rows, 1))
+                if on_rows is not None and done % _REPORT_ROWS:
+                    on_rows(done % _REPORT_ROWS, obj.size * (done % _REPORT_ROWS) // max(obj.rows, 1))
             dest.unlink()
 
 

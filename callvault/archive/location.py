@@ -41,3 +41,22 @@ def read_store(settings: Settings, store_url: str | None = None) -> Store:
 def default_spool() -> Path:
     env = os.environ.get(SPOOL_ENV)
     return Path(env) if env else Path(tempfile.gettempdir()) / f"callvault-spool-{os.getuid()}"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def require_free_space(spool: Path, need: int, what: str, then: str) -> None:
+    """Refuse up front (:class:`StoreUnavailable`, exit 69) when ``spool``'s filesystem has less than
+    ``need`` bytes free for ``what``; ``then`` says what was (not) changed."""
+    import shutil
+
+    from callvault.errors import StoreUnavailable
+
+    free = shutil.disk_usage(spool).free
+    if need > free:
+        raise StoreUnavailable(
+            f"{what} needs up to {_mb(need)} in the spool directory {spool}, which has {_mb(free)} free: free "
+            f"space there or point {SPOOL_ENV} at a larger disk; {then}"
+        )

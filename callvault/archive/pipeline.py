@@ -39,8 +39,8 @@ from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
 from callvault.archive.journal import Job, ensure_tables
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
-from callvault.archive.location import SPOOL_ENV, default_spool, default_store_url
-from callvault.archive.progress import Tracker
+from callvault.archive.location import SPOOL_ENV, default_spool, default_store_url, require_free_space
+from callvault.archive.progress import Sink, Tracker
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.archive.verify import verify_manifest
 from callvault.config import Settings
@@ -165,6 +165,7 @@ class _Ctx:
         )
         self.table_spool = spool / tag / self.tdir
         self.progress: Tracker | None = None  # the partition being archived, when someone watches
+        self.sink: Sink | None = None
 
     def child(self, job: Job) -> sql.Identifier:
         return sql.Identifier(self.settings.schema, job.partition)
@@ -368,6 +369,8 @@ def step_upload(ctx: _Ctx, job: Job) -> int:
             part = int(obj.key.rsplit("part-", 1)[1].split(".")[0])
             ctx.store.put_file(obj.key, paths[part], obj.sha256)
             sent += obj.size
+            if ctx.progress:
+                ctx.progress.advance(0, obj.size)
             fault_point("upload-first-object")
     ctx.store.put_bytes(layout.manifest_key(ctx.tdir, ctx.interval, job.start), manifest.to_json())
     return sent
@@ -435,8 +438,21 @@ def _run_detach(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
     return None, None
 
 
+def _size(ctx: _Ctx, job: Job) -> tuple[int | None, int]:
+    """The partition's estimated rows (the planner's statistics) and its size on disk (heap + TOAST)."""
+    row = ctx.conn.execute(
+        "SELECT nullif(c.reltuples, -1)::bigint, pg_table_size(c.oid) FROM pg_class c WHERE c.oid = %s::regclass",
+        (ctx.child(job).as_string(ctx.conn),),
+    ).fetchone()
+    return (None, 0) if row is None else (row[0], int(row[1]))
+
+
 def _run_export(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
+    if ctx.progress:
+        ctx.progress.start("export")
     rows, size = step_export(ctx, job)
+    if ctx.progress:
+        ctx.progress.finish()
     job.state["exported_at"] = datetime.now(UTC).isoformat()
     return rows, size
 
@@ -444,13 +460,27 @@ def _run_export(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
 def _run_upload(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
     if not _spool_intact(job):  # spool lost (reboot, tmp cleaner): export again
         raise _Redo("detached")
-    return None, step_upload(ctx, job)
+    if ctx.progress:
+        ctx.progress.start("upload", rows_total=0, bytes_total=_spooled_bytes(job))
+    sent = step_upload(ctx, job)
+    if ctx.progress:
+        ctx.progress.finish()
+    return None, sent
+
+
+def _spooled_bytes(job: Job) -> int:
+    return sum(int(f["size"]) for entries in job.state.get("files", {}).values() for f in entries)
 
 
 def _run_verify(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
     t0 = time.perf_counter()
+    if ctx.progress:
+        ctx.progress.start("verify", rows_total=0, bytes_total=_spooled_bytes(job))
     try:
         step_verify(ctx, job)
+        if ctx.progress:
+            ctx.progress.advance(0, _spooled_bytes(job))
+            ctx.progress.finish()
     except ArchiveVerifyFailed as exc:
         job.step = "detached"  # export and upload again next run; the table is kept
         journal.save(ctx.conn, ctx.settings, job, error=f"verify: {exc}", bump=True)
@@ -486,6 +516,18 @@ STEP_TABLE: dict[str, Step] = {
 def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
     result = PartitionResult(job.partition, job.start, job.end, job.step, job.step)
     t_all = time.perf_counter()
+    ctx.progress = None
+    if job.step in ("pending", "detached"):
+        rows_estimate, table_bytes = _size(ctx, job)
+        # the whole partition passes through the spool before upload: never start what cannot finish
+        require_free_space(
+            ctx.table_spool if ctx.table_spool.exists() else ctx.spool, table_bytes, f"exporting {job.partition}",
+            "nothing was detached or exported; the next run retries" if job.step == "pending"
+            else "the detached table is kept; the next run retries",
+        )  # fmt: skip
+        if ctx.sink is not None:
+            ctx.progress = Tracker(ctx.sink, "archive", job.partition, rows_total=rows_estimate,
+                                   bytes_total=table_bytes)  # fmt: skip
     if job.step != "pending":
         event(log, logging.INFO, "archive resuming", partition=job.partition, step=job.step)
     while job.step != "dropped":
@@ -532,6 +574,7 @@ def archive(
     spool: Path | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     fmt: str | None = None,
+    progress: Sink | None = None,
 ) -> ArchiveReport:
     """Archive every partition past retention at ``at`` (default now); see the module docstring.
 
@@ -546,6 +589,8 @@ def archive(
     :param spool: local directory for exported files (default ``settings.spool``, else
         ``$CALLVAULT_ARCHIVE_SPOOL``, else one in the temporary directory).
     :param should_stop: asked before each partition; true ends the run early (the worker's shutdown).
+    :param progress: called with a :class:`~callvault.archive.progress.ProgressUpdate` (rows, bytes,
+        rate, ETA) while each partition is exported, uploaded and verified, at most twice a second.
     :raises InvalidSetting: an unknown format, no store configured, or a partition half-way into another
         store or format (exit code 2).
     :raises NotInitialised: the table is not managed by pg_partman (exit code 66).
@@ -591,6 +636,7 @@ def archive(
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
             config = current_plan(conn, settings, pm, when)
             ctx = _Ctx(conn, settings, store, work, config.interval)
+            ctx.sink = progress
             _sweep_spool(ctx, jobs)
             blocked: str | None = None
             for job in jobs:
@@ -641,12 +687,14 @@ def archive(
 
 
 def _log_failure(exc: Exception, job: Job, code: int, msg: str) -> None:
-    """Verify failures and locks held past the budget are WARNINGs (the partition is kept and the next
-    run retries them); anything else is an ERROR."""
+    """Verify failures, locks held past the budget and an unavailable store or spool are WARNINGs (the
+    partition is kept and the next run retries them); anything else is an ERROR."""
     if isinstance(exc, ArchiveVerifyFailed):
         what, level = "archive verify failed, partition kept", logging.WARNING
     elif code == 75:
         what, level = "archive blocked, partition kept", logging.WARNING
+    elif isinstance(exc, StoreUnavailable):  # the store or the spool: the run stops and says so itself
+        what, level = "archive stopped: store or spool unavailable, partition kept", logging.WARNING
     else:
         what, level = "archive step failed", logging.ERROR
     event(log, level, what, partition=job.partition, step=job.step, exit_code=code, error=msg)

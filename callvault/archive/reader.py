@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from callvault import columns
+from callvault import columns as columns_module
 from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.location import read_store
@@ -40,7 +41,29 @@ _PERIODS = tuple(layout.PERIOD_KEY.values())
 _LONGEST_PERIOD = timedelta(days=31)
 
 
-def _dataset(settings: Settings, store_url: str | None, paths: list[str] | None = None) -> Any:
+def _uuid_keys(store: Any, tdir: str, keys: list[str]) -> set[str]:
+    """Which of ``keys`` were written by the first exporter (manifest schema 1: ids as Parquet UUID):
+    objects of Parquet tenants whose fingerprint is ``md5``, read from the manifests of the periods
+    the keys belong to (one small read per period)."""
+    old: set[str] = set()
+    period_name = _period_name(keys)
+    for day in sorted({d for d in (_period_of(k) for k in keys) if d is not None}):
+        key = f"{layout.manifests_prefix(tdir)}/{period_name}={day.isoformat()}.json"
+        if store.head(key) is None:
+            continue
+        manifest = layout.Manifest.from_json(store.get_bytes(key))
+        if manifest.fmt != "parquet":
+            continue
+        for entry in manifest.tenants.values():
+            if entry.fingerprint.algo == layout.MD5:
+                old |= {o.key for o in entry.objects}
+    return old
+
+
+def _register(con: Any, name: str, settings: Settings, store_url: str | None, paths: list[str] | None = None) -> None:
+    """Make the archive (or the objects ``paths``) the DuckDB view ``name``: the table's columns with
+    ids as text, plus the period column from the path. Objects of both exporters are read side by side:
+    pyarrow datasets (one per id type; pyarrow's own S3 client) under one ``UNION ALL BY NAME``."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -48,14 +71,27 @@ def _dataset(settings: Settings, store_url: str | None, paths: list[str] | None 
 
     store = read_store(settings, store_url)
     fs, root = store.arrow_filesystem()
-    base = f"{root}/{layout.table_dir(settings.schema, settings.table)}"
+    tdir = layout.table_dir(settings.schema, settings.table)
+    base = f"{root}/{tdir}"
     keys = [k for k in (paths if paths is not None else _data_keys(store, settings)) if k.endswith(".parquet")]
     period = _period_name(keys)
     partitioning = ds.partitioning(pa.schema([(period, pa.date32())]), flavor="hive")
-    schema = arrow_schema().append(pa.field(period, pa.date32()))
-    files = [f"{root}/{k}" for k in keys]
-    return ds.dataset(files, schema=schema, format="parquet", filesystem=fs, partitioning=partitioning,
-                      partition_base_dir=base)  # fmt: skip
+    new_schema = arrow_schema().append(pa.field(period, pa.date32()))
+    old_schema = new_schema.set(1, pa.field("tenant_id", pa.uuid(), nullable=False)).set(
+        2, pa.field("call_id", pa.uuid(), nullable=False)
+    )
+    old = _uuid_keys(store, tdir, keys) if keys else set()
+    parts = []
+    for tag, schema, group in (("new", new_schema, [k for k in keys if k not in old]),
+                               ("old", old_schema, [k for k in keys if k in old])):  # fmt: skip
+        if not group and (tag == "old" or old):
+            continue  # an empty part only when there is nothing at all (the view keeps its columns)
+        dataset = ds.dataset([f"{root}/{k}" for k in group], schema=schema, format="parquet", filesystem=fs,
+                             partitioning=partitioning, partition_base_dir=base)  # fmt: skip
+        con.register(f"cv_{tag}_{name}", dataset)
+        ids = " REPLACE (tenant_id::VARCHAR AS tenant_id, call_id::VARCHAR AS call_id)" if tag == "old" else ""
+        parts.append(f'SELECT *{ids} FROM "cv_{tag}_{name}"')
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS ' + " UNION ALL BY NAME ".join(parts))
 
 
 def _data_keys(store: Any, settings: Settings, prefix: str | None = None) -> list[str]:
@@ -97,10 +133,9 @@ def query(sql_text: str, *, settings: Settings | None = None, store_url: str | N
     import duckdb
 
     settings = settings or from_env()
-    dataset = _dataset(settings, store_url)
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
-        con.register(settings.table, dataset)
+        _register(con, settings.table, settings, store_url)
         try:
             rel = con.sql(sql_text)
             if rel is None:  # a statement without a result (SET, CREATE VIEW ...)
@@ -153,7 +188,6 @@ def read_calls(
     end = renamed("read_calls", "end", end, "until", until)
     if start is None or end is None:
         raise InvalidSetting("read_calls needs since= and until= (timezone-aware datetimes)")
-    import pyarrow.dataset as ds
 
     settings = settings or from_env()
     if start.tzinfo is None or end.tzinfo is None or not start < end:
@@ -175,11 +209,24 @@ def read_calls(
     if not keys:
         from callvault.archive.export import arrow_schema
 
-        return arrow_schema().empty_table()
-    dataset = _dataset(settings, store.url, keys)
-    flt = (ds.field("started_at") >= start) & (ds.field("started_at") < end)
-    table = dataset.to_table(filter=flt, columns=columns)
-    return table.sort_by([("started_at", "ascending"), ("id", "ascending")]) if columns is None else table
+        empty = arrow_schema().empty_table()
+        return empty.select(columns) if columns else empty
+    import duckdb
+
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        _register(con, "cv_calls", settings, store.url, keys)
+        known = [*columns_module.NAMES, _period_name(keys)]
+        unknown = [c for c in columns or [] if c not in known]
+        if unknown:
+            raise InvalidSetting(f"read_calls: unknown column(s) {unknown}; the archive has {known}")
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        order = "" if columns else " ORDER BY started_at, id"
+        table = con.sql(
+            f"SELECT {cols} FROM cv_calls WHERE started_at >= $lo AND started_at < $hi{order}",
+            params={"lo": start.astimezone(UTC), "hi": end.astimezone(UTC)},
+        ).to_arrow_table()
+    return table
 
 
 def _period_of(key: str) -> date | None:

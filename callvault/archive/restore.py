@@ -34,7 +34,8 @@ from callvault.archive import layout
 from callvault.archive.journal import relation_state
 from callvault.archive.layout import Manifest
 from callvault.archive.load import insert_from_stage, stage
-from callvault.archive.location import SPOOL_ENV, default_spool, read_store
+from callvault.archive.location import SPOOL_ENV, default_spool, read_store, require_free_space
+from callvault.archive.progress import Sink, Tracker
 from callvault.archive.store import Store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
@@ -107,6 +108,7 @@ def restore(
     into: str | None = None,
     store_url: str | None = None,
     tenant: str | None = None,
+    progress: Sink | None = None,
 ) -> RestoreReport:
     """Restore the archived partition containing ``period`` (optionally one tenant) and verify it.
 
@@ -119,6 +121,8 @@ def restore(
         default (or the hot table's own name) the hot table: the partition is recreated and attached
         when it is gone, else the rows are added to it.
     :param store_url: the archive store (default the configured ``archive_url``).
+    :param progress: called with a :class:`~callvault.archive.progress.ProgressUpdate` (rows loaded,
+        rate, ETA) while the objects are loaded, at most twice a second.
     :raises InvalidSetting: ``tenant`` is not a UUID, ``into`` is not a usable table name, or no store is
         configured (exit code 2).
     :raises NotInitialised: the table is not managed by pg_partman (exit code 66).
@@ -161,9 +165,21 @@ def restore(
               target=report.target, tenants=len(tenants), store=store.url)  # fmt: skip
         parent = sql.Identifier(settings.schema, settings.table)
         target = sql.Identifier(settings.schema, name)
+        objects = [o for t in tenants for o in live[t].objects]
         with conn.transaction(), _work_dir() as tmp:
+            # objects are downloaded one at a time: the largest must fit
+            require_free_space(Path(tmp), max((o.size for o in objects), default=0),
+                               f"restoring {manifest.partition}", "nothing was restored")  # fmt: skip
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
-            stage(conn, store, manifest, tenants, Path(tmp))
+            tracker = None
+            if progress is not None:
+                tracker = Tracker(progress, "restore", manifest.partition,
+                                  rows_total=sum(live[t].fingerprint.rows for t in tenants),
+                                  bytes_total=sum(o.size for o in objects))  # fmt: skip
+                tracker.start("load")
+            stage(conn, store, manifest, tenants, Path(tmp), tracker.advance if tracker else None)
+            if tracker is not None:
+                tracker.finish()
             event(log, logging.DEBUG, "restore staged", partition=manifest.partition, tenants=tenants,
                   rows=sum(live[t].fingerprint.rows for t in tenants))  # fmt: skip
             state = relation_state(conn, settings, name)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from callvault.errors import InvalidSetting, StoreUnavailable
-from callvault.private import DIR_MODE, open_private, private_dir
+from callvault.private import DIR_MODE, FILE_MODE, open_private, private_dir
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 64 * 1024 * 1024
@@ -79,6 +79,13 @@ def open_store(url: str) -> Store:
 
 def _join(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def _same_device(path: Path, root: Path) -> bool:
+    try:
+        return path.stat().st_dev == root.stat().st_dev
+    except OSError:
+        return False
 
 
 class LocalStore:
@@ -150,6 +157,27 @@ class LocalStore:
         return dest
 
     def put_file(self, key: str, path: Path, sha256: str) -> ObjectInfo:
+        """Copy ``path`` to the object (tmp + fsync + rename); on the same filesystem a hard link of the
+        spool file takes the place of the copy (the same bytes, fsynced, then renamed into place)."""
+        dest = self._path(key)
+        if _same_device(path, self.root):
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            try:
+                self._mkdirs(dest.parent)
+                tmp.unlink(missing_ok=True)
+                os.link(path, tmp)
+                os.chmod(tmp, FILE_MODE)
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, dest)
+                return ObjectInfo(key=key, size=dest.stat().st_size, sha256=sha256)
+            except OSError:  # no hard links here (some network filesystems): copy
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+
         def chunks() -> Iterator[bytes]:
             with path.open("rb") as src:
                 while block := src.read(_HASH_BLOCK):

@@ -3,6 +3,7 @@ content fingerprint computed by DuckDB over the downloaded files (independently 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from callvault.archive.faults import fault_point
 from callvault.archive.layout import Fingerprint, Manifest, TenantEntry
 from callvault.archive.store import Store, sha256_file
 from callvault.errors import ArchiveVerifyFailed
+
+READ_THREADS = 2
 
 
 def duck_fingerprints(
@@ -51,7 +54,11 @@ def verify_manifest(store: Store, manifest: Manifest, key: str, workdir: Path) -
         raise ArchiveVerifyFailed(f"manifest {key} read back from {store.url} differs from the one written")
     live = {t: e for t, e in sorted(manifest.tenants.items()) if not e.pruned_at}
     fetched: list[Path] = []
-    local = {t: _fetch(store, e, workdir, fetched) for t, e in live.items()}
+    # objects are read back (hashed, or downloaded and hashed) two at a time: hashlib and the S3 client
+    # release the GIL
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        jobs = {t: pool.submit(_fetch, store, e, workdir, fetched) for t, e in live.items()}
+        local = {t: job.result() for t, job in jobs.items()}
     got: dict[str, Fingerprint] = {}
     with duckdb.connect() as con:
         for algo in sorted({e.fingerprint.algo for e in live.values()}):

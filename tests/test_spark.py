@@ -1,10 +1,3 @@
-# PARKED (issue 15): this test reads the archive with Spark and passes once the exporter writes tenant_id
-# and call_id as plain Parquet strings. Spark 4.3.0 cannot read Parquet's UUID logical type (it raises
-# PARQUET_TYPE_ILLEGAL: FIXED_LEN_BYTE_ARRAY (UUID)), which is what callvault writes today. To land it:
-# switch the two id columns to strings in callvault/columns.py and both exporters, teach
-# callvault/archive/reader.py to read old (uuid) and new (string) objects side by side (a pyarrow dataset
-# with a string schema refuses uuid fragments: "Invalid UTF8 payload"), add pyspark==4.3.0 to the dev extra
-# and openjdk-17-jre-headless to scripts/install-system-deps.sh, then move this file back to tests/.
 """The archive is readable by a distributed engine (issue 15, item 4): Apache Spark, DuckDB and
 pyarrow.dataset read what ``callvault archive`` wrote to a ``file://`` store knowing only the documented
 layout (docs/archive.md, "Reading the archive with Spark, Trino, Athena, DuckDB"):
