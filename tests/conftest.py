@@ -16,11 +16,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from callvault.config import Settings
 from callvault.embedded import Cluster
 from tests.clock import FakeClock
+
+# Property tests draw the same examples on every run (a suite that passes Monday and fails Thursday is
+# broken); `pytest --hypothesis-seed=random`-style exploration is for a session hunting bugs, not CI.
+# CALLVAULT_HYPOTHESIS=explore draws new random examples each run (to hunt, then pin what it finds).
+hypothesis_settings.register_profile("callvault", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("CALLVAULT_HYPOTHESIS", "callvault"))
 
 TEMPLATE = "cv_template"
 # Durability is not under test here and fsync dominates DDL-heavy tests; benchmarks use real settings.

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from callvault.errors import InvalidSetting
@@ -729,6 +729,18 @@ def _covers_exactly_once(ranges: Ranges, iv: Interval, lo: datetime, hi: datetim
         s = e
 
 
+def test_daily_premake_across_february_counts_30_day_months() -> None:
+    """Found by the property test: daily, premake 29, at 2001-02-01. pg_partman 4.7 stops premaking once
+    round(epoch(age(last start, now)) / 1 day) >= premake; age('2001-03-01', '2001-02-01') is "1 mon",
+    30 days by epoch (Postgres says so: 30), so the last partition starts on 03-01, 28 days ahead, not 29.
+    The planner says what pg_partman will do, short day included."""
+    cfg = LifecycleConfig(interval=Interval.DAILY, premake=29, retention=None)
+    now = utc(2001, 2, 1)
+    plan = build_plan(cfg, now, [slot(Interval.DAILY, now, 0)])
+    assert plan.create[-1].start == utc(2001, 3, 1) and plan.create[-1].end == utc(2001, 3, 2)
+    assert len(plan.create) == 28
+
+
 def _apply(existing: list[PartitionInfo], plan: Plan) -> list[PartitionInfo]:
     gone = {p.name for p in plan.retire}
     return [p for p in existing if p.name not in gone] + [PartitionInfo(r.name, r.start, r.end) for r in plan.create]
@@ -746,6 +758,9 @@ def test_plan_properties_aligned(
     cfg: LifecycleConfig, now: datetime, offsets: set[int], default: bool, rows: int
 ) -> None:
     iv = cfg.interval
+    # pg_partman counts premade partitions with age(), whose months are 30 days: a daily premake of 28+
+    # across February stops a day or two short (test_daily_premake_across_february_counts_30_day_months)
+    assume(not (iv == Interval.DAILY and cfg.premake > 27))
     base = iv.floor(now)
     existing = [slot(iv, base, k) for k in sorted(offsets)]
     if default:
