@@ -65,7 +65,8 @@ _SELECT_PARTITION = (
     "SELECT id, tenant_id::text AS tenant_id, call_id::text AS call_id, started_at, ended_at, duration_sec, "
     "transcript, metadata FROM {}"
 )
-BUFFER_BYTES = 48 * 1024 * 1024  # batches held before they are split by tenant and written (one row group each)
+BUFFER_BYTES = 32 * 1024 * 1024  # batches held before they are split by tenant and spilled
+ROW_GROUP_ROWS = 32_768  # rows per Parquet row group (a tenant with fewer has one)
 WRITE_THREADS = 2  # tenants' row groups encoded and compressed at once
 MAX_OPEN_FILES = 512  # Parquet files open at once (the fd limit is raised for them); past it the least
 # recently written is closed and its tenant rolls to the next part
@@ -108,44 +109,101 @@ class _Sums:
 
 
 class _TenantFiles:
-    """One tenant's Parquet files: row groups appended to the open part, rolled into ``part-00001``
-    after ``part_rows`` rows or when the file had to be closed to free a descriptor."""
+    """One tenant's rows of the partition: first spilled, as they arrive, to uncompressed Arrow IPC
+    segments in its spool directory (cheap appends, whatever the slice size), then turned into zstd
+    Parquet with full row groups of ``ROW_GROUP_ROWS`` (:meth:`finish`), rolled into ``part-00001``
+    after ``part_rows`` rows. A segment closed to free a descriptor is followed by a new one."""
 
     def __init__(self, dest_dir: Path, schema: Any, part_rows: int) -> None:
         self.dest, self.schema, self.part_rows = dest_dir, schema, part_rows
         self.files: list[LocalFile] = []
-        self.writer: Any = None
+        self.segments: list[Path] = []
+        self.writer: Any = None  # the open IPC segment
+        self._sink: Any = None
+        self._parquet: Any = None
         self.part, self.rows = 0, 0
 
     def write(self, table: Any) -> None:
-        """Append ``table`` as one row group (two across a part boundary)."""
+        """Append ``table`` to the open spill segment (opening one if needed)."""
+        import pyarrow as pa
+
+        if self.writer is None:
+            private_dir(self.dest, "archive spool directory")
+            path = self.dest / f".spill-{len(self.segments):05d}.arrow"
+            self._sink = pa.OSFile(str(path), "wb")
+            self.writer = pa.ipc.new_stream(self._sink, self.schema)
+            self.segments.append(path)
+        self.writer.write_table(table)
+
+    def close_file(self) -> None:
+        """Close the open spill segment (if any); later rows go to a new one."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self._sink.close()
+        self.writer = self._sink = None
+
+    def finish(self) -> list[LocalFile]:
+        """Turn the spilled segments into the tenant's Parquet parts (row groups of ``ROW_GROUP_ROWS``,
+        each sorted by ``started_at``); the segments are removed. Memory: one row group."""
+        import pyarrow as pa
+
+        self.close_file()
+        group: list[Any] = []
+        rows = 0
+        for seg in self.segments:
+            with pa.memory_map(str(seg)) as src:
+                for batch in pa.ipc.open_stream(src):
+                    group.append(batch)
+                    rows += batch.num_rows
+                    if rows >= ROW_GROUP_ROWS:
+                        self._row_group(group)
+                        group, rows = [], 0
+                if group:  # the mapping is released next: keep a copy of what is left for the next group
+                    group = pa.Table.from_batches(group, schema=self.schema).combine_chunks().to_batches()
+            seg.unlink()
+        self._row_group(group)
+        self._close_part()
+        self.segments = []
+        return self.files
+
+    def _row_group(self, batches: list[Any]) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches, schema=self.schema).sort_by("started_at")
         offset = 0
         while offset < table.num_rows:
-            if self.writer is not None and self.rows >= self.part_rows:
-                self.close_file()
-            if self.writer is None:
-                private_dir(self.dest, "archive spool directory")
-                self.writer = pq.ParquetWriter(self._path(), self.schema, compression="zstd", write_statistics=True)
+            if self._parquet is not None and self.rows >= self.part_rows:
+                self._close_part()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self._path(), self.schema, compression="zstd", write_statistics=True)
             take = min(table.num_rows - offset, self.part_rows - self.rows)
-            self.writer.write_table(table.slice(offset, take), row_group_size=take)
+            self._parquet.write_table(table.slice(offset, take), row_group_size=take)
             self.rows += take
             offset += take
 
     def _path(self) -> Path:
         return self.dest / f"part-{self.part:05d}.parquet"
 
-    def close_file(self) -> None:
-        """Close the open file (if any); the next rows go to the next part."""
-        if self.writer is None:
+    def _close_part(self) -> None:
+        if self._parquet is None:
             return
-        self.writer.close()
-        self.writer = None
+        self._parquet.close()
+        self._parquet = None
         path = private_file(self._path())
         size, sha = _digest(path)
         self.files.append(LocalFile(path=path, part=self.part, rows=self.rows, size=size, sha256=sha))
         self.part, self.rows = self.part + 1, 0
+
+    def abort(self) -> None:
+        """Close whatever is open (after a failure; the spool directory is removed by the caller)."""
+        self.close_file()
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
 
 
 def _raise_file_limit(want: int) -> None:
@@ -325,13 +383,13 @@ def _export_partition_parquet(
                 if on_batch is not None:
                     on_batch(batch.num_rows, batch.nbytes)
             write_buffer(duck)
-            for files in tenants.values():
+            for files in tenants.values():  # free the descriptors before the Parquet phase opens more
                 files.close_file()
+            list(writers.map(lambda f: f.finish(), tenants.values()))
         finally:
             stop.set()
             for files in tenants.values():
-                if files.writer is not None:
-                    files.writer.close()
+                files.abort()
             reader.join(timeout=5)
     return PartitionExport(
         files={t: f.files for t, f in tenants.items()}, fingerprints={t: s.fingerprint() for t, s in sums.items()}
