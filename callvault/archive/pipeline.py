@@ -49,6 +49,7 @@ from callvault.errors import (
     ArchiveVerifyFailed,
     Blocked,
     CallvaultError,
+    DatabaseUnavailable,
     InvalidSetting,
     StoreUnavailable,
 )
@@ -320,8 +321,34 @@ def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
             f"exporting {job.partition} to the spool directory {base} failed: {exc.strerror or exc}. Free space "
             f"there or point {SPOOL_ENV} elsewhere; the partition is kept and the next run retries"
         ) from exc
+    except Exception as exc:  # the exporter's own connection (ADBC) or Arrow; Arrow's I/O errors are OSErrors
+        if not isinstance(exc, _engine_errors()):
+            raise
+        shutil.rmtree(base, ignore_errors=True)
+        raise _engine_failure(job, exc) from exc
     job.state = {**job.state, "source": {t: fp.to_dict() for t, fp in source.items()}, "files": files}
     return sum(fp.rows for fp in source.values()), total_bytes
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    import adbc_driver_manager
+    import pyarrow as pa
+
+    return (adbc_driver_manager.Error, pa.ArrowException)
+
+
+def _engine_failure(job: Job, exc: BaseException) -> CallvaultError:
+    """An ADBC or Arrow failure of the export as callvault's error: a lost connection is 69 (the next
+    run resumes), anything else names the partition (exit 1)."""
+    import adbc_driver_manager
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, adbc_driver_manager.OperationalError):
+        return DatabaseUnavailable(
+            f"exporting {job.partition}: the exporter's database connection failed ({text}); the detached table "
+            "is kept and the next run exports it again"
+        )
+    return CallvaultError(f"exporting {job.partition} failed: {text}; the detached table is kept")
 
 
 def _spool_intact(job: Job) -> bool:
@@ -518,6 +545,8 @@ def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
     t_all = time.perf_counter()
     ctx.progress = None
     if job.step in ("pending", "detached"):
+        # what a killed export left in the spool is not needed (the export starts over): not counted
+        shutil.rmtree(ctx.job_spool(job), ignore_errors=True)
         rows_estimate, table_bytes = _size(ctx, job)
         # the whole partition passes through the spool before upload: never start what cannot finish
         require_free_space(

@@ -81,17 +81,18 @@ def _register(con: Any, name: str, settings: Settings, store_url: str | None, pa
         2, pa.field("call_id", pa.uuid(), nullable=False)
     )
     old = _uuid_keys(store, tdir, keys) if keys else set()
-    parts = []
+    parts: list[str] = []
     for tag, schema, group in (("new", new_schema, [k for k in keys if k not in old]),
                                ("old", old_schema, [k for k in keys if k in old])):  # fmt: skip
         if not group and (tag == "old" or old):
             continue  # an empty part only when there is nothing at all (the view keeps its columns)
         dataset = ds.dataset([f"{root}/{k}" for k in group], schema=schema, format="parquet", filesystem=fs,
                              partitioning=partitioning, partition_base_dir=base)  # fmt: skip
-        con.register(f"cv_{tag}_{name}", dataset)
+        con.register(f"cv_{tag}_{len(parts)}", dataset)
         ids = " REPLACE (tenant_id::VARCHAR AS tenant_id, call_id::VARCHAR AS call_id)" if tag == "old" else ""
-        parts.append(f'SELECT *{ids} FROM "cv_{tag}_{name}"')
-    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS ' + " UNION ALL BY NAME ".join(parts))
+        parts.append(f'SELECT *{ids} FROM "cv_{tag}_{len(parts)}"')
+    quoted = name.replace('"', '""')  # DuckDB identifier (the table name may hold a quote)
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{quoted}" AS ' + " UNION ALL BY NAME ".join(parts))
 
 
 def _data_keys(store: Any, settings: Settings, prefix: str | None = None) -> list[str]:
