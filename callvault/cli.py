@@ -292,6 +292,46 @@ def audit_cmd(dsn: str | None, schema: str, table: str, role_prefix: str, fix: b
                         + (f" (+{len(report.failed) - 1} more)" if len(report.failed) > 1 else ""))  # fmt: skip
 
 
+@main.command(name="publish")
+@target_options
+@click.option("--name", default=None, help="Publication name [default: callvault_<table>].")
+@click.option(
+    "--columns",
+    default="all",
+    show_default=True,
+    metavar="all|metadata|c1,c2",
+    help="Columns to publish; metadata = all but the transcript; a list must hold the primary key.",
+)
+@click.option(
+    "--tenant",
+    "--tenant-id",
+    "tenants",
+    multiple=True,
+    metavar="UUID",
+    help="Publish only this tenant's rows (repeatable); default every tenant.",
+)
+@click.option("--replace", is_flag=True, help="Alter a publication of that name that has other options.")
+@click.option("--sql", "sql_only", is_flag=True, help="Print the statements; change nothing.")
+@json_option
+def publish_cmd(dsn: str | None, schema: str, table: str, name: str | None, columns: str, tenants: tuple[str, ...],
+                replace: bool, sql_only: bool, as_json: bool) -> None:  # fmt: skip
+    """A logical-replication publication of the table via its partition root (idempotent)."""
+    from callvault.publication import publish
+
+    rep = publish(settings_of(dsn, schema, table), name=name, columns=columns, tenants=tenants, replace=replace,
+                  sql_only=sql_only)  # fmt: skip
+    if as_json:
+        emit(rep.to_dict())
+    elif sql_only:
+        out.print(";\n".join(rep.statements) + ";", markup=False, highlight=False, soft_wrap=True)
+    else:
+        what = {"created": "created", "replaced": "altered", "unchanged": "already as asked"}[rep.action]
+        cols = "all columns" if len(rep.columns) == 8 else ", ".join(rep.columns)
+        who = f"tenants {', '.join(rep.tenants)}" if rep.tenants else "every tenant"
+        out.print(f"publication {rep.name} {what}: {rep.table} via its partition root, {cols}, {who}",
+                  markup=False, soft_wrap=True)  # fmt: skip
+
+
 @main.command()
 @target_options
 @at_option

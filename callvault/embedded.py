@@ -56,6 +56,9 @@ SERVER_SETTINGS: dict[str, str] = {
     "log_timezone": "'UTC'",
     "log_min_messages": "warning",
     "cron.database_name": "'postgres'",  # pg_cron lives here; jobs target any db via schedule_in_database
+    "wal_level": "logical",  # `callvault publish` / mirrors (changing it needs a restart)
+    "max_replication_slots": "10",
+    "max_wal_senders": "10",
 }
 
 
