@@ -292,6 +292,87 @@ def audit_cmd(dsn: str | None, schema: str, table: str, role_prefix: str, fix: b
                         + (f" (+{len(report.failed) - 1} more)" if len(report.failed) > 1 else ""))  # fmt: skip
 
 
+@main.group(name="mirror")
+def mirror_group() -> None:
+    """Mirror the table (or its metadata) into another Postgres by logical replication."""
+
+
+@mirror_group.command(name="create")
+@target_options
+@click.option("--to", "target", required=True, metavar="DSN", help="The target database (another Postgres).")
+@click.option("--name", default=None, help="Mirror name (lower-case letters, digits, _) [default: from the target].")
+@click.option(
+    "--columns",
+    default="all",
+    show_default=True,
+    metavar="all|metadata|c1,c2",
+    help="Columns to mirror; metadata = all but the transcript.",
+)
+@click.option(
+    "--tenant",
+    "--tenant-id",
+    "tenants",
+    multiple=True,
+    metavar="UUID",
+    help="Mirror only this tenant's rows (repeatable); default every tenant.",
+)
+@json_option
+def mirror_create(dsn: str | None, schema: str, table: str, target: str, name: str | None, columns: str,
+                  tenants: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Publication here, the table with its own lifecycle there, a subscription with the initial copy."""
+    from callvault import mirror
+
+    rep = mirror.create(settings_of(dsn, schema, table), target, name=name, columns=columns, tenants=tenants)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    out.print(f"mirror {rep.name} -> {rep.target}", markup=False, soft_wrap=True)
+    for step in rep.steps:
+        out.print(f"  {step}", markup=False, soft_wrap=True)
+
+
+@mirror_group.command(name="status")
+@target_options
+@click.option("--to", "target", default=None, metavar="DSN", help="Also report the target's side.")
+@json_option
+def mirror_status(dsn: str | None, schema: str, table: str, target: str | None, as_json: bool) -> None:
+    """callvault's replication slots here (lag, WAL retained) and, with --to, the target's subscription."""
+    from callvault import mirror
+
+    rep = mirror.status(settings_of(dsn, schema, table), target)
+    if as_json:
+        emit(rep)
+        return
+    slots = rep["slots"]
+    assert isinstance(slots, list)
+    if not slots:
+        out.print("no callvault mirror slots on this server")
+    for sl in slots:
+        out.print(f"{sl['slot']}: {'active' if sl['active'] else 'INACTIVE'}, lag {sl['lag_bytes']} bytes"
+                  f" ({sl['lag_seconds']} s), WAL retained {sl['wal_retained_bytes']} bytes", markup=False)  # fmt: skip
+    if "target" in rep:
+        out.print(json.dumps(rep["target"], indent=2, default=str), markup=False, highlight=False)
+
+
+@mirror_group.command(name="drop")
+@target_options
+@click.option("--name", required=True, help="The mirror (as `mirror status` names it, with or without the prefix).")
+@click.option("--to", "target", default=None, metavar="DSN", help="The target, to drop its subscription too.")
+@click.option("--force", is_flag=True, help="Drop the slot and publication here even if the target is unreachable.")
+@json_option
+def mirror_drop(dsn: str | None, schema: str, table: str, name: str, target: str | None, force: bool,
+                as_json: bool) -> None:  # fmt: skip
+    """Remove the subscription (target) and the slot and publication (here); the target's rows stay."""
+    from callvault import mirror
+
+    rep = mirror.drop(settings_of(dsn, schema, table), name, target_dsn=target, force=force)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    for step in rep.steps:
+        out.print(step, markup=False, soft_wrap=True)
+
+
 @main.command(name="publish")
 @target_options
 @click.option("--name", default=None, help="Publication name [default: callvault_<table>].")

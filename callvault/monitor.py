@@ -12,7 +12,7 @@ from callvault import catalog, db, embedded, partman, tenancy
 from callvault.archive.journal import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
-from callvault.errors import EmbeddedError, NotInitialised
+from callvault.errors import EmbeddedError, InvalidSetting, NotInitialised
 from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
 from callvault.tenancy.audit import LEAK
@@ -77,6 +77,8 @@ class Status:
     # (pg_partman's own rule) will take the horizon
     gaps: list[tuple[datetime, datetime]] = field(default_factory=list)
     expected_horizon: datetime | None = None
+    # callvault's replication slots here (`callvault mirror`): lag and WAL retained
+    replication_slots: list[dict[str, object]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -137,6 +139,7 @@ class Status:
             "worker": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in self.worker.items()}
             if self.worker
             else None,
+            "replication_slots": self.replication_slots,
             "healthy": not self.problems,
             "problems": self.problems,
         }
@@ -223,11 +226,51 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
         worker=last_run(conn, settings),
         isolation_leaks=[f.problem for f in tenancy.audit(conn, settings).findings if f.severity == LEAK],
     )
+    from callvault.mirror import slots
+
+    status.replication_slots = [s.to_dict() for s in slots(conn)]
     plan = current_plan(conn, settings, pm, now)
     status.gaps = [(r.start, r.end) for r in plan.gaps]
     status.expected_horizon = plan.horizon_after
     status.problems = problems(status)
     return status
+
+
+SLOT_WAL_LIMIT_ENV = "CALLVAULT_SLOT_WAL_LIMIT_MB"
+SLOT_WAL_LIMIT_MB = 1024  # WAL a callvault slot may hold back before health fails
+INACTIVE_SLOT_WAL_MB = 16  # an inactive slot is a problem once it holds back this much (not a brief restart)
+
+
+def slot_wal_limit() -> int:
+    """Bytes of WAL a callvault replication slot may retain ($CALLVAULT_SLOT_WAL_LIMIT_MB, default 1024 MB)."""
+    import os
+
+    raw = os.environ.get(SLOT_WAL_LIMIT_ENV, "")
+    try:
+        return int(float(raw) * 1024 * 1024) if raw else SLOT_WAL_LIMIT_MB * 1024 * 1024
+    except ValueError:
+        raise InvalidSetting(f"{SLOT_WAL_LIMIT_ENV}={raw!r} is not a number of megabytes") from None
+
+
+def slot_problems(slots: list[dict[str, object]], limit: int) -> list[str]:
+    """Health verdicts on callvault's replication slots (pure): too much WAL retained, or inactive while
+    holding WAL back (its subscriber is gone or stopped). Each names the slot and the fix."""
+    out = []
+    for s in slots:
+        name, kept = s["slot"], s.get("wal_retained_bytes")
+        kept_b = int(str(kept)) if kept is not None else 0
+        if kept_b > limit:
+            out.append(
+                f"replication slot {name} retains {kept_b / 1e6:,.0f} MB of WAL (limit {limit / 1e6:,.0f} MB, "
+                f"{SLOT_WAL_LIMIT_ENV}): its mirror is behind or gone and the primary's disk fills; see "
+                f"`callvault mirror status`, or `callvault mirror drop --name {name} --force` if the mirror is gone"
+            )
+        elif not s.get("active") and kept_b > INACTIVE_SLOT_WAL_MB * 1024 * 1024:
+            out.append(
+                f"replication slot {name} is inactive and holds {kept_b / 1e6:,.0f} MB of WAL: its subscriber is "
+                f"not connected; restart it, or `callvault mirror drop --name {name} --force` if it is gone"
+            )
+    return out
 
 
 def problems(status: Status) -> list[str]:
@@ -287,6 +330,7 @@ def problems(status: Status) -> list[str]:
                 f"(every {every}): check its log{error}"
             )
     out += [f"tenant isolation: {leak} (details: `callvault audit`)" for leak in status.isolation_leaks]
+    out += slot_problems(status.replication_slots, slot_wal_limit())
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "

@@ -1,0 +1,148 @@
+"""``callvault mirror``: two real clusters (the session's, a second one), logical replication between
+them. The target gets the table with its own lifecycle, the mirror receives only what was asked (one
+tenant, no transcript), rows written afterwards — into a partition ``maintain`` creates after the
+mirror began included — arrive, lag is reported, and ``mirror drop`` leaves no slot behind."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from callvault.embedded import Cluster
+from tests.helpers import run, run_json
+from tests.test_publish import insert
+
+TENANTS = [str(uuid.UUID(int=i + 11)) for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def second() -> Iterator[Cluster]:
+    home = Path(tempfile.mkdtemp(prefix="callvault-mirror-", dir="/tmp"))
+    home.chmod(0o755)
+    c = Cluster(home, settings={"fsync": "off"})
+    c.up()
+    yield c
+    c.down()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_for(conn: psycopg.Connection, query: str, want: object, timeout: float = 60) -> object:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = conn.execute(query).fetchone()
+        if got == want:
+            return got
+        time.sleep(0.25)
+    return got
+
+
+def test_metadata_mirror_of_one_tenant_follows_the_primary(dsn: str, conn: psycopg.Connection, second: Cluster) -> None:
+    run("init", "--dsn", dsn)
+    now = conn.execute("SELECT date_trunc('hour', now())").fetchone()[0]
+    week_ago = now - timedelta(days=8)  # an older partition too: the initial copy must find it on the target
+    for t in TENANTS:
+        insert(conn, t, now, 4)
+        insert(conn, t, week_ago, 2)
+    target = second.dsn()
+    made = run_json("mirror", "create", "--dsn", dsn, "--to", target, "--columns", "metadata", "--tenant", TENANTS[1],
+                    "--name", "meta")  # fmt: skip
+    assert made["mirror"] == "callvault_mirror_meta" and "transcript" not in made["columns"]
+    with psycopg.connect(target, autocommit=True) as tgt:
+        assert wait_for(tgt, "SELECT count(*) FROM call_logs", (6,)) == (6,)
+        assert tgt.execute("SELECT count(DISTINCT tenant_id), count(transcript) FROM call_logs").fetchone() == (1, 0)
+        # the target's own lifecycle and isolation
+        assert tgt.execute("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'call_logs'::regclass").fetchone() == (
+            True,
+        )  # fmt: skip
+        # a partition maintain creates after the mirror began, on both sides
+        run("maintain", "--dsn", dsn, "--at", (now + timedelta(weeks=3)).isoformat())
+        run("maintain", "--dsn", target, "--at", (now + timedelta(weeks=3)).isoformat())
+        later = now + timedelta(weeks=4, hours=2)
+        for t in TENANTS:
+            insert(conn, t, later, 3)
+        assert wait_for(tgt, "SELECT count(*) FROM call_logs", (9,)) == (9,)
+        assert tgt.execute("SELECT count(*) FROM call_logs_default").fetchone() == (0,)
+        # an erasure delete on the primary reaches the mirror
+        conn.execute(
+            "DELETE FROM call_logs WHERE tenant_id = %s AND started_at = %s", (TENANTS[1], later + timedelta(seconds=1))
+        )
+        assert wait_for(tgt, "SELECT count(*) FROM call_logs", (8,)) == (8,)
+    st = run_json("mirror", "status", "--dsn", dsn, "--to", target)
+    mine = [s for s in st["slots"] if s["slot"] == "callvault_mirror_meta"]
+    assert mine and mine[0]["active"] and mine[0]["lag_bytes"] is not None and mine[0]["wal_retained_bytes"] is not None
+    assert st["target"]["rows"] == 8 and st["target"]["subscriptions"][0]["enabled"]
+
+    dropped = run_json("mirror", "drop", "--dsn", dsn, "--name", "meta", "--to", target)
+    assert any("slot" in s for s in dropped["steps"])
+    assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'callvault%'").fetchone() == (
+        0,
+    )
+    assert conn.execute("SELECT count(*) FROM pg_publication WHERE pubname = 'callvault_mirror_meta'").fetchone() == (
+        0,
+    )
+    with psycopg.connect(target) as tgt:
+        assert tgt.execute("SELECT count(*) FROM pg_subscription").fetchone() == (0,)
+        assert tgt.execute("SELECT count(*) FROM call_logs").fetchone() == (8,), "the mirror's rows stay"
+
+
+def test_mirror_bad_input_is_one_line_and_leaves_nothing(dsn: str, conn: psycopg.Connection, second: Cluster) -> None:
+    run("init", "--dsn", dsn)
+    cases = [
+        (["--to", "postgresql://nobody@127.0.0.1:1/x"], 69, "cannot be reached"),
+        (["--to", dsn], 2, "primary database itself"),
+        (["--to", second.dsn(), "--columns", "call_id"], 2, "primary key"),
+        (["--to", second.dsn(), "--name", "Bad-Name"], 2, "lower-case"),
+    ]
+    for args, code, text in cases:
+        res = run("mirror", "create", "--dsn", dsn, *args, ok=False)
+        assert res.exit_code == code and text in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+    # a target that holds a differently shaped call_logs is refused before anything is made
+    other = f"cv_shape_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {other}")
+    try:
+        with psycopg.connect(second.dsn(other), autocommit=True) as t:
+            t.execute("CREATE TABLE call_logs (id int)")
+        res = run("mirror", "create", "--dsn", dsn, "--to", second.dsn(other), ok=False)
+        assert res.exit_code == 65 and "another shape" in res.output, res.output
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
+        # the primary's side of a mirror whose target is gone can be removed
+        gone = run("mirror", "drop", "--dsn", dsn, "--name", "nothing_here", ok=False)
+        assert gone.exit_code == 2 and "no mirror" in gone.output
+    finally:
+        with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {other} WITH (FORCE)")
+
+
+def test_health_names_a_slot_that_holds_back_too_much_wal(
+    dsn: str, conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose subscriber is gone: health fails naming it and the fix; ``mirror drop --force``
+    (no target) frees it; health is ok again."""
+    run("init", "--dsn", dsn)
+    conn.execute("SELECT pg_create_logical_replication_slot('callvault_mirror_gone', 'pgoutput')")
+    try:
+        insert(conn, TENANTS[0], conn.execute("SELECT now()").fetchone()[0], 2000, text="x" * 2000)
+        monkeypatch.setenv("CALLVAULT_SLOT_WAL_LIMIT_MB", "0.5")
+        res = run("health", "--dsn", dsn, ok=False)
+        assert res.exit_code == 3 and "callvault_mirror_gone" in res.output and "--force" in res.output, res.output
+        st = run_json("status", "--dsn", dsn)
+        assert [s["slot"] for s in st["replication_slots"]] == ["callvault_mirror_gone"]
+        run("mirror", "drop", "--dsn", dsn, "--name", "gone", "--force")
+        assert run("health", "--dsn", dsn).exit_code == 0
+    finally:
+        conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = 'callvault_mirror_gone'"
+        )
