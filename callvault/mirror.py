@@ -66,7 +66,8 @@ def _connect_target(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, prepare_threshold=None)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        reason = lines[0].split(" failed: ", 1)[-1] if lines else type(exc).__name__
         raise DatabaseUnavailable(
             f"mirror target {_safe(dsn)} cannot be reached: {reason}; check --to (host, port, database, password)"
         ) from exc
@@ -306,7 +307,11 @@ WHERE s.slot_name LIKE 'callvault\\_mirror\\_%' ORDER BY s.slot_name
 
 def slots(conn: Conn) -> list[SlotState]:
     """callvault's replication slots on this (primary) server, with lag and WAL retained."""
-    return [SlotState(str(n), bool(a), lag, ret, secs) for n, a, lag, ret, secs in conn.execute(SLOTS_SQL)]
+    # pg_stat_replication's lag columns are NULL once a subscriber has caught up: 0 s when nothing is pending
+    return [
+        SlotState(str(n), bool(a), lag, ret, 0.0 if secs is None and a and lag == 0 else secs)
+        for n, a, lag, ret, secs in conn.execute(SLOTS_SQL)
+    ]
 
 
 def status(settings: Settings, target_dsn: str | None = None) -> dict[str, object]:
