@@ -729,6 +729,36 @@ def url(as_json: bool) -> None:
     emit({"dsn": dsn}) if as_json else click.echo(dsn)
 
 
+@dev.group(name="replica")
+def dev_replica() -> None:
+    """A streaming hot standby of the embedded cluster (read-only; for read replicas)."""
+
+
+@dev_replica.command(name="up")
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
+@json_option
+def replica_up(port: int | None, as_json: bool) -> None:
+    """Create (once, pg_basebackup) and start the standby; the primary is started first if needed."""
+    dsn = Cluster().replica_up(port)
+    emit({"up": True, "dsn": dsn}) if as_json else out.print(f"embedded standby is up: {dsn}", soft_wrap=True)
+
+
+@dev_replica.command(name="down")
+@json_option
+def replica_down(as_json: bool) -> None:
+    """Stop the standby."""
+    stopped = Cluster().replica_down()
+    emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
+
+
+@dev_replica.command(name="url")
+@json_option
+def replica_url(as_json: bool) -> None:
+    """Print the standby's DSN (creating and starting it if needed)."""
+    dsn = Cluster().replica_up()
+    emit({"dsn": dsn}) if as_json else click.echo(dsn)
+
+
 @main.command(name="demo")
 @target_options
 @click.option("--calls", default=5000, show_default=True, help="Synthetic calls to write.")

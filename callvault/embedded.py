@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -383,6 +384,51 @@ class Cluster:
             return False
         self._pg_ctl(state, "stop", "-m", "fast", "-w", "-t", str(START_TIMEOUT_S))
         return True
+
+    # -- a streaming standby --------------------------------------------------------------
+    def replica(self) -> Cluster:
+        """The standby of this cluster: a cluster of its own at ``<home>/replica`` (may not exist yet)."""
+        return Cluster(self.home / "replica", settings=self.extra_settings, env=self.env_overrides)
+
+    def replica_up(self, port: int | None = None) -> str:
+        """Start (creating it once, with ``pg_basebackup``) a streaming hot standby of this cluster, which
+        is started first if needed; return the standby's DSN (same superuser and databases, read only).
+
+        :raises EmbeddedError: the base backup or the start failed (exit code 70).
+        """
+        self.up()
+        primary = self._state()
+        assert primary is not None
+        rep = self.replica()
+        state = rep._state()
+        if state is None:
+            user = server_os_user()
+            rep._prepare_home(user)
+            data = rep.data_dir(primary.major)
+            if data.exists():  # a base backup killed half-way: start it over
+                shutil.rmtree(data)
+            rep._prepare_data_dir(data, user)
+            state = ClusterState(
+                port=port or _free_port(), password=primary.password, bindir=primary.bindir, major=primary.major,
+                os_user=primary.os_user, superuser=primary.superuser, database=primary.database,
+            )  # fmt: skip
+            # -R: standby.signal and primary_conninfo (with the password) written into the copy
+            rep.env_overrides = {**rep.env_overrides, "PGPASSWORD": primary.password}
+            try:
+                rep._run(state, [str(Path(primary.bindir) / "pg_basebackup"), "-D", str(data), "-h", "127.0.0.1",
+                                 "-p", str(primary.port), "-U", primary.superuser, "-X", "stream", "-R",
+                                 "--checkpoint=fast"])  # fmt: skip
+            finally:
+                rep.env_overrides = {k: v for k, v in rep.env_overrides.items() if k != "PGPASSWORD"}
+            rep._save(state)
+        if rep._running(state):
+            return rep.dsn()
+        rep._start(state, port)  # its own callvault.conf (port, socket) replaces the primary's copy
+        return rep.dsn()
+
+    def replica_down(self) -> bool:
+        """Stop the standby (if it runs)."""
+        return self.replica().down()
 
     # -- steps -----------------------------------------------------------------------------
     def _create(self, port: int | None) -> ClusterState:
