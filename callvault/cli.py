@@ -654,6 +654,22 @@ def bench_query(
             out.print(f"{key:34} {value}")
 
 
+@bench.command(name="replication")
+@target_options
+@click.option("--seconds", default=60.0, show_default=True, help="How long the writer ingests for each mirror.")
+@json_option
+def bench_replication(dsn: str | None, schema: str, table: str, seconds: float, as_json: bool) -> None:
+    """A mirror's lag (p50/p95/max) and apply rate while the Writer ingests at full speed; metadata and full."""
+    from callvault.bench import replication as rb
+
+    result = rb.run(settings_of(dsn, schema, table), seconds, lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for m in result["mirrors"]:
+        out.print("  ".join(f"{k}={v}" for k, v in m.items()), markup=False, soft_wrap=True)
+
+
 @bench.command(name="keys")
 @target_options
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows per layout.")

@@ -48,3 +48,18 @@ def test_bench_query_reports_every_field_and_plots(dsn: str, tmp_path: object) -
     assert result["rows"] == 6000 and result["partitions"] >= 13
     assert [s["rows"] for s in result["sizes"]] == [4000, 6000]
     assert png.stat().st_size > 10_000
+
+
+REPLICATION_FIELDS = (
+    "columns", "ingested_rows", "ingest_rows_per_s", "apply_rows_per_s", "apply_vs_ingest", "lag_s_p50",
+    "lag_s_p95", "lag_s_max", "lag_bytes_max", "catch_up_s", "samples",
+)  # fmt: skip
+
+
+def test_bench_replication_reports_both_mirrors(dsn: str) -> None:
+    result = run_json("bench", "replication", "--dsn", dsn, "--seconds", "2")
+    assert [m["columns"] for m in result["mirrors"]] == ["metadata", "all"]
+    for m in result["mirrors"]:
+        for field in REPLICATION_FIELDS:
+            assert field in m, field
+        assert m["ingested_rows"] > 0 and m["samples"] > 0 and m["catch_up_s"] >= 0
