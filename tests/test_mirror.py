@@ -146,3 +146,55 @@ def test_health_names_a_slot_that_holds_back_too_much_wal(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
             "WHERE slot_name = 'callvault_mirror_gone'"
         )
+
+
+def test_mirror_never_stalls_through_retention_archive_and_late_rows(
+    dsn: str, conn: psycopg.Connection, second: Cluster, tmp_path: Path
+) -> None:
+    """The primary archives (DETACH/DROP do not replicate): the mirror keeps its copy and keeps applying;
+    the mirror's own retention drops weeks; a late row for a week the mirror dropped lands in its
+    DEFAULT partition and the rows after it still arrive."""
+    from datetime import datetime
+
+    from tests.test_archive import AT, fill
+
+    run("init", "--dsn", dsn)
+    fill(conn, per_tenant_week=2)
+    total = conn.execute("SELECT count(*) FROM call_logs").fetchone()
+    target_db = f"cv_keep_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {target_db}")
+    target = second.dsn(target_db)
+    try:
+        run("mirror", "create", "--dsn", dsn, "--to", target, "--name", "keep")
+        with psycopg.connect(target, autocommit=True) as tgt:
+            count = "SELECT count(*) FROM call_logs"
+            assert wait_for(tgt, count, total) == total
+            # the primary archives its oldest weeks: detach, export, verify, drop
+            report = run_json("archive", "--dsn", dsn, "--to", (tmp_path / "store").as_uri(), "--at", AT)
+            archived = sum(p["rows"] for p in report["partitions"])
+            assert archived > 0 and all(p["step_after"] == "dropped" for p in report["partitions"])
+            now = conn.execute("SELECT statement_timestamp() - interval '1 minute'").fetchone()[0]
+            insert(conn, TENANTS[0], now, 4)
+            assert wait_for(tgt, count, (total[0] + 4,)) == (total[0] + 4,), "the mirror keeps its copy and applies"
+            # the mirror's own retention, two weeks further on than the primary's
+            later = (datetime.fromisoformat(AT) + timedelta(weeks=2)).isoformat()
+            run("maintain", "--dsn", target, "--at", later)
+            kept = tgt.execute(count).fetchone()[0]
+            assert kept < total[0] + 4 - archived, "the mirror dropped weeks by its own retention"
+            dropped_week = conn.execute(
+                "SELECT min(started_at) FROM call_logs WHERE started_at >= %s", (now - timedelta(days=400),)
+            ).fetchone()[0]
+            on_mirror = tgt.execute("SELECT count(*) FROM call_logs WHERE started_at = %s", (dropped_week,)).fetchone()
+            assert on_mirror == (0,), "that week is gone from the mirror, not from the primary"
+            # a late row for it: lands in the mirror's default partition; the next rows still arrive
+            insert(conn, TENANTS[1], dropped_week + timedelta(minutes=1), 1)
+            insert(conn, TENANTS[2], now + timedelta(seconds=30), 2)
+            assert wait_for(tgt, count, (kept + 3,)) == (kept + 3,), "the apply worker did not stall"
+            assert tgt.execute("SELECT count(*) FROM call_logs_default").fetchone() == (1,)
+            st = run_json("mirror", "status", "--dsn", dsn, "--to", target)
+            assert st["target"]["rows_in_default_partition"] == 1
+    finally:
+        run("mirror", "drop", "--dsn", dsn, "--name", "keep", "--to", target, ok=False)
+        with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {target_db} WITH (FORCE)")
