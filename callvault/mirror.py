@@ -143,6 +143,7 @@ def create(
             raise InvalidSetting(
                 f"mirror {full} exists already: `callvault mirror drop --name {full[len(PREFIX) :]}` first"
             )
+        _require_rights(prim, tgt, settings)
         if partman.installed(tgt) is None:
             partman.available_version(tgt)  # ExtensionMissing naming the install when the target lacks it
         done: list[str] = []
@@ -185,6 +186,37 @@ def create(
             _undo(prim, tgt, full, done)
             raise
     return report
+
+
+def _require_rights(prim: Conn, tgt: Conn, settings: Settings) -> None:
+    """Before anything is made: on the primary the role owns the table (a publication needs it) and may
+    replicate (the subscription connects as it); on the target it is a superuser (PostgreSQL 15
+    creates subscriptions only as one). PermissionDenied (exit 77) naming the role and the fix."""
+    from callvault.errors import PermissionDenied
+
+    row = prim.execute(
+        "SELECT current_user, r.rolsuper OR r.rolreplication, pg_has_role(current_user, c.relowner, 'USAGE') "
+        "FROM pg_roles r, pg_class c WHERE r.rolname = current_user AND c.oid = %s::regclass",
+        (catalog.parent_regclass(settings),),
+    ).fetchone()
+    assert row is not None
+    who, replicate, owns = row
+    if not owns:
+        raise PermissionDenied(
+            f"role {who} does not own {settings.qualified} on the primary, and only its owner may publish it: run "
+            "`mirror create` with the owner's DSN (e.g. the callvault_owner role), or a superuser's"
+        )
+    if not replicate:
+        raise PermissionDenied(
+            f"role {who} may not replicate on the primary (the mirror's subscription connects as it): "
+            f"ALTER ROLE {who} REPLICATION, or use a role that has it"
+        )
+    trow = tgt.execute("SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    if trow is None or not trow[1]:
+        raise PermissionDenied(
+            f"role {trow[0] if trow else '?'} on the target is not a superuser: PostgreSQL 15 creates subscriptions "
+            "only as one; pass a superuser's DSN in --to"
+        )
 
 
 def _cover(prim: Conn, tgt: Conn, settings: Settings, target_settings: Settings) -> None:

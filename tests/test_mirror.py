@@ -107,6 +107,27 @@ def test_mirror_bad_input_is_one_line_and_leaves_nothing(dsn: str, conn: psycopg
         assert res.exit_code == code and text in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+    # a role without the rights: refused before anything is made, on either side
+    role = f"cv_weak_{uuid.uuid4().hex[:6]}"
+    conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak-pass'")
+    with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'weak-pass'")
+        admin.execute(f"CREATE DATABASE {role}")
+    try:
+        weak = dsn.replace(dsn.split("//", 1)[1].split("@", 1)[0], f"{role}:weak-pass")
+        res = run("mirror", "create", "--dsn", weak, "--to", second.dsn(), ok=False)
+        assert res.exit_code == 77 and "does not own" in res.output, res.output
+        fresh = second.dsn(role)
+        weak_target = fresh.replace(fresh.split("//", 1)[1].split("@", 1)[0], f"{role}:weak-pass")
+        res = run("mirror", "create", "--dsn", dsn, "--to", weak_target, ok=False)
+        assert res.exit_code == 77 and "not a superuser" in res.output, res.output
+        with psycopg.connect(fresh) as t:
+            assert t.execute("SELECT to_regclass('public.call_logs')").fetchone() == (None,), "nothing made there"
+    finally:
+        conn.execute(f"DROP ROLE {role}")
+        with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {role} WITH (FORCE)")
+            admin.execute(f"DROP ROLE {role}")
     # a target that holds a differently shaped call_logs is refused before anything is made
     other = f"cv_shape_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(second.dsn("postgres"), autocommit=True) as admin:
