@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -18,7 +17,7 @@ import pytest
 
 from callvault.embedded import Cluster
 from tests.helpers import run, run_json
-from tests.test_publish import insert
+from tests.test_publish import insert, wait_for
 
 TENANTS = [str(uuid.UUID(int=i + 11)) for i in range(3)]
 
@@ -32,17 +31,6 @@ def second() -> Iterator[Cluster]:
     yield c
     c.down()
     shutil.rmtree(home, ignore_errors=True)
-
-
-def wait_for(conn: psycopg.Connection, query: str, want: object, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    got = None
-    while time.monotonic() < deadline:
-        got = conn.execute(query).fetchone()
-        if got == want:
-            return got
-        time.sleep(0.25)
-    return got
 
 
 def test_metadata_mirror_of_one_tenant_follows_the_primary(dsn: str, conn: psycopg.Connection, second: Cluster) -> None:
