@@ -465,6 +465,61 @@ def health(dsn: str | None, schema: str, table: str, partition_warn: int, as_jso
         out.print(f"ok: {s.qualified} horizon {h.horizon:%Y-%m-%d}, {h.partitions} partitions")
 
 
+@main.command(name="metrics")
+@target_options
+@click.option("--textfile", default=None, metavar="PATH",
+              help="Write them to PATH (*.prom, atomically) for node_exporter's textfile collector.")  # fmt: skip
+def metrics_cmd(dsn: str | None, schema: str, table: str, textfile: str | None) -> None:
+    """The table's Prometheus metrics, once (text format). `worker --metrics-port` serves them."""
+    from pathlib import Path
+
+    from callvault import metrics
+
+    s = settings_of(dsn, schema, table)
+    if textfile is None:
+        sys.stdout.buffer.write(metrics.render(s))
+        sys.stdout.flush()
+        return
+    metrics.write_textfile(s, Path(textfile))
+    err.print(f"wrote {textfile}")
+
+
+@main.command(name="history")
+@target_options
+@click.option("--job", type=click.Choice(["maintain", "archive", "prune"]), default=None, help="Only this job.")
+@click.option("--outcome", type=click.Choice(["ok", "failed", "blocked"]), default=None, help="Only this outcome.")
+@click.option(
+    "--since", default=None, metavar="TS", help="Only runs that finished at or after TS (ISO 8601, or 12h, 7d)."
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many runs.")
+@json_option
+def history_cmd(dsn: str | None, schema: str, table: str, job: str | None, outcome: str | None, since: str | None,
+                limit: int, as_json: bool) -> None:  # fmt: skip
+    """What maintenance, archive and prune did and when (newest first), kept CALLVAULT_HISTORY_DAYS days."""
+    from callvault import history
+
+    s = settings_of(dsn, schema, table, start_embedded=True)
+    with connect(s) as conn:
+        when = _since(conn, since)
+        found = history.runs(conn, s, job=job, outcome=outcome, since=when, limit=limit)
+    if as_json:
+        emit([r.to_dict() for r in found])
+        return
+    render.history(out, s.qualified, found)
+
+
+def _since(conn: db.Conn, text: str | None) -> datetime | None:
+    """``--since``: an ISO 8601 time, or a period before the server's now (``30m``, ``12h``, ``7d``)."""
+    if text is None:
+        return None
+    t = text.strip().lower()
+    if t[-1:] in ("s", "m", "h", "d") and t[:-1].isdigit():
+        from callvault.worker import parse_every
+
+        return db.server_now(conn) - timedelta(seconds=parse_every(t))
+    return parse_at(text, "--since")
+
+
 @main.command(name="schedule")
 @target_options
 @click.option("--pg-cron", "pg_cron", is_flag=True, required=True, help="Schedule with pg_cron in the database.")
@@ -1037,13 +1092,16 @@ def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None,
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
 @click.option("--once", is_flag=True, help="Run one cycle and exit (exit 1 when it had errors).")
 @click.option("--no-prune", is_flag=True, help="Do not prune expired archive objects.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus /metrics and /healthz on this port while running (0: any free port).")  # fmt: skip
+@click.option("--metrics-host", default="", metavar="ADDR", help="Address to serve metrics on [default: all].")
 @click.option("--json", "as_json", is_flag=True, help="Accepted for uniformity: the worker always logs JSON lines.")
 def worker_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, every: str, fmt: str, once: bool,
-               no_prune: bool, as_json: bool) -> None:  # fmt: skip
+               no_prune: bool, metrics_port: int | None, metrics_host: str, as_json: bool) -> None:  # fmt: skip
     """Archive + maintain + prune every period; one instance per table; SIGTERM exits cleanly."""
     from callvault import worker
 
     s = settings_of(dsn, schema, table)
     opts = worker.WorkerOptions(every_s=worker.parse_every(every), store_url=store_url, fmt=fmt, once=once,
-                                prune=not no_prune)  # fmt: skip
+                                prune=not no_prune, metrics_port=metrics_port, metrics_host=metrics_host)  # fmt: skip
     sys.exit(worker.run(s, opts))

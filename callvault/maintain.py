@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, db, locks, partman, tenancy
+from callvault import catalog, db, history, locks, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
@@ -73,6 +73,14 @@ class MaintenanceReport:
     def changed(self) -> bool:
         """Whether the run created, detached, dropped, repaired or finished anything."""
         return bool(self.created or self.detached or self.dropped or self.secured or self.finalized)
+
+    def counts(self) -> dict[str, object]:
+        """What the job history keeps of the run: how many partitions each action touched."""
+        return {
+            "created": len(self.created), "detached": len(self.detached), "dropped": len(self.dropped),
+            "secured": len(self.secured), "unsecured": len(self.unsecured), "finalized": len(self.finalized),
+            "attempts": self.attempts, "blocked": self.blocked is not None,
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready values (``callvault maintain --json``)."""
@@ -319,6 +327,16 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
         report = maintain(settings)
         print(report.created, report.detached, report.dropped)
     """
+    with history.run(settings, "maintain") as run:
+        report = _maintain(settings, at, wait)
+        run.counts = report.counts()
+        if report.blocked:
+            made = f"created {len(report.created)} partition(s); " if report.created else ""
+            raise Blocked(f"{made}retention did not run: {report.blocked}")
+    return report
+
+
+def _maintain(settings: Settings, at: datetime | None, wait: bool) -> MaintenanceReport:
     report = MaintenanceReport(table=settings.qualified, at=at)
     t0 = time.perf_counter()
     busy: list[str] = []
@@ -361,7 +379,4 @@ def maintain(settings: Settings, *, at: datetime | None = None, wait: bool = Fal
         finally:
             locks.release(conn, key)
     _log_result(report)
-    if report.blocked:
-        made = f"created {len(report.created)} partition(s); " if report.created else ""
-        raise Blocked(f"{made}retention did not run: {report.blocked}")
     return report

@@ -15,7 +15,7 @@ from callvault.db import Conn
 from callvault.errors import EmbeddedError, InvalidSetting, NotInitialised
 from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
-from callvault.tenancy.audit import LEAK
+from callvault.tenancy.audit import ERROR, LEAK, WARNING
 from callvault.worker import last_run
 
 # health: the premake horizon must reach at least this many intervals past now. With premake 4 and
@@ -71,6 +71,7 @@ class Status:
     detach_pending: list[str] = field(default_factory=list)  # interrupted DETACH ... CONCURRENTLY
     worker: dict[str, object] | None = None  # the worker's heartbeat row, when a worker ever ran
     isolation_leaks: list[str] = field(default_factory=list)  # `callvault audit` LEAK findings
+    isolation_findings: dict[str, int] = field(default_factory=dict)  # audit findings by severity
     # the embedded server runs binaries older than the installed ones (a package upgrade under it)
     server_restart: str | None = None
     # the planner at `now`: holes between partitions (writes into them fail) and where maintenance
@@ -224,8 +225,10 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
         archive_pending=[r for r in journal_rows(conn, settings) if r["step"] != "dropped"],
         detach_pending=catalog.pending_detach(conn, settings),
         worker=last_run(conn, settings),
-        isolation_leaks=[f.problem for f in tenancy.audit(conn, settings).findings if f.severity == LEAK],
     )
+    findings = tenancy.audit(conn, settings).findings
+    status.isolation_leaks = [f.problem for f in findings if f.severity == LEAK]
+    status.isolation_findings = {sev: sum(1 for f in findings if f.severity == sev) for sev in (LEAK, ERROR, WARNING)}
     from callvault.mirror import slots
 
     status.replication_slots = [s.to_dict() for s in slots(conn)]

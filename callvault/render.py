@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from callvault.archive.pipeline import ArchiveReport
+from callvault.history import JobRun
 from callvault.maintain import MaintenanceReport
 from callvault.monitor import Status
 from callvault.plan import Plan
@@ -159,3 +160,22 @@ def calls(console: Console, page: Page) -> None:
                       + ", ".join(d.isoformat() for d in page.pruned), markup=False)  # fmt: skip
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}", markup=False, soft_wrap=True)
+
+
+def history(console: Console, table_name: str, runs: list[JobRun]) -> None:
+    """``callvault history``: one line per run, newest first."""
+    if not runs:
+        console.print(f"no runs recorded for {table_name} yet (maintain, archive and prune record each run)")
+        return
+    table = Table(title=f"{table_name} — job history", title_justify="left")
+    for col, just in (("finished (UTC)", "left"), ("job", "left"), ("outcome", "left"), ("took", "right"),
+                      ("what", "left")):  # fmt: skip
+        table.add_column(col, justify=just, no_wrap=col != "what")  # type: ignore[arg-type]
+    styles = {"ok": "green", "failed": "bold red", "blocked": "yellow"}
+    for r in runs:
+        counts = ", ".join(f"{k} {v}" for k, v in r.counts.items() if v not in (0, False, None))
+        what = counts + (f" — {r.error}" if r.error else "")
+        outcome = f"[{styles.get(r.outcome, '')}]{r.outcome}[/]"
+        table.add_row(r.finished_at.strftime("%Y-%m-%d %H:%M:%S"), r.job, outcome, f"{r.seconds:.1f} s",
+                      escape(what or "-"))  # fmt: skip
+    console.print(table)

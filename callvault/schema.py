@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from callvault import columns
+from callvault import columns, history
 from callvault.config import META_SCHEMA, Settings
 
 # The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
@@ -107,6 +107,7 @@ def meta_schema_sql() -> list[sql.Composed]:
         ).format(meta),
         *quarantine_sql(),
         *archive_sql(),
+        *history.tables_sql(),
     ]
 
 

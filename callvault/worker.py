@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 from psycopg import sql
@@ -38,6 +38,9 @@ from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
 from callvault.errors import CallvaultError, InvalidSetting
 from callvault.maintain import maintain
+
+if TYPE_CHECKING:
+    from callvault.metrics import MetricsServer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STATUS = sql.Identifier(META_SCHEMA, "worker_status")
@@ -62,6 +65,8 @@ class WorkerOptions:
     fmt: str = "parquet"
     once: bool = False
     prune: bool = True
+    metrics_port: int | None = None  # serve /metrics and /healthz here (callvault.metrics.MetricsServer)
+    metrics_host: str = ""
 
 
 class Log:
@@ -154,6 +159,7 @@ def run(
     log = log or Log()
     stop = stop_event or threading.Event()
     previous: dict[signal.Signals, Any] = {}
+    server: MetricsServer | None = None
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -167,6 +173,11 @@ def run(
             ensure_tables(conn)
             _lock(conn, settings)
             log("start", table=settings.qualified, every_s=opts.every_s, pid=os.getpid())
+            if opts.metrics_port is not None:
+                from callvault.metrics import MetricsServer
+
+                server = MetricsServer(settings, opts.metrics_port, opts.metrics_host).start()
+                log("metrics", port=server.port, host=opts.metrics_host or "*", paths=["/metrics", "/healthz"])
             ok = True
             while not stop.is_set():
                 _beat(conn, settings, opts.every_s, cycle_started=server_now(conn))
@@ -181,6 +192,8 @@ def run(
             log("stop", reason="signal" if stop.is_set() else "once")
             return 0 if ok or not opts.once else 1
     finally:
+        if server is not None:
+            server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, locks, private
+from callvault import catalog, history, locks, private
 from callvault._compat import renamed
 from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
@@ -106,6 +106,16 @@ class ArchiveReport:
     def failed(self) -> list[PartitionResult]:
         """The partitions that stopped with an error (kept in the database; the next run resumes them)."""
         return [p for p in self.partitions if p.error]
+
+    def counts(self) -> dict[str, object]:
+        """What the job history keeps of the run: partitions seen, archived (dropped after verify),
+        failed and failed at verify; rows and exported bytes of the archived ones."""
+        done = [p for p in self.partitions if p.step_after == "dropped" and not p.error]
+        return {
+            "partitions": len(self.partitions), "archived": len(done), "failed": len(self.failed),
+            "verify_failed": sum(1 for p in self.failed if p.exit_code == ArchiveVerifyFailed.exit_code),
+            "rows": sum(p.rows or 0 for p in done), "bytes": sum(p.bytes for p in done),
+        }  # fmt: skip
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-ready values (``callvault archive --json``)."""
@@ -633,6 +643,26 @@ def archive(
             print(p.partition, p.step_after, p.error)
     """
     fmt = renamed("archive", "fmt", fmt, "format", format) or "parquet"
+    if dry_run:
+        return _archive(settings, store_url, fmt, at, True, spool, should_stop, progress)
+    with history.run(settings, "archive") as run:
+        report = _archive(settings, store_url, fmt, at, False, spool, should_stop, progress)
+        run.counts = report.counts()
+        if report.failed:
+            run.outcome, run.error = "failed", report.failed[0].error
+    return report
+
+
+def _archive(
+    settings: Settings,
+    store_url: str | None,
+    fmt: str,
+    at: datetime | None,
+    dry_run: bool,
+    spool: Path | None,
+    should_stop: Callable[[], bool],
+    progress: Sink | None,
+) -> ArchiveReport:
     if fmt not in layout.FORMATS:
         raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
     url = store_url or default_store_url(settings)

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from psycopg import sql
 
+from callvault import history
 from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.journal import ensure_tables
@@ -142,6 +143,19 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
     :raises InvalidSetting: no store is configured (exit code 2).
     :raises StoreUnavailable: the store cannot be reached, read or written (exit code 69).
     """
+    if dry_run:
+        return _prune(settings, store_url, at, True)
+    with history.run(settings, "prune") as run:
+        report = _prune(settings, store_url, at, False)
+        run.counts = {
+            "tenant_periods": len(report.deleted),
+            "objects": sum(int(str(d["objects"])) for d in report.deleted),
+            "rows": sum(int(str(d["rows"] or 0)) for d in report.deleted),
+        }
+    return report
+
+
+def _prune(settings: Settings, store_url: str | None, at: datetime | None, dry_run: bool) -> PruneReport:
     store = open_store(store_url or default_store_url(settings))  # none yet: nothing to prune
     with connect(settings, autocommit=True) as conn:
         now = at or server_now(conn)

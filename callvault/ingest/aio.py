@@ -21,6 +21,7 @@ from callvault.db import probe, resolve_dsn
 from callvault.errors import WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._async_io import AConn, write_batch
+from callvault.ingest.instrument import MetricsArg, WriterMetrics
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 from callvault.ingest.writer import (
     BACKOFF_MAX_S,
@@ -69,8 +70,10 @@ class AsyncWriter:
         assume_utc: bool = False,
         retry_for: float = DEFAULT_RETRY_FOR,
         on_quarantine: Callable[[list[b.QuarantineEvent]], None] | None = None,
+        metrics: MetricsArg = None,
     ) -> None:
         self.settings = as_settings(target)
+        self._metrics = WriterMetrics.of(metrics, self.settings.qualified)  # callvault.ingest.instrument
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
         self._pool_arg, self._own_pool = pool, pool is None
@@ -184,6 +187,8 @@ class AsyncWriter:
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, b.Batch):
+                if self._metrics:
+                    self._metrics.queued(-1)
                 await self._send(item)
         if self._own_pool and hasattr(self, "_pool"):
             await self._pool.close()
@@ -205,6 +210,8 @@ class AsyncWriter:
 
     async def _put(self, item: b.Batch | object) -> None:
         # shield: a caller's timeout/cancellation must not drop a batch already taken from the buffer
+        if self._metrics and isinstance(item, b.Batch):
+            self._metrics.queued(1)
         await asyncio.shield(self._queue.put(item))
 
     def _seal(self) -> b.Batch | None:
@@ -249,6 +256,8 @@ class AsyncWriter:
             if item is _STOP:
                 return
             if isinstance(item, b.Batch):
+                if self._metrics:
+                    self._metrics.queued(-1)
                 await self._send(item)
             elif isinstance(item, asyncio.Future) and not item.done():
                 item.set_result(None)
@@ -257,7 +266,8 @@ class AsyncWriter:
         if self._error is not None:
             self._unwritten.append(batch)
             return
-        deadline, delay, retries = time.monotonic() + self._retry_for, BACKOFF_START_S, 0
+        sent_at = time.monotonic()
+        deadline, delay, retries = sent_at + self._retry_for, BACKOFF_START_S, 0
         while True:
             try:
                 async with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
@@ -269,12 +279,18 @@ class AsyncWriter:
                 if not b.is_retryable(exc) or time.monotonic() + delay > deadline:
                     self._error = exc
                     self._unwritten.append(batch)
+                    if self._metrics:
+                        self._metrics.gave_up(b.is_retryable(exc))
                     return
+                if self._metrics:
+                    self._metrics.retry()
                 batch.idempotent = True
                 retries += 1
                 b.log_retry(exc, retries, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
+        if self._metrics:
+            self._metrics.batch_done(result, time.monotonic() - sent_at)
         b.after_batch(result, self._on_quarantine)
         self._total.add(result)

@@ -27,6 +27,7 @@ from callvault.db import Conn, probe, resolve_dsn
 from callvault.errors import NotInitialised, WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import write_batch
+from callvault.ingest.instrument import MetricsArg, WriterMetrics
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, Call, LiveRange, Rejected, Rules, validate
 
 # ~6 MB of 1.2 KB rows: amortises COPY start-up and the commit's WAL flush, while a batch still
@@ -119,7 +120,11 @@ class Writer:
 
     ``pool``: your own ``psycopg_pool.ConnectionPool`` instead of the writer's one-connection pool.
     Behind PgBouncer in transaction mode create it with ``kwargs={"prepare_threshold": None}`` (the
-    writer's own pool does that); the writer does not change a pool it was given."""
+    writer's own pool does that); the writer does not change a pool it was given.
+
+    ``metrics``: the Prometheus registry the writer counts on (rows written, duplicates, quarantined by
+    reason, batches, flush latency, queue depth, retries, connection failures; see
+    :mod:`callvault.ingest.instrument`); default ``prometheus_client.REGISTRY``, ``False`` for none."""
 
     def __init__(
         self,
@@ -133,8 +138,10 @@ class Writer:
         assume_utc: bool = False,
         retry_for: float = DEFAULT_RETRY_FOR,
         on_quarantine: Callable[[list[b.QuarantineEvent]], None] | None = None,
+        metrics: MetricsArg = None,
     ) -> None:
         self.settings = as_settings(target)
+        self._metrics = WriterMetrics.of(metrics, self.settings.qualified)  # callvault.ingest.instrument
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
         self._own_pool = pool is None
@@ -260,6 +267,8 @@ class Writer:
 
     def _put(self, item: object) -> None:
         """Queue for the flusher; if the flusher is gone (closed meanwhile), handle it here."""
+        if self._metrics and isinstance(item, b.Batch):
+            self._metrics.queued(1)  # waiting from now on, in the queue or for room in it (_handle takes it off)
         while True:
             try:
                 self._queue.put(item, timeout=0.5)
@@ -314,6 +323,8 @@ class Writer:
         if isinstance(item, _Marker):
             item.done.set()
         elif isinstance(item, b.Batch):
+            if self._metrics:
+                self._metrics.queued(-1)
             self._send(item)
 
     def _idle(self) -> None:
@@ -330,7 +341,8 @@ class Writer:
         if self._error is not None:
             self._unwritten.append(batch)
             return
-        deadline, delay, retries = time.monotonic() + self._retry_for, BACKOFF_START_S, 0
+        sent_at = time.monotonic()
+        deadline, delay, retries = sent_at + self._retry_for, BACKOFF_START_S, 0
         while True:
             try:
                 with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
@@ -342,13 +354,19 @@ class Writer:
                 if not b.is_retryable(exc) or time.monotonic() + delay > deadline:
                     self._error = exc
                     self._unwritten.append(batch)
+                    if self._metrics:
+                        self._metrics.gave_up(b.is_retryable(exc))
                     return
+                if self._metrics:
+                    self._metrics.retry()
                 batch.idempotent = True  # the last attempt may have committed: re-send without doubling
                 retries += 1
                 b.log_retry(exc, retries, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
+        if self._metrics:
+            self._metrics.batch_done(result, time.monotonic() - sent_at)
         b.after_batch(result, self._on_quarantine)
         with self._lock:
             self._total.add(result)
