@@ -335,6 +335,8 @@ class TableCollector(Collector):
         return list(self._snapshot.status.problems) if self._snapshot else []
 
     def collect(self) -> Iterable[Metric]:
+        """The families of a scrape: ``callvault_up``, the collection's cost and age, and the table's metrics
+        (from this collection, or the last good one when it failed)."""
         self.refresh()
         table = self.settings.qualified
         up = GaugeMetricFamily("callvault_up", "1 when the last collection of the table's metrics succeeded.",
