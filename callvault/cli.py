@@ -725,6 +725,27 @@ def bench_replication(dsn: str | None, schema: str, table: str, seconds: float, 
         out.print("  ".join(f"{k}={v}" for k, v in m.items()), markup=False, soft_wrap=True)
 
 
+@bench.command(name="metrics")
+@target_options
+@click.option("--partitions", default=500, show_default=True, help="Weekly partitions in the bench table.")
+@click.option("--samples", default=50, show_default=True, type=click.IntRange(min=5), help="Timed collections.")
+@click.option("--seconds", default=8.0, show_default=True, help="Seconds of ingest with and without collections.")
+@json_option
+def bench_metrics(dsn: str | None, schema: str, table: str, partitions: int, samples: int, seconds: float,
+                  as_json: bool) -> None:  # fmt: skip
+    """One metrics collection at N partitions vs one catalog round trip; writer latency while collecting."""
+    from callvault.bench import metrics as mb
+
+    result = mb.run(
+        settings_of(dsn, schema, table), partitions, samples, lambda m: err.print(f"[dim]{m}[/dim]"), seconds
+    )
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:34} {value}")
+
+
 @bench.command(name="keys")
 @target_options
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows per layout.")

@@ -63,3 +63,12 @@ def test_bench_replication_reports_both_mirrors(dsn: str) -> None:
         for field in REPLICATION_FIELDS:
             assert field in m, field
         assert m["ingested_rows"] > 0 and m["samples"] > 0 and m["catch_up_s"] >= 0
+
+
+def test_bench_metrics_reports_every_field(dsn: str) -> None:
+    result = run_json("bench", "metrics", "--dsn", dsn, "--partitions", "30", "--samples", "5", "--seconds", "0.5")
+    assert result["partitions"] >= 29
+    fields = ("collect_statements", "collect_p50_ms", "catalog_round_trip_p50_ms", "collect_vs_catalog_round_trip",
+              "writer_batch_p99_ms_idle", "writer_batch_p99_ms_collecting", "collections_during_ingest")  # fmt: skip
+    for field in fields:
+        assert result[field] > 0, field
