@@ -225,7 +225,9 @@ def maintenance_procedure_sql(partman_schema: str) -> sql.Composed:
     session keeps it pending, pg_partman's retention would fail and take premaking down with it, so
     the run premakes with retention switched off inside its own transaction (the ``part_config`` row
     is restored before commit: no other session ever sees the change) and warns; ``callvault health``
-    reports the pending detach.
+    reports the pending detach. The run is also recorded in the job history (``callvault history``;
+    90 days kept), when the install has it (a run that fails rolls back, record included: pg_cron's
+    ``cron.job_run_details`` has those).
     """
     return sql.SQL(
         """CREATE OR REPLACE PROCEDURE {meta}.run_maintenance(p_parent_table text)
@@ -258,9 +260,22 @@ BEGIN
         PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
     END IF;
     INSERT INTO {meta}.maintenance_log (parent_table, started_at, source) VALUES (p_parent_table, t0, 'pg_cron');
+    IF to_regclass('{meta_text}.job_history') IS NOT NULL AND to_regclass('{meta_text}.job_totals') IS NOT NULL THEN
+        INSERT INTO {meta}.job_history (parent_table, job, started_at, finished_at, outcome, counts, error, host)
+        VALUES (p_parent_table, 'maintain', t0, clock_timestamp(),
+                CASE WHEN v_blocked IS NULL THEN 'ok' ELSE 'blocked' END, '{{"source": "pg_cron"}}',
+                CASE WHEN v_blocked IS NULL THEN NULL
+                ELSE 'retention did not run: the interrupted detach of ' || v_blocked || ' cannot finish' END,
+                'pg_cron');
+        INSERT INTO {meta}.job_totals AS t (parent_table, job, outcome, runs)
+        VALUES (p_parent_table, 'maintain', CASE WHEN v_blocked IS NULL THEN 'ok' ELSE 'blocked' END, 1)
+        ON CONFLICT (parent_table, job, outcome) DO UPDATE SET runs = t.runs + 1;
+        DELETE FROM {meta}.job_history WHERE parent_table = p_parent_table
+          AND finished_at < clock_timestamp() - interval '90 days';
+    END IF;
 END
 $proc$"""
-    ).format(meta=sql.Identifier(META_SCHEMA), partman=sql.Identifier(partman_schema))
+    ).format(meta=sql.Identifier(META_SCHEMA), partman=sql.Identifier(partman_schema), meta_text=sql.SQL(META_SCHEMA))
 
 
 def describe_shape_problems(actual: dict[str, tuple[str, bool]], partition_key: str | None) -> list[str]:

@@ -51,6 +51,9 @@ def test_schedule_install_update_remove(dsn: str, cluster: Cluster) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(jobs[0][1])
         assert conn.execute("SELECT source FROM callvault.maintenance_log").fetchall() == [("pg_cron",)]
+        assert conn.execute("SELECT job, outcome, host FROM callvault.job_history").fetchall() == [
+            ("maintain", "ok", "pg_cron")
+        ]  # callvault history and callvault_job_runs_total count pg_cron's runs too
     assert run_json("status", "--dsn", dsn)["last_maintenance"] is not None
     out = run("schedule", "--pg-cron", "--dsn", dsn, "--remove").stdout
     assert "removed 1" in out

@@ -56,7 +56,10 @@ class AsyncWriter:
     """Batching, idempotent, quarantining writer for asyncio. ``async with AsyncWriter(...) as w``.
 
     Its own pool connects with ``prepare_threshold=None`` (PgBouncer-safe, see ``CONNECT_KWARGS``);
-    a ``pool`` you pass in needs ``kwargs={"prepare_threshold": None}`` behind PgBouncer."""
+    a ``pool`` you pass in needs ``kwargs={"prepare_threshold": None}`` behind PgBouncer.
+
+    ``metrics``: the Prometheus registry it counts on, as :class:`~callvault.ingest.writer.Writer`'s
+    (default ``prometheus_client.REGISTRY``, ``False`` for none; :mod:`callvault.ingest.instrument`)."""
 
     def __init__(
         self,
