@@ -469,13 +469,17 @@ def health(dsn: str | None, schema: str, table: str, partition_warn: int, as_jso
 @target_options
 @click.option("--textfile", default=None, metavar="PATH",
               help="Write them to PATH (*.prom, atomically) for node_exporter's textfile collector.")  # fmt: skip
-def metrics_cmd(dsn: str | None, schema: str, table: str, textfile: str | None) -> None:
+@json_option
+def metrics_cmd(dsn: str | None, schema: str, table: str, textfile: str | None, as_json: bool) -> None:
     """The table's Prometheus metrics, once (text format). `worker --metrics-port` serves them."""
     from pathlib import Path
 
     from callvault import metrics
 
     s = settings_of(dsn, schema, table)
+    if as_json and textfile is None:
+        emit(metrics.samples_json(metrics.render(s)))
+        return
     if textfile is None:
         sys.stdout.buffer.write(metrics.render(s))
         sys.stdout.flush()

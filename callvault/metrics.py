@@ -382,6 +382,17 @@ def render(settings: Settings) -> bytes:
     return generate_latest(registry)
 
 
+def samples_json(text: bytes) -> list[dict[str, object]]:
+    """A text exposition as ``[{"name", "labels", "value"}]`` (``callvault metrics --json``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        {"name": smp.name, "labels": dict(smp.labels), "value": smp.value}
+        for fam in text_string_to_metric_families(text.decode())
+        for smp in fam.samples
+    ]
+
+
 def write_textfile(settings: Settings, path: Path) -> None:
     """Write the metrics for node_exporter's textfile collector: atomically (temporary file + rename).
 
