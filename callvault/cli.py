@@ -477,7 +477,9 @@ def metrics_cmd(dsn: str | None, schema: str, table: str, textfile: str | None, 
     from callvault import metrics
 
     s = settings_of(dsn, schema, table)
-    if as_json and textfile is None:
+    if as_json and textfile is not None:
+        raise InvalidSetting("--json and --textfile: choose one (the textfile is the Prometheus text format)")
+    if as_json:
         emit(metrics.samples_json(metrics.render(s)))
         return
     if textfile is None:
@@ -520,7 +522,10 @@ def _since(conn: db.Conn, text: str | None) -> datetime | None:
     if t[-1:] in ("s", "m", "h", "d") and t[:-1].isdigit():
         from callvault.worker import parse_every
 
-        return db.server_now(conn) - timedelta(seconds=parse_every(t))
+        try:
+            return db.server_now(conn) - timedelta(seconds=parse_every(t))
+        except InvalidSetting:
+            raise InvalidSetting(f"--since {text!r} must be a positive period, e.g. 12h or 7d") from None
     return parse_at(text, "--since")
 
 

@@ -60,6 +60,15 @@ def history_days(environ: dict[str, str] | None = None) -> int:
     return days
 
 
+def _days() -> int:
+    try:
+        return history_days()
+    except InvalidSetting as exc:  # bad configuration must not cost the run's record
+        event(log, logging.WARNING, "using the default job history period", reason=str(exc),
+              days=DEFAULT_HISTORY_DAYS)  # fmt: skip
+        return DEFAULT_HISTORY_DAYS
+
+
 def tables_sql() -> list[sql.Composed]:
     """``callvault.job_history`` (one row per run, bounded) and ``callvault.job_totals`` (runs per outcome)."""
     meta = sql.Identifier(META_SCHEMA)
@@ -81,6 +90,9 @@ def tables_sql() -> list[sql.Composed]:
         sql.SQL(
             "CREATE INDEX IF NOT EXISTS job_history_finished_idx ON {}.job_history (parent_table, job, finished_at)"
         ).format(meta),
+        sql.SQL("CREATE INDEX IF NOT EXISTS job_history_age_idx ON {}.job_history (parent_table, finished_at)").format(
+            meta
+        ),
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {}.job_totals (
     parent_table text NOT NULL,
@@ -134,6 +146,12 @@ def record(
              error, socket.gethostname(), os.getpid()),
         )  # fmt: skip
         key = (settings.qualified, job, outcome)
+        conn.execute(  # the row exists before it is locked: two first records cannot both read nothing
+            sql.SQL("INSERT INTO {} (parent_table, job, outcome) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING").format(
+                TOTALS
+            ),
+            key,
+        )
         row = conn.execute(
             sql.SQL("SELECT counts FROM {} WHERE parent_table = %s AND job = %s AND outcome = %s FOR UPDATE").format(
                 TOTALS
@@ -143,16 +161,15 @@ def record(
         summed = add_counts(row[0] if row else {}, counts)
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} AS t (parent_table, job, outcome, runs, counts) VALUES (%s, %s, %s, 1, %s) "
-                "ON CONFLICT (parent_table, job, outcome) DO UPDATE SET runs = t.runs + 1, counts = excluded.counts"
+                "UPDATE {} SET runs = runs + 1, counts = %s WHERE parent_table = %s AND job = %s AND outcome = %s"
             ).format(TOTALS),
-            (*key, json.dumps(summed)),
+            (json.dumps(summed), *key),
         )
         conn.execute(
             sql.SQL(
                 "DELETE FROM {} WHERE parent_table = %s AND finished_at < clock_timestamp() - make_interval(days => %s)"
             ).format(HISTORY),
-            (settings.qualified, history_days()),
+            (settings.qualified, _days()),
         )
 
 
@@ -181,13 +198,16 @@ def latest(conn: Conn, settings: Settings) -> dict[str, dict[str, Any]]:
     finish of its last ``ok`` run, None when none is in the history)."""
     if not catalog.meta_table_exists(conn, "job_history"):
         return {}
-    rows = conn.execute(
+    rows = conn.execute(  # per job: two index probes (job_history_finished_idx), whatever the history holds
         sql.SQL(
-            "SELECT DISTINCT ON (job) job, finished_at, outcome, extract(epoch FROM finished_at - started_at)::float8, "
-            "counts, (SELECT max(h.finished_at) FROM {t} h WHERE h.parent_table = j.parent_table AND h.job = j.job "
-            "AND h.outcome = 'ok') FROM {t} j WHERE parent_table = %s ORDER BY job, finished_at DESC, id DESC"
+            "SELECT j.job, l.finished_at, l.outcome, extract(epoch FROM l.finished_at - l.started_at)::float8, "
+            "l.counts, (SELECT h.finished_at FROM {t} h WHERE h.parent_table = %(t)s AND h.job = j.job "
+            "AND h.outcome = 'ok' ORDER BY h.finished_at DESC LIMIT 1) "
+            "FROM unnest(%(jobs)s::text[]) AS j(job) "
+            "CROSS JOIN LATERAL (SELECT * FROM {t} h WHERE h.parent_table = %(t)s AND h.job = j.job "
+            "ORDER BY h.finished_at DESC, h.id DESC LIMIT 1) l"
         ).format(t=HISTORY),
-        (settings.qualified,),
+        {"t": settings.qualified, "jobs": list(JOBS)},
     ).fetchall()
     return {
         str(job): {"finished_at": fin, "outcome": out, "seconds": secs, "counts": dict(counts), "last_ok": ok}

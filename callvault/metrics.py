@@ -30,7 +30,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -39,12 +38,13 @@ from psycopg import sql
 from callvault import catalog, history, monitor
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
-from callvault.errors import CallvaultError, InvalidSetting
+from callvault.errors import InvalidSetting
 from callvault.ingest import reasons
 
 LOCK_TIMEOUT_MS = 100  # the longest a collection waits for any lock
 STATEMENT_TIMEOUT_MS = 5_000
 CACHE_S = 5.0  # scrapes this soon after a collection are answered from it
+STALE_S = 60.0  # the last good values are served this long after a collection starts failing, then dropped
 STATES = ("past", "current", "future", "default")
 SEVERITIES = ("leak", "error", "warning")
 STEPS = ("detached", "exported", "uploaded", "verified", "dropped")
@@ -210,18 +210,23 @@ def families(snap: Snapshot) -> list[Metric]:
     for job in history.JOBS:
         for outcome in history.OUTCOMES:
             runs = next((r for j, o, r, _ in snap.totals if j == job and o == outcome), 0)
-            counter("callvault_job_runs", "Runs of each job by outcome (ok, failed, blocked).", runs,
-                    job=job, outcome=outcome)  # fmt: skip
+            counter("callvault_job_runs", "Runs of each job (operation: maintain, archive, prune) by outcome.", runs,
+                    operation=job, outcome=outcome)  # fmt: skip
         last = snap.jobs.get(job)
         if last is None:
             continue
         gauge("callvault_job_last_run_timestamp_seconds", "When the job's last run finished.",
-              _ts(last["finished_at"]), job=job)  # fmt: skip
+              _ts(last["finished_at"]), operation=job)  # fmt: skip
         gauge("callvault_job_last_run_ok", "1 when the job's last run succeeded, 0 when it failed or was blocked.",
-              1.0 if last["outcome"] == "ok" else 0.0, job=job)  # fmt: skip
-        gauge("callvault_job_last_run_duration_seconds", "How long the job's last run took.", last["seconds"], job=job)
+              1.0 if last["outcome"] == "ok" else 0.0, operation=job)  # fmt: skip
+        gauge(
+            "callvault_job_last_run_duration_seconds",
+            "How long the job's last run took.",
+            last["seconds"],
+            operation=job,
+        )
         gauge("callvault_job_last_success_timestamp_seconds", "When the job last succeeded (0: not in the history).",
-              _ts(last["last_ok"]) or 0.0, job=job)  # fmt: skip
+              _ts(last["last_ok"]) or 0.0, operation=job)  # fmt: skip
     m = snap.jobs.get("maintain")
     if m is not None:
         for what in ("created", "detached", "dropped"):
@@ -307,25 +312,37 @@ class TableCollector(Collector):
         self._seconds = 0.0
 
     def refresh(self, force: bool = False) -> bool:
-        """Collect now unless the last one is fresh; True when the metrics are from a good collection."""
-        with self._lock:
-            if not force and time.monotonic() - self._attempted < self.cache_s:
-                return self._ok
-            self._attempted = time.monotonic()
-            t0 = time.perf_counter()
-            try:
-                if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn = connect(self.settings.with_(start_embedded=False), autocommit=True)
-                    self._conn.execute("SET application_name = 'callvault-metrics'")
-                snap = snapshot(self._conn, self.settings)
-                self._families, self._snapshot = families(snap), snap
-                self._ok, self._error, self._last_ok = True, None, time.time()
-            except (CallvaultError, psycopg.Error, OSError) as exc:
-                self._ok, self._error = False, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                if self._conn is not None and (self._conn.broken or self._conn.closed):
-                    self._conn = None
-            self._seconds = time.perf_counter() - t0
+        """Collect now unless the last one is fresh; True when the metrics are from a good collection.
+
+        A scrape that arrives while another collects is answered from the last collection at once
+        (``force`` waits for it)."""
+        if not self._lock.acquire(blocking=force):
             return self._ok
+        try:
+            return self._refresh(force)
+        finally:
+            self._lock.release()
+
+    def _refresh(self, force: bool) -> bool:
+        if not force and time.monotonic() - self._attempted < self.cache_s:
+            return self._ok
+        self._attempted = time.monotonic()
+        t0 = time.perf_counter()
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = connect(self.settings.with_(start_embedded=False), autocommit=True)
+                self._conn.execute("SET application_name = 'callvault-metrics'")
+            snap = snapshot(self._conn, self.settings)
+            self._families, self._snapshot = families(snap), snap
+            self._ok, self._error, self._last_ok = True, None, time.time()
+        except Exception as exc:  # a scrape always answers: the failure is callvault_up 0 and /healthz's text
+            self._ok, self._error = False, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            if self._conn is not None and (self._conn.broken or self._conn.closed):
+                self._conn = None
+            if self._last_ok is None or time.time() - self._last_ok > STALE_S:
+                self._families = []  # values relative to "now" would freeze: serve none rather than old ones
+        self._seconds = time.perf_counter() - t0
+        return self._ok
 
     @property
     def problems(self) -> list[str]:
@@ -333,6 +350,11 @@ class TableCollector(Collector):
         if not self._ok:
             return [f"metrics collection failed: {self._error}"]
         return list(self._snapshot.status.problems) if self._snapshot else []
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: registering the collector (e.g. on ``prometheus_client.REGISTRY``) must not query the
+        database; its families depend on what the table holds."""
+        return []
 
     def collect(self) -> Iterable[Metric]:
         """The families of a scrape: ``callvault_up``, the collection's cost and age, and the table's metrics
@@ -377,9 +399,7 @@ def render(settings: Settings) -> bytes:
     :raises CallvaultError: collecting failed (the error of the collection, e.g. NotInitialised)."""
     with connect(settings, autocommit=True) as conn:
         snap = snapshot(conn, settings)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Static([_up(settings.qualified), *families(snap)]))
-    return generate_latest(registry)
+    return generate_latest(_static([*_up(settings.qualified, True), *families(snap)]))
 
 
 def samples_json(text: bytes) -> list[dict[str, object]]:
@@ -401,18 +421,33 @@ def write_textfile(settings: Settings, path: Path) -> None:
         raise InvalidSetting(f"--textfile {path}: node_exporter's textfile collector reads only *.prom files")
     if not path.parent.is_dir():
         raise InvalidSetting(f"--textfile {path}: directory {path.parent} does not exist; create it first")
-    with connect(settings, autocommit=True) as conn:
-        snap = snapshot(conn, settings)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Static([_up(settings.qualified), *families(snap)]))
-    write_to_textfile(str(path), registry)
+    try:
+        with connect(settings, autocommit=True) as conn:
+            snap = snapshot(conn, settings)
+    except Exception:
+        # node_exporter would go on serving the last file (up 1, old values): replace it with up 0
+        write_to_textfile(str(path), _static(_up(settings.qualified, False)))
+        raise
+    write_to_textfile(str(path), _static([*_up(settings.qualified, True), *families(snap)]))
 
 
-def _up(table: str) -> Metric:
+def _up(table: str, ok: bool) -> list[Metric]:
     up = GaugeMetricFamily("callvault_up", "1 when the last collection of the table's metrics succeeded.",
                            labels=["table"])  # fmt: skip
-    up.add_metric([table], 1.0)
-    return up
+    up.add_metric([table], 1.0 if ok else 0.0)
+    out: list[Metric] = [up]
+    if ok:
+        last = GaugeMetricFamily("callvault_metrics_last_success_timestamp_seconds",
+                                 "When the metrics were last collected.", labels=["table"])  # fmt: skip
+        last.add_metric([table], time.time())
+        out.append(last)
+    return out
+
+
+def _static(fams: list[Metric]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Static(fams))
+    return registry
 
 
 class _Static(Collector):

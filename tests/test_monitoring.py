@@ -147,7 +147,9 @@ def test_metrics_cover_lifecycle_archive_tenancy_quarantine(dsn: str, tmp_path: 
     assert value(got, "callvault_quarantine_rows", reason="too_old") == 0
     assert value(got, "callvault_isolation_problems", severity="leak") == 0
     assert value(got, "callvault_archive_backlog_partitions", stage="detached") == 0
-    assert value(got, "callvault_job_runs_total", job="maintain", outcome="ok") == 0  # init is not a maintenance run
+    assert (
+        value(got, "callvault_job_runs_total", operation="maintain", outcome="ok") == 0
+    )  # init is not a maintenance run
 
     run("maintain", "--dsn", dsn)
     with psycopg.connect(dsn, autocommit=True) as c:
@@ -166,8 +168,8 @@ def test_metrics_cover_lifecycle_archive_tenancy_quarantine(dsn: str, tmp_path: 
     got = samples(metrics.render(Settings(dsn=dsn)))
     assert value(got, "callvault_isolation_problems", severity="leak") >= 1
     assert value(got, "callvault_health_problems") >= 2
-    assert value(got, "callvault_job_runs_total", job="maintain", outcome="ok") == 1
-    assert value(got, "callvault_job_last_run_ok", job="maintain") == 1
+    assert value(got, "callvault_job_runs_total", operation="maintain", outcome="ok") == 1
+    assert value(got, "callvault_job_last_run_ok", operation="maintain") == 1
     assert value(got, "callvault_maintenance_last_created_partitions") == 0
 
 
@@ -195,6 +197,15 @@ def test_metrics_bad_input_one_line(dsn: str, empty_dsn: str, tmp_path: Path) ->
         assert r.exit_code == code and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = run("metrics", "--dsn", empty_dsn, ok=False)
     assert r.exit_code == 66 and "callvault init" in r.stderr and "Traceback" not in r.stderr
+    target = tmp_path / "callvault.prom"
+    target.write_text('callvault_up{table="public.call_logs"} 1.0\n')  # what an earlier good run left
+    r = run("metrics", "--dsn", empty_dsn, "--textfile", str(target), ok=False)
+    assert r.exit_code == 66
+    assert value(samples(target.read_text()), "callvault_up") == 0  # node_exporter must not serve the old file
+    r = run("metrics", "--dsn", dsn, "--textfile", str(target), "--json", ok=False)
+    assert r.exit_code == 2 and "choose one" in r.stderr
+    r = run("history", "--dsn", dsn, "--since", "0h", ok=False)
+    assert r.exit_code == 2 and "--since" in r.stderr
     r = run("worker", "--dsn", dsn, "--metrics-port", "70000", ok=False)
     assert r.exit_code == 2 and "--metrics-port" in r.stderr
 
@@ -340,6 +351,23 @@ def test_history_records_runs_bounded_and_counts_never_decrease(dsn: str, tmp_pa
     assert len(kept) == 1 and kept[0].finished_at > datetime.now(UTC) - timedelta(days=1)
     ok_runs = {(j, o): r for j, o, r, _ in after}
     assert ok_runs[("maintain", "ok")] == {(j, o): r for j, o, r, _ in before}[("maintain", "ok")] + 1
+
+
+def test_init_upgrades_an_install_without_history(dsn: str) -> None:
+    """An install from before the job history: `init` adds the tables and the recording pg_cron procedure."""
+    run("init", "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("DROP TABLE callvault.job_history, callvault.job_totals")
+        body = c.execute("SELECT pg_get_functiondef('callvault.run_maintenance(text)'::regprocedure)").fetchone()
+        assert body is not None
+        old = str(body[0]).replace("job_history", "maintenance_log_old_no_history")
+        c.execute("CREATE OR REPLACE PROCEDURE callvault.run_maintenance(p_parent_table text) LANGUAGE plpgsql AS "
+                  "$$ BEGIN PERFORM 1; END $$")  # fmt: skip
+        assert "maintenance_log_old_no_history" in old
+    run("init", "--dsn", dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CALL callvault.run_maintenance('public.call_logs')")
+        assert c.execute("SELECT job, host FROM callvault.job_history").fetchall() == [("maintain", "pg_cron")]
 
 
 def test_history_bad_input(dsn: str) -> None:
@@ -493,6 +521,8 @@ def test_prometheus_scrapes_the_worker_and_alerts_fire(dsn: str, tmp_path: Path)
         assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
         served = time.perf_counter() - t0
         _wait("the scrape", lambda: query('callvault_up{job="callvault"} == 1'))
+        # the operation label survives Prometheus's own job label (maintenance ran in the worker's first cycle)
+        assert _wait("job series", lambda: query('callvault_job_runs_total{operation="maintain",outcome="ok"} >= 1'))
         states = {r["metric"]["state"] for r in _wait("partitions", lambda: query("callvault_partitions > 0"))}
         assert {"past", "current", "future"} <= states
         assert _wait("quarantine series", lambda: query("callvault_quarantine_rows"))

@@ -697,6 +697,13 @@ def _archive(
             ctx = _Ctx(conn, settings, store, work, config.interval)
             ctx.sink = progress
             _sweep_spool(ctx, jobs)
+            for job in jobs:  # before anything moves: a refused run archives nothing (and is not a run)
+                half_way = job.step not in ("pending", "detached") and "merged" not in job.state
+                if (job.store_url != store.url or job.fmt != fmt) and half_way:
+                    raise InvalidSetting(
+                        f"{job.partition} is half-way into {job.store_url} ({job.fmt}); finish it with "
+                        f"--to {job.store_url} --format {job.fmt}"
+                    )
             blocked: str | None = None
             for job in jobs:
                 if should_stop():

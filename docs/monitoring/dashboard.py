@@ -62,10 +62,10 @@ def dashboard() -> g.Dashboard:
             (f"callvault_retention_seconds{{{SEL}}}", "retention {{table}}"),
         ], "s", 12, 14),
         series("Job runs per hour", [
-            (f"sum by (job, outcome) (increase(callvault_job_runs_total{{{SEL}}}[1h]))", "{{job}} {{outcome}}"),
+            (f"sum by (operation, outcome) (increase(callvault_job_runs_total{{{SEL}}}[1h]))", "{{operation}} {{outcome}}"),
         ], "none", 0, 22),
         series("Since last success", [
-            (f"time() - callvault_job_last_success_timestamp_seconds{{{SEL}}}", "{{job}}"),
+            (f"time() - callvault_job_last_success_timestamp_seconds{{{SEL}}}", "{{operation}}"),
         ], "s", 12, 22),
         g.RowPanel(title="Archive", gridPos=g.GridPos(h=1, w=24, x=0, y=30)),
         series("Archive backlog", [(f"callvault_archive_backlog_partitions{{{SEL}}}", "{{stage}}")], "none", 0, 31),
