@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, db, embedded, partman, schema, tenancy
+from callvault import catalog, citus, db, embedded, partman, schema, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import CallvaultError, InvalidSetting, NotInitialised, SchemaMismatch
@@ -119,7 +119,7 @@ def _table_steps(
     if not exists:
         if conn is None or not _schema_exists(conn, settings.schema):
             steps.append(Step(f"create schema {settings.schema}", schema.create_schema_sql(settings.schema)))
-        steps.append(Step(f"create partitioned table {settings.qualified}", schema.create_table_sql(settings)))
+        steps.append(Step(f"{CREATE_TABLE} {settings.qualified}", schema.create_table_sql(settings)))
     start = first_partition_start(settings, now)
     steps.append(
         Step(
@@ -332,10 +332,18 @@ def _rls_steps(conn: Conn | None, settings: Settings) -> list[Step]:
 
 
 def init_steps(
-    conn: Conn | None, settings: Settings, now: datetime | None = None, *, roles: bool = False
+    conn: Conn | None,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    roles: bool = False,
+    distributed: bool | None = None,
+    shard_count: int | None = None,
 ) -> list[Step]:
     """What ``init`` would run, given what exists (``conn=None``: assume an empty database).
-    ``roles``: also create the four roles and their grants (:mod:`callvault.roles`)."""
+    ``roles``: also create the four roles and their grants (:mod:`callvault.roles`).
+    ``distributed``: distribute the new table by ``tenant_id`` on Citus (:mod:`callvault.citus`; None:
+    when this is a Citus coordinator with active workers), ``shard_count`` shards per partition."""
     if now is None:
         now = db.server_now(conn) if conn is not None else datetime.now(UTC)
     steps: list[Step] = []
@@ -348,7 +356,8 @@ def init_steps(
             Step(f"install pg_partman {version} ({i}/2)", stmt)
             for i, stmt in enumerate(partman.install_sql(pm.schema), 1)
         ]
-    steps += _table_steps(conn, settings, pm, now, partman_installed=partman_installed)
+    table = _table_steps(conn, settings, pm, now, partman_installed=partman_installed)
+    steps += _distribute(conn, settings, table, distributed, shard_count)
     meta = _meta_steps(conn, pm)
     steps += meta
     steps += _rls_steps(conn, settings)
@@ -359,11 +368,55 @@ def init_steps(
     return steps
 
 
-def init(conn: Conn, settings: Settings, now: datetime | None = None, *, roles: bool = False) -> InitReport:
+def _distribute(
+    conn: Conn | None, settings: Settings, table: list[Step], distributed: bool | None, shard_count: int | None
+) -> list[Step]:
+    """``table``'s steps with ``create_distributed_table`` right after the table is created (before
+    pg_partman makes partitions, so each is distributed and colocated), when asked for or on Citus."""
+    creating = next((i for i, st in enumerate(table) if st.what.startswith(CREATE_TABLE)), None)
+    if distributed is False:
+        return table
+    if shard_count is not None and shard_count < 1:
+        raise InvalidSetting(f"--shard-count {shard_count} must be at least 1 (e.g. {citus.DEFAULT_SHARD_COUNT})")
+    info = None
+    if conn is not None:
+        info = citus.preflight(conn, settings) if distributed else citus.detect(conn)
+        if distributed is None and (info is None or not info.preloaded or info.workers == 0):
+            return table
+        if creating is None and not citus.is_distributed(conn, settings) and catalog.table_exists(conn, settings):
+            if distributed:
+                raise InvalidSetting(
+                    f"--distributed: {settings.qualified} already exists as a local table; callvault distributes a "
+                    "table when it creates it (create_distributed_table on a filled table copies every row: do it "
+                    "yourself in a quiet hour, then `callvault init` again)"
+                )
+            return table
+    elif not distributed:
+        return table
+    if creating is None:
+        return table
+    n = shard_count or citus.DEFAULT_SHARD_COUNT
+    step = Step(f"distribute {settings.qualified} by tenant_id ({n} shards per partition)",
+                citus.distribute_sql(settings, n))  # fmt: skip
+    return [*table[: creating + 1], step, *table[creating + 1 :]]
+
+
+CREATE_TABLE = "create partitioned table"
+
+
+def init(
+    conn: Conn,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    roles: bool = False,
+    distributed: bool | None = None,
+    shard_count: int | None = None,
+) -> InitReport:
     """Run :func:`init_steps` in one transaction, then secure every partition; a failure changes nothing."""
     embedded.require_current_binaries(conn, f"init of {settings.qualified}")
     with conn.transaction():
-        steps = init_steps(conn, settings, now, roles=roles)
+        steps = init_steps(conn, settings, now, roles=roles, distributed=distributed, shard_count=shard_count)
         if roles:
             require_role_admin(conn, steps)
         for step in steps:

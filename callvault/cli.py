@@ -247,19 +247,24 @@ def config_show(dsn: str | None, schema: str | None, table: str | None, as_json:
     help="Also create the owner, ingest, app and tenant_writer roles and their grants (needs a superuser).",
 )
 @role_option
+@click.option("--distributed/--no-distributed", default=None,
+              help="Citus: distribute the table by tenant_id [default: when the database is a Citus coordinator "
+                   "with workers].")  # fmt: skip
+@click.option("--shard-count", type=int, default=None, metavar="N",
+              help="Citus: shards per partition [default: 16, see docs/scaling.md].")  # fmt: skip
 @click.option("--sql", "print_sql", is_flag=True, help="Print the DDL that would run; change nothing.")
 @json_option
 def init(dsn: str | None, schema: str, table: str, interval: str, premake: int, retention: str,
-         default_partition: bool, with_roles: bool, role_prefix: str, print_sql: bool,
-         as_json: bool) -> None:  # fmt: skip
+         default_partition: bool, with_roles: bool, role_prefix: str, distributed: bool | None,
+         shard_count: int | None, print_sql: bool, as_json: bool) -> None:  # fmt: skip
     """Create the partitioned table, hand it to pg_partman, enforce tenant isolation (idempotent)."""
     lifecycle = config.lifecycle_from(interval, premake, retention)
     s = settings_of(dsn, schema, table, lifecycle=lifecycle, default_partition=default_partition,
                     role_prefix=role_prefix, start_embedded=not print_sql)  # fmt: skip
     if print_sql:
-        click.echo(commands.init_sql(s, roles=with_roles), nl=False)
+        click.echo(commands.init_sql(s, roles=with_roles, distributed=distributed, shard_count=shard_count), nl=False)
         return
-    report = commands.init(s, roles=with_roles)
+    report = commands.init(s, roles=with_roles, distributed=distributed, shard_count=shard_count)
     if as_json:
         emit({"table": s.qualified, "changed": report.changed, "steps": [st.what for st in report.steps],
               "secured": report.secured, "roles": s.roles.as_dict() if with_roles else None})  # fmt: skip
@@ -574,6 +579,7 @@ def explain_cmd(
         out.print(
             f"{s.qualified}: {len(report.scanned)} of {report.partitions_total} partitions in the plan; "
             f"pruning: {report.pruning}; subplans removed at executor start: {report.subplans_removed}"
+            + (f"; Citus tasks: {report.tasks}" if report.tasks is not None else "")
         )
     if report.problem:
         raise NotPruned(report.problem)

@@ -54,7 +54,9 @@ __all__ = [
 ]  # fmt: skip
 
 
-def init(settings: Settings, *, roles: bool = False) -> bootstrap.InitReport:
+def init(
+    settings: Settings, *, roles: bool = False, distributed: bool | None = None, shard_count: int | None = None
+) -> bootstrap.InitReport:
     """``callvault init``: create the table, hand it to pg_partman, secure it (idempotent).
 
     One transaction: a failure changes nothing; a second run executes nothing. The lifecycle
@@ -62,6 +64,9 @@ def init(settings: Settings, *, roles: bool = False) -> bootstrap.InitReport:
     ``part_config``.
 
     :param roles: also create the four roles (``settings.roles``) and their grants.
+    :param distributed: on Citus, distribute the table by ``tenant_id`` before its partitions exist
+        (None: when the database is a Citus coordinator with active workers; True: required, with a
+        preflight; False: a local table). ``shard_count``: shards per partition.
     :return: the steps executed and the partitions secured.
     :raises SchemaMismatch: the table exists with another shape; nothing was changed (exit code 65).
     :raises InvalidSetting: the table exists with another partition interval (a data migration is
@@ -77,10 +82,12 @@ def init(settings: Settings, *, roles: bool = False) -> bootstrap.InitReport:
         [step.what for step in report.steps]     # [] on a second run
     """
     with connect(settings) as conn:
-        return bootstrap.init(conn, settings, roles=roles)
+        return bootstrap.init(conn, settings, roles=roles, distributed=distributed, shard_count=shard_count)
 
 
-def init_sql(settings: Settings, *, roles: bool = False) -> str:
+def init_sql(
+    settings: Settings, *, roles: bool = False, distributed: bool | None = None, shard_count: int | None = None
+) -> str:
     """``callvault init --sql``: the DDL init would run here; offline (an empty database assumed)
     when the database cannot be reached. Never starts the embedded cluster.
 
@@ -91,13 +98,15 @@ def init_sql(settings: Settings, *, roles: bool = False) -> str:
     """
     try:
         with connect(settings.with_(start_embedded=False)) as conn:
-            return bootstrap.render(bootstrap.init_steps(conn, settings, roles=roles), conn)
+            steps = bootstrap.init_steps(conn, settings, roles=roles, distributed=distributed, shard_count=shard_count)
+            return bootstrap.render(steps, conn)
     except (DatabaseUnavailable, EmbeddedError) as exc:
         head = (
             f"-- offline (database unreachable: {exc}); assuming an empty database, pg_partman "
             f"{bootstrap.OFFLINE_PARTMAN.version}\n"
         )
-        return head + bootstrap.render(bootstrap.init_steps(None, settings, roles=roles), None)
+        steps = bootstrap.init_steps(None, settings, roles=roles, distributed=distributed, shard_count=shard_count)
+        return head + bootstrap.render(steps, None)
 
 
 def audit(settings: Settings, *, fix: bool = False) -> AuditReport:

@@ -32,7 +32,7 @@ from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting
 from callvault.lint import reads_table
 from callvault.lint.rules import walk as walk_tree
 from callvault.lint.split import PLACEHOLDER
-from callvault.plans import walk
+from callvault.plans import partition_of, task_count, walk
 
 
 class NotPruned(CallvaultError):
@@ -54,6 +54,7 @@ class ExplainReport:
     plan: list[str] = field(default_factory=list)
     max_partitions: int | None = None
     reads: bool = False  # the query reads the table (so no partition in the plan means all were pruned)
+    tasks: int | None = None  # Citus: the tasks the coordinator sends to workers (1: one tenant, one worker)
 
     @property
     def pruning(self) -> str:
@@ -86,7 +87,7 @@ class ExplainReport:
         return {
             "table": self.table, "partitions_total": self.partitions_total, "partitions_scanned": len(self.scanned),
             "scanned": self.scanned, "subplans_removed": self.subplans_removed, "pruning": self.pruning,
-            "ok": self.problem is None, "problem": self.problem, "plan": self.plan,
+            "ok": self.problem is None, "problem": self.problem, "plan": self.plan, "tasks": self.tasks,
         }  # fmt: skip
 
 
@@ -320,7 +321,7 @@ def explain(
     assert raw is not None
     doc = raw[0] if not isinstance(raw[0], str) else json.loads(raw[0])
     rels, removed = walk(doc[0]["Plan"])
-    scanned = sorted(set(rels) & names)
+    scanned = sorted({p for r in rels if (p := partition_of(r, names)) is not None})
     if not scanned and not prepared.names(settings):
         raise InvalidSetting(
             f"the query does not name {settings.qualified} and its plan reads none of its partitions: nothing to "
@@ -329,5 +330,5 @@ def explain(
     reads = prepared.reads(settings)
     return ExplainReport(
         table=settings.qualified, partitions_total=len(names), scanned=scanned, subplans_removed=removed,
-        plan=[r[0] for r in text], max_partitions=max_partitions, reads=reads,
+        plan=[r[0] for r in text], max_partitions=max_partitions, reads=reads, tasks=task_count(doc[0]["Plan"]),
     )  # fmt: skip

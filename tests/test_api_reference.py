@@ -35,6 +35,7 @@ PUBLIC_MODULES = [
     "callvault.maintain",
     "callvault.monitor",
     "callvault.metrics",
+    "callvault.citus",
     "callvault.history",
     "callvault.ingest.instrument",
     "callvault.ingest.reasons",

@@ -24,6 +24,17 @@ TENANT_EXPR = "tenant_id = NULLIF(current_setting('app.tenant_id', true), '')::u
 # compares every policy against it, so a policy edited by hand (e.g. to ``true``) is caught.
 TENANT_EXPR_STORED = "(tenant_id = (NULLIF(current_setting('app.tenant_id'::text, true), ''::text))::uuid)"
 SET_TENANT_SQL = "SELECT set_config('app.tenant_id', %s, true)"
+# On Citus the coordinator sends a transaction's settings to the workers only as ``SET LOCAL`` with
+# ``citus.propagate_set_commands = 'local'`` (set_config() and session SETs stay on the coordinator,
+# and the policy on the shards sees no tenant). The two statements below work on both engines (on plain
+# PostgreSQL the citus.* name is an inert placeholder); the value is a validated UUID text, quoted.
+PROPAGATE_SQL = "SET LOCAL citus.propagate_set_commands TO 'local'"
+
+
+def set_tenant_sql(value: str) -> sql.Composed:
+    """``SET LOCAL app.tenant_id TO '<uuid>'`` (``''``: no tenant)."""
+    return sql.SQL("SET LOCAL app.tenant_id TO {}").format(sql.Literal(value))
+
 
 # Role attributes by kind. BYPASSRLS only where Postgres leaves no choice (see config.Roles).
 ROLE_ATTRIBUTES: dict[str, tuple[str, ...]] = {

@@ -1,6 +1,7 @@
 """``with tenant(conn, tenant_id):`` -- run a block as one tenant.
 
-The tenant is set with ``set_config('app.tenant_id', ..., true)``: transaction-local, so it ends
+The tenant is set with ``SET LOCAL app.tenant_id`` (after ``SET LOCAL citus.propagate_set_commands
+TO 'local'``, so Citus sends it to the workers too): transaction-local, so it ends
 with the block's transaction and a pooled connection (or a PgBouncer server connection in
 transaction mode) handed to the next request carries nothing over. No session-level ``SET``.
 The tenant statement is never prepared server-side (``prepare=False``): PgBouncer 1.18 in transaction
@@ -24,7 +25,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from callvault.errors import InvalidSetting
-from callvault.tenancy.policy import SET_TENANT_SQL
+from callvault.tenancy.policy import PROPAGATE_SQL, set_tenant_sql
 
 
 def uuid_text(value: UUID | str, what: str, example: str) -> str:
@@ -51,10 +52,11 @@ def tenant(
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
     with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        conn.execute(SET_TENANT_SQL, (value,), prepare=False)
+        conn.execute(PROPAGATE_SQL, prepare=False)
+        conn.execute(set_tenant_sql(value), prepare=False)
         yield conn
         if nested:
-            conn.execute(SET_TENANT_SQL, ("",), prepare=False)
+            conn.execute(set_tenant_sql(""), prepare=False)
 
 
 @asynccontextmanager
@@ -65,7 +67,8 @@ async def atenant(
     value = tenant_value(tenant_id)
     nested = conn.info.transaction_status != TransactionStatus.IDLE
     async with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        await conn.execute(SET_TENANT_SQL, (value,), prepare=False)
+        await conn.execute(PROPAGATE_SQL, prepare=False)
+        await conn.execute(set_tenant_sql(value), prepare=False)
         yield conn
         if nested:
-            await conn.execute(SET_TENANT_SQL, ("",), prepare=False)
+            await conn.execute(set_tenant_sql(""), prepare=False)
