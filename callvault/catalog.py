@@ -26,6 +26,25 @@ JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = %s::regclass
 """
 
+# On a Citus coordinator a distributed partition is an empty shell: its size is its shards', read from
+# every worker in one call (citus_shard_sizes), not one remote call per partition.
+CITUS_PARTITIONS_SQL = """
+WITH sizes AS (
+    SELECT s.logicalrelid AS oid, sum(z.size)::bigint AS bytes
+    FROM citus_shard_sizes() z JOIN pg_dist_shard s ON s.shardid = z.shard_id
+    GROUP BY 1
+)
+SELECT c.relname,
+       pg_get_expr(c.relpartbound, 0) AS bound,
+       c.reltuples::bigint AS reltuples,
+       coalesce(sz.bytes, pg_total_relation_size(c.oid)) AS bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN sizes sz ON sz.oid = c.oid
+WHERE i.inhparent = %s::regclass
+"""
+CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
 DETACHED_SQL = """
 SELECT c.relname, pg_total_relation_size(c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -70,7 +89,9 @@ def meta_table_exists(conn: Conn, name: str) -> bool:
 
 def list_partitions(conn: Conn, settings: Settings) -> list[PartitionRow]:
     """Attached partitions, oldest first, the default partition (if any) last."""
-    rows = conn.execute(PARTITIONS_SQL, (parent_regclass(settings),)).fetchall()
+    citus = conn.execute(CITUS_SQL).fetchone()
+    query = CITUS_PARTITIONS_SQL if citus and citus[0] else PARTITIONS_SQL
+    rows = conn.execute(query, (parent_regclass(settings),)).fetchall()
     out = []
     for name, bound, reltuples, size in rows:
         start, end, is_default = parse_bound(str(bound))

@@ -36,6 +36,13 @@ from callvault.errors import CallvaultError, NotInitialised
 DEFAULT_SHARD_COUNT = 16
 
 
+REPLICATION_WHY = (
+    "its rows change on the workers, so a publication on the coordinator's parent delivers nothing; repli"
+    "cate each worker instead (Citus change data capture, citus.enable_change_data_capture = on, one subs"
+    "cription per worker: docs/scaling.md)"
+)
+
+
 class CitusUnavailable(CallvaultError):
     """Citus is asked for but cannot work here (not preloaded, not installed, no workers)."""
 
@@ -128,6 +135,13 @@ def distribute_sql(settings: Settings, shard_count: int) -> sql.Composed:
     return sql.SQL("SELECT create_distributed_table({}, 'tenant_id', shard_count => {})").format(
         sql.Literal(settings.qualified), sql.Literal(shard_count)
     )
+
+
+def local_lock_budget(conn: Conn, settings: Settings) -> None:
+    """In the open transaction: ``lock_timeout`` = the lock budget, as ``SET LOCAL`` with
+    ``citus.propagate_set_commands = 'local'``, so DDL waits no longer on the workers than here."""
+    conn.execute("SET LOCAL citus.propagate_set_commands TO 'local'")
+    conn.execute(sql.SQL("SET LOCAL lock_timeout TO {}").format(sql.Literal(f"{settings.lock_timeout_ms}ms")))
 
 
 def refuse(conn: Conn, settings: Settings, what: str, why: str) -> None:

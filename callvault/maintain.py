@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, db, history, locks, partman, tenancy
+from callvault import catalog, citus, db, history, locks, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
@@ -260,14 +260,22 @@ def _apply(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime | None,
     leaves. With ``at``: the plan for that instant, which mirrors run_maintenance's rules, applied
     with pg_partman's retention and create functions in the order it uses (retention first).
     ``retention=False`` (a detach is pending and cannot finish): only create, from the plan."""
+    distributed = citus.is_distributed(conn, settings)
     if at is None and retention:
-        conn.execute(partman.run_maintenance_sql(settings, pm))
+        with conn.transaction() if distributed else nullcontext():
+            if distributed:  # a session lock_timeout is not sent to Citus workers; SET LOCAL is
+                citus.local_lock_budget(conn, settings)
+            conn.execute(partman.run_maintenance_sql(settings, pm))
         plan = current_plan(conn, settings, pm, db.server_now(conn))
         with conn.transaction():
+            if distributed:
+                citus.local_lock_budget(conn, settings)
             _create(conn, settings, pm, plan)
         return
     plan = current_plan(conn, settings, pm, at or db.server_now(conn))
     with conn.transaction():
+        if distributed:
+            citus.local_lock_budget(conn, settings)
         if plan.cutoff is not None and retention:
             conn.execute(partman.retention_sql(settings, pm, at or db.server_now(conn)))
         _create(conn, settings, pm, plan)

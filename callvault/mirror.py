@@ -130,6 +130,9 @@ def create(
     report = MirrorReport(full, _safe(target_dsn), cols, who)
     primary_dsn = resolve_dsn(settings)
     with connect(settings, autocommit=True) as prim, _connect_target(target_dsn) as tgt:
+        from callvault import citus
+
+        citus.refuse(prim, settings, "callvault mirror", citus.REPLICATION_WHY)
         require_logical(prim, f"mirroring {settings.qualified}")
         if _identity(prim) == _identity(tgt):
             raise InvalidSetting("mirror target is the primary database itself: --to must name another database")

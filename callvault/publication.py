@@ -206,6 +206,9 @@ def publish(
     with connect(settings, autocommit=True) as conn:
         if not catalog.table_exists(conn, settings):
             raise NotInitialised(f"{settings.qualified} does not exist: run `callvault init` first")
+        from callvault import citus
+
+        citus.refuse(conn, settings, "callvault publish", citus.REPLICATION_WHY)
         have = _shape(conn, spec.name)
         if sql_only:
             stmts = spec.alter_sql(settings) if have is not None else [spec.create_sql(settings)]

@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, history, locks, private
+from callvault import catalog, citus, history, locks, private
 from callvault._compat import renamed
 from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
@@ -177,6 +177,9 @@ class _Ctx:
         self.table_spool = spool / tag / self.tdir
         self.progress: Tracker | None = None  # the partition being archived, when someone watches
         self.sink: Sink | None = None
+        # Citus refuses DETACH ... CONCURRENTLY on distributed tables: a plain DETACH in a transaction
+        # whose SET LOCAL lock_timeout Citus sends to the workers too (a session setting is not sent)
+        self.distributed = citus.is_distributed(conn, settings)
 
     def child(self, job: Job) -> sql.Identifier:
         return sql.Identifier(self.settings.schema, job.partition)
@@ -200,7 +203,11 @@ def step_detach(ctx: _Ctx, job: Job) -> None:
 
     def attempt() -> None:
         state = journal.relation_state(ctx.conn, ctx.settings, job.partition)
-        if state == "attached":
+        if state == "attached" and ctx.distributed:
+            with ctx.conn.transaction():
+                citus.local_lock_budget(ctx.conn, ctx.settings)
+                ctx.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(ctx.parent(), ctx.child(job)))
+        elif state == "attached":
             mode = sql.SQL("") if _has_default(ctx) else sql.SQL(" CONCURRENTLY")
             ctx.conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}{}").format(ctx.parent(), ctx.child(job), mode))
         elif state == "missing":
