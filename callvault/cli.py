@@ -801,18 +801,39 @@ def dev() -> None:
 
 @dev.command()
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
+@click.option("--citus", "citus_", is_flag=True, help="A local Citus cluster instead: a coordinator and workers.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
 @json_option
-def up(port: int | None, as_json: bool) -> None:
-    """Create (once) and start the embedded cluster."""
+def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
+    """Create (once) and start the embedded cluster (with --citus: a coordinator and workers)."""
+    if citus_:
+        from callvault.embedded import CitusCluster
+
+        if port is not None:
+            raise InvalidSetting("--port is for the single embedded cluster; Citus nodes pick free ports")
+        lab = CitusCluster(workers=workers)
+        dsn = lab.up()
+        if as_json:
+            emit({"up": True, "dsn": dsn, "nodes": lab.status()})
+            return
+        out.print(f"Citus coordinator is up: {dsn}", soft_wrap=True)
+        for name, node in lab.status().items():
+            out.print(f"  {name}: 127.0.0.1:{node['port']}" if isinstance(node, dict) else f"  {name}")
+        out.print(f"use it with: export CALLVAULT_DSN='{dsn}'", soft_wrap=True)
+        return
     dsn = Cluster().up(port)
     emit({"up": True, "dsn": dsn}) if as_json else out.print(f"embedded Postgres is up: {dsn}", soft_wrap=True)
 
 
 @dev.command()
+@click.option("--citus", "citus_", is_flag=True, help="Stop the local Citus cluster instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
 @json_option
-def down(as_json: bool) -> None:
+def down(citus_: bool, workers: int, as_json: bool) -> None:
     """Stop the embedded cluster."""
-    stopped = Cluster().down()
+    from callvault.embedded import CitusCluster
+
+    stopped = CitusCluster(workers=workers).down() if citus_ else Cluster().down()
     emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
 
 

@@ -20,7 +20,7 @@ from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from callvault.config import Settings
-from callvault.embedded import Cluster
+from callvault.embedded import CitusCluster, Cluster, citus_available
 from tests.clock import FakeClock
 
 # Property tests draw the same examples on every run (a suite that passes Monday and fails Thursday is
@@ -127,9 +127,48 @@ def realtime_dsn(realtime_cluster: Cluster) -> Iterator[str]:
     _drop_db(realtime_cluster, name)
 
 
+# Test modules whose database tests run on both engines: single-node PostgreSQL and a local Citus
+# cluster (a coordinator and two workers, built by callvault.embedded.CitusCluster). Their `dsn` is
+# parametrized by `engine`; `callvault init` distributes the table on Citus by itself.
+BOTH_ENGINES = {"test_citus"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in BOTH_ENGINES and "dsn" in metafunc.fixturenames:
+        metafunc.parametrize("engine", ["postgres", "citus"], indirect=True)
+
+
 @pytest.fixture
-def dsn(cluster: Cluster) -> Iterator[str]:
-    """A fresh database with pg_partman installed (not yet initialised by callvault)."""
+def engine(request: pytest.FixtureRequest) -> str:
+    """``postgres`` or ``citus``: what the test's ``dsn`` is (``postgres`` unless its module runs on both)."""
+    return str(getattr(request, "param", "postgres"))
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    """A local Citus cluster for the session: a coordinator and two workers (skipped where Citus is not built)."""
+    if not citus_available():
+        pytest.skip("Citus is not installed (scripts/install-system-deps.sh builds it from ../shared/citus)")
+    home = Path(tempfile.mkdtemp(prefix="callvault-citus-", dir="/tmp"))
+    home.chmod(0o755)
+    lab = CitusCluster(home, workers=2, settings=TEST_SERVER_SETTINGS)
+    lab.up()
+    yield lab
+    lab.down()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest, engine: str, cluster: Cluster) -> Iterator[str]:
+    """A fresh database with pg_partman installed (not yet initialised by callvault); on the Citus
+    engine, a database on the coordinator and both workers with the workers registered."""
+    if engine == "citus":
+        lab: CitusCluster = request.getfixturevalue("citus_cluster")
+        name = f"cv_citus_{os.getpid()}_{next(_counter)}"
+        yield lab.database(name)
+        lab.drop_database(name)
+        return
     name = _create_db(cluster, TEMPLATE)
     yield cluster.dsn(name)
     _drop_db(cluster, name)
