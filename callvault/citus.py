@@ -65,11 +65,13 @@ class CitusInfo:
     coordinator: bool
 
 
+# The extension can only be created where citus is preloaded: where it exists, it is loaded (reading
+# shared_preload_libraries needs pg_read_all_settings, which the owner role does not have).
 INFO_SQL = """
 SELECT (SELECT extversion FROM pg_extension WHERE extname = 'citus'),
-       current_setting('shared_preload_libraries') ~ '(^|[ ,])citus($|[ ,])',
        (SELECT count(*) FROM pg_available_extensions WHERE name = 'citus') > 0
 """
+PRELOAD_SQL = "SELECT current_setting('shared_preload_libraries') ~ '(^|[ ,])citus($|[ ,])'"
 WORKERS_SQL = (
     "SELECT count(*) FILTER (WHERE groupid <> 0 AND isactive AND noderole = 'primary'), "
     "bool_or(groupid = 0) FROM pg_dist_node"
@@ -83,7 +85,7 @@ def detect(conn: Conn) -> CitusInfo | None:
         return None
     workers = conn.execute(WORKERS_SQL).fetchone()
     n, coord = (int(workers[0] or 0), bool(workers[1])) if workers else (0, False)
-    return CitusInfo(version=str(row[0]), preloaded=bool(row[1]), workers=n, coordinator=coord)
+    return CitusInfo(version=str(row[0]), preloaded=True, workers=n, coordinator=coord)
 
 
 def is_distributed(conn: Conn, settings: Settings) -> bool:
@@ -103,7 +105,11 @@ def preflight(conn: Conn, settings: Settings) -> CitusInfo:
     :raises CitusUnavailable: one of them is missing; the message says how to add it (exit code 69)."""
     row = conn.execute(INFO_SQL).fetchone()
     assert row is not None
-    version, preloaded, available = row
+    version, available = row
+    preloaded = version is not None
+    if not preloaded and available:
+        loaded = conn.execute(PRELOAD_SQL).fetchone()  # init --distributed runs as a superuser
+        preloaded = bool(loaded and loaded[0])
     where = f"for {settings.qualified}"
     if not available:
         raise CitusUnavailable(
@@ -133,7 +139,7 @@ def preflight(conn: Conn, settings: Settings) -> CitusInfo:
 def distribute_sql(settings: Settings, shard_count: int) -> sql.Composed:
     """``create_distributed_table`` by ``tenant_id`` (before partitions exist, so they inherit it)."""
     return sql.SQL("SELECT create_distributed_table({}, 'tenant_id', shard_count => {})").format(
-        sql.Literal(settings.qualified), sql.Literal(shard_count)
+        sql.Literal(sql.Identifier(settings.schema, settings.table).as_string()), sql.Literal(shard_count)
     )
 
 

@@ -156,6 +156,7 @@ def _scanned(plan: dict[str, object]) -> tuple[set[str], int]:
     return rels, removed
 
 
+@pytest.mark.single_node("PostgreSQL's generic plans; Citus plans prepared statements itself (one task per tenant)")
 def test_generic_plan_of_prepared_window_query_is_still_pruned(loaded: tuple[str, list[dict[str, object]]]) -> None:
     dsn, calls = loaded
     tenant = calls[0]["tenant_id"]

@@ -57,6 +57,8 @@ async def merge_indexed(
         return 0, []
     try:
         async with conn.transaction():  # a savepoint: a failure undoes only this slice
+            if await _distributed(conn, settings):
+                return await _merge_values(conn, settings, rows), []
             await conn.execute(b.STAGE_CLEAR)
             await _copy(conn, b.STAGE_COPY, rows)
             return (await conn.execute(b.merge_sql(settings))).rowcount, []
@@ -69,6 +71,30 @@ async def merge_indexed(
     left = await merge_indexed(conn, settings, rows[:mid], start)
     right = await merge_indexed(conn, settings, rows[mid:], start + mid)
     return left[0] + right[0], left[1] + right[1]
+
+
+async def _distributed(conn: AConn, settings: Settings) -> bool:
+    """Whether the table is a Citus distributed table (asked once per connection)."""
+    known = b.DISTRIBUTED.get(conn)
+    if known is None:
+        cur = await conn.execute(b.CITUS_SQL)
+        row = await cur.fetchone()
+        if row and row[0]:
+            cur = await conn.execute(b.distributed_sql(settings))
+            row = await cur.fetchone()
+        known = b.DISTRIBUTED[conn] = bool(row and row[0])
+    return known
+
+
+async def _merge_values(conn: AConn, settings: Settings, rows: list[Row]) -> int:
+    """Citus: ``INSERT ... VALUES ... ON CONFLICT DO NOTHING`` in slices. An ``INSERT ... SELECT`` from
+    the stage runs through the coordinator and reports the rows it pulled, not the rows it inserted;
+    a multi-row VALUES insert is routed to the shards and counts what they inserted."""
+    written = 0
+    for i in range(0, len(rows), b.VALUES_SLICE):
+        part = rows[i : i + b.VALUES_SLICE]
+        written += (await conn.execute(b.values_sql(settings, len(part)), b.values_params(part))).rowcount
+    return written
 
 
 async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.FlushResult | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -193,6 +194,38 @@ def merge_sql(settings: Settings) -> sql.Composed:
     )
 
 
+# Citus (see _async_io._merge_values): the connections known to hold a distributed table
+DISTRIBUTED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+VALUES_SLICE = 4_000  # rows per VALUES insert: 8 columns each, under the 65,535 parameters of a statement
+
+
+CITUS_SQL = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
+
+def distributed_sql(settings: Settings) -> sql.Composed:
+    """Whether the table is distributed (only where :data:`CITUS_SQL` says Citus is installed)."""
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass({}))").format(
+        sql.Literal(sql.Identifier(settings.schema, settings.table).as_string())
+    )
+
+
+def values_sql(settings: Settings, n: int) -> sql.Composed:
+    """``INSERT INTO t (cols) VALUES (...) x n ON CONFLICT DO NOTHING`` with typed placeholders."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in PG_TYPES))
+    return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT DO NOTHING").format(
+        sql.Identifier(settings.schema, settings.table), cols, sql.SQL(", ").join([one] * n)
+    )
+
+
+def values_params(rows: list[Row]) -> list[Any]:
+    """The rows flattened for :func:`values_sql` (pre-encoded metadata as JSON text)."""
+    out: list[Any] = []
+    for row in rows:
+        out.extend(v.decode() if isinstance(v, bytes) else v for v in row)  # jsonb: the JSON text validation made
+    return out
+
+
 def quarantine_sql(*, dedupe: bool = False) -> sql.Composed:
     """Insert a quarantined row. ``dedupe``: for re-sent batches, whose first attempt may have
     committed its quarantine rows already (same table and raw row: skip)."""
@@ -254,13 +287,29 @@ def failure(error: BaseException | None, unwritten: list[Batch]) -> WriterError:
     return exc
 
 
+# Citus reports a worker's refusal of a COPY'd row as an internal error (XX000) with the worker's message
+_CITUS_UNIQUE = "duplicate key value violates unique constraint"
+_CITUS_ROW = ("violates check constraint", "violates not-null constraint", "no partition of relation",
+              "invalid input syntax", "out of range", "violates foreign key constraint")  # fmt: skip
+
+
+def _citus_message(exc: BaseException) -> str | None:
+    if isinstance(exc, pgerr.InternalError_):
+        return exc.diag.message_primary or str(exc)
+    return None
+
+
 def is_row_error(exc: BaseException) -> bool:
     """An error some row in the batch caused (bad value, no partition, constraint): isolate it."""
+    msg = _citus_message(exc)
+    if msg is not None:
+        return any(m in msg for m in _CITUS_ROW)
     return isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and not isinstance(exc, pgerr.UniqueViolation)
 
 
 def needs_fallback(exc: BaseException) -> bool:
-    return isinstance(exc, pgerr.UniqueViolation) or is_row_error(exc)
+    msg = _citus_message(exc)
+    return isinstance(exc, pgerr.UniqueViolation) or (msg is not None and _CITUS_UNIQUE in msg) or is_row_error(exc)
 
 
 def db_reason(exc: psycopg.Error) -> str:

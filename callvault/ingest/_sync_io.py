@@ -42,6 +42,8 @@ def merge_indexed(conn: Conn, settings: Settings, rows: list[Row], start: int = 
         return 0, []
     try:
         with conn.transaction():  # a savepoint: a failure undoes only this slice
+            if _distributed(conn, settings):
+                return _merge_values(conn, settings, rows), []
             conn.execute(b.STAGE_CLEAR)
             _copy(conn, b.STAGE_COPY, rows)
             return conn.execute(b.merge_sql(settings)).rowcount, []
@@ -54,6 +56,30 @@ def merge_indexed(conn: Conn, settings: Settings, rows: list[Row], start: int = 
     left = merge_indexed(conn, settings, rows[:mid], start)
     right = merge_indexed(conn, settings, rows[mid:], start + mid)
     return left[0] + right[0], left[1] + right[1]
+
+
+def _distributed(conn: Conn, settings: Settings) -> bool:
+    """Whether the table is a Citus distributed table (asked once per connection)."""
+    known = b.DISTRIBUTED.get(conn)
+    if known is None:
+        cur = conn.execute(b.CITUS_SQL)
+        row = cur.fetchone()
+        if row and row[0]:
+            cur = conn.execute(b.distributed_sql(settings))
+            row = cur.fetchone()
+        known = b.DISTRIBUTED[conn] = bool(row and row[0])
+    return known
+
+
+def _merge_values(conn: Conn, settings: Settings, rows: list[Row]) -> int:
+    """Citus: ``INSERT ... VALUES ... ON CONFLICT DO NOTHING`` in slices. An ``INSERT ... SELECT`` from
+    the stage runs through the coordinator and reports the rows it pulled, not the rows it inserted;
+    a multi-row VALUES insert is routed to the shards and counts what they inserted."""
+    written = 0
+    for i in range(0, len(rows), b.VALUES_SLICE):
+        part = rows[i : i + b.VALUES_SLICE]
+        written += conn.execute(b.values_sql(settings, len(part)), b.values_params(part)).rowcount
+    return written
 
 
 def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult | None:
