@@ -761,6 +761,27 @@ def bench_metrics(dsn: str | None, schema: str, table: str, partitions: int, sam
         out.print(f"{key:34} {value}")
 
 
+@bench.command(name="citus")
+@target_options
+@click.option("--citus-dsn", default=None, metavar="DSN",
+              help="The Citus coordinator [default: the `callvault dev up --citus` cluster].")  # fmt: skip
+@click.option("--rows", default=300_000, show_default=True, help="Rows loaded on each engine.")
+@json_option
+def bench_citus(dsn: str | None, schema: str, table: str, citus_dsn: str | None, rows: int, as_json: bool) -> None:
+    """Single node vs Citus, same run: partition DDL by shard count, Writer rows/s, tenant window p50/p95/p99."""
+    from callvault.bench import citus as cb
+    from callvault.embedded import CitusCluster
+
+    single = settings_of(dsn, schema, table)
+    target = citus_dsn or CitusCluster().up()
+    result = cb.run(single, single.with_(dsn=target, embedded=False), rows, lambda m: err.print(f"[dim]{m}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:34} {value}", markup=False, soft_wrap=True)
+
+
 @bench.command(name="keys")
 @target_options
 @click.option("--rows", default=1_000_000, show_default=True, help="Rows per layout.")

@@ -617,6 +617,15 @@ CITUS_SETTINGS: dict[str, str] = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _has_setting(postgres: str, name: str) -> bool:
+    """Whether the server binary knows a setting (a name it does not know in a config file is fatal)."""
+    try:
+        return name.encode() in Path(postgres).read_bytes()
+    except OSError:
+        return False
+
+
 def citus_available(bindir: Path | None = None) -> bool:
     """Whether the Citus extension is installed for the server binaries (``citus.so`` beside them)."""
     lib = (bindir or _pgbin.find_bindir()).parent / "lib"
@@ -649,7 +658,12 @@ class CitusCluster:
         bindir = _pgbin.find_bindir()
         cron = (bindir.parent / "lib" / "pg_cron.so").exists()
         preload = "'citus,pg_cron'" if cron else "'citus'"
-        return {**CITUS_SETTINGS, "shared_preload_libraries": preload, **self.extra_settings}
+        extra = {}
+        if _has_setting(str(bindir / "postgres"), "output_plugin_libraries"):
+            # servers that restrict logical decoding plugins: Citus' shard moves, tenant isolation and
+            # change data capture decode with its own plugin
+            extra["output_plugin_libraries"] = "'pgoutput, test_decoding, citus'"
+        return {**CITUS_SETTINGS, "shared_preload_libraries": preload, **extra, **self.extra_settings}
 
     def _node(self, name: str, password: str | None) -> Cluster:
         return Cluster(self.home / name, settings=self._settings(), env=self.env, password=password)

@@ -72,3 +72,18 @@ def test_bench_metrics_reports_every_field(dsn: str) -> None:
               "writer_batch_p99_ms_idle", "writer_batch_p99_ms_collecting", "collections_during_ingest")  # fmt: skip
     for field in fields:
         assert result[field] > 0, field
+
+
+def test_bench_citus_reports_both_engines(dsn: str, citus_cluster: object) -> None:
+    from callvault.embedded import CitusCluster
+
+    assert isinstance(citus_cluster, CitusCluster)
+    name = f"cv_bench_citus_{id(citus_cluster)}"
+    target = citus_cluster.database(name)
+    try:
+        result = run_json("bench", "citus", "--dsn", dsn, "--citus-dsn", target, "--rows", "4000")
+    finally:
+        citus_cluster.drop_database(name)
+    assert set(result["partition_ddl_ms_by_shard_count"]) == {"4", "8", "16", "32", "64"}
+    assert result["ingest_rows_per_s_single"] > 0 and result["ingest_rows_per_s_citus"] > 0
+    assert result["window_citus"]["tasks"] == 1 and result["window_single"]["tasks"] is None

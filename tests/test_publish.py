@@ -43,6 +43,13 @@ def wait_for(conn: psycopg.Connection, query: str, want: object, timeout: float 
     return got
 
 
+def drop_slot(conn: psycopg.Connection, slot: str, timeout: float = 30) -> None:
+    """Drop a test's replication slot once its walsender has let go (a disabled subscription's walsender
+    exits a moment later, not at once)."""
+    wait_for(conn, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active", (0,), timeout)
+    conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+
+
 def test_publish_via_root_covers_later_partitions_with_columns_and_tenants(
     cluster: Cluster, dsn: str, conn: psycopg.Connection
 ) -> None:
@@ -95,8 +102,7 @@ def test_publish_via_root_covers_later_partitions_with_columns_and_tenants(
             sub.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(sql.Identifier(slot)))
             sub.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(slot)))
     finally:
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-                     (slot,))  # fmt: skip
+        drop_slot(conn, slot)
         _drop_db(cluster, target)
 
 
