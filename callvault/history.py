@@ -108,14 +108,9 @@ def tables_sql() -> list[sql.Composed]:
 
 def ensure(conn: Conn) -> None:
     """Create the history tables where an older install lacks them (autocommit connection)."""
-    if all(catalog.meta_table_exists(conn, t) for t in TABLES):
-        return
-    from callvault.schema import create_schema_sql
+    from callvault.schema import ensure_meta
 
-    with conn.transaction():
-        conn.execute(create_schema_sql(META_SCHEMA))
-        for stmt in tables_sql():
-            conn.execute(stmt)
+    ensure_meta(conn, TABLES, tables_sql())
 
 
 @dataclass

@@ -150,23 +150,22 @@ def families(snap: Snapshot) -> list[Metric]:
     now = st.now.timestamp()
     out: list[Metric] = []
 
-    def gauge(name: str, doc: str, value: float | None, **labels: str) -> None:
+    def sample(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str, value: float | None,
+               labels: dict[str, str]) -> None:  # fmt: skip
         if value is None:
             return
         fam = next((m for m in out if m.name == name), None)
         if fam is None:
-            fam = GaugeMetricFamily(name, doc, labels=["table", *labels])
+            fam = kind(name, doc, labels=["table", *labels])
             out.append(fam)
-        assert isinstance(fam, GaugeMetricFamily)
+        assert isinstance(fam, kind)
         fam.add_metric([table, *labels.values()], float(value))
 
+    def gauge(name: str, doc: str, value: float | None, **labels: str) -> None:
+        sample(GaugeMetricFamily, name, doc, value, labels)
+
     def counter(name: str, doc: str, value: float, **labels: str) -> None:
-        fam = next((m for m in out if m.name == name), None)
-        if fam is None:
-            fam = CounterMetricFamily(name, doc, labels=["table", *labels])
-            out.append(fam)
-        assert isinstance(fam, CounterMetricFamily)
-        fam.add_metric([table, *labels.values()], float(value))
+        sample(CounterMetricFamily, name, doc, value, labels)
 
     # lifecycle
     for state in STATES:

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from callvault import columns, history
 from callvault.config import META_SCHEMA, Settings
+from callvault.db import Conn
 
 # The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
 COLUMNS: dict[str, str] = {c.name: c.pg for c in columns.COLUMNS}
@@ -50,6 +51,19 @@ class Names:
             duration_check=sql.Identifier(f"{s.table}_duration_check"),
             default_partition=sql.Identifier(s.schema, f"{s.table}_default"),
         )
+
+
+def ensure_meta(conn: Conn, names: tuple[str, ...], statements: list[sql.Composed]) -> None:
+    """Create callvault bookkeeping tables an older install lacks, in one transaction (autocommit
+    connection); a no-op when ``names`` all exist (the owner role may not create schemas, and need not)."""
+    from callvault import catalog
+
+    if all(catalog.meta_table_exists(conn, name) for name in names):
+        return
+    with conn.transaction():
+        conn.execute(create_schema_sql(META_SCHEMA))
+        for stmt in statements:
+            conn.execute(stmt)
 
 
 def create_schema_sql(schema: str) -> sql.Composed:
