@@ -113,8 +113,8 @@ def preflight(conn: Conn, settings: Settings) -> CitusInfo:
     where = f"for {settings.qualified}"
     if not available:
         raise CitusUnavailable(
-            f"--distributed {where}: the Citus extension is not installed on this server; build it "
-            "(`sudo ../shared/citus/build.sh`) or use a Citus server (`callvault dev up --citus`)"
+            f"--distributed {where}: the Citus extension is not installed on this server; install Citus' "
+            "packages for it or use a Citus server (docs/scaling.md)"
         )
     if not preloaded:
         raise CitusUnavailable(

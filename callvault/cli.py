@@ -859,9 +859,23 @@ def down(citus_: bool, workers: int, as_json: bool) -> None:
 
 
 @dev.command(name="status")
+@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's nodes instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
 @json_option
-def dev_status(as_json: bool) -> None:
+def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
     """Where the embedded cluster lives and whether it runs."""
+    if citus_:
+        from callvault.embedded import CitusCluster
+
+        nodes = CitusCluster(workers=workers).status()
+        if as_json:
+            emit(nodes)
+            return
+        for name, node in nodes.items():
+            assert isinstance(node, dict)
+            state = "running" if node["running"] else "stopped"
+            out.print(f"{name:12} {state:8} port {node['port']}  {node['home']}", soft_wrap=True)
+        return
     st = Cluster().status()
     if as_json:
         emit(st.__dict__)
@@ -871,10 +885,14 @@ def dev_status(as_json: bool) -> None:
 
 
 @dev.command()
+@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's coordinator instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
 @json_option
-def url(as_json: bool) -> None:
-    """Print the embedded cluster's DSN (starting it if needed)."""
-    dsn = Cluster().up()
+def url(citus_: bool, workers: int, as_json: bool) -> None:
+    """Print the embedded cluster's DSN (starting it if needed; with --citus the coordinator's)."""
+    from callvault.embedded import CitusCluster
+
+    dsn = CitusCluster(workers=workers).up() if citus_ else Cluster().up()
     emit({"dsn": dsn}) if as_json else click.echo(dsn)
 
 

@@ -32,7 +32,8 @@ import psycopg
 from psycopg import sql
 
 from callvault import _pgbin
-from callvault.errors import EmbeddedError
+from callvault.engines import citus_available, citus_missing_reason
+from callvault.errors import EmbeddedError, ExtensionMissing
 
 SUPERUSER = "callvault"
 DATABASE = "callvault"
@@ -626,12 +627,6 @@ def _has_setting(postgres: str, name: str) -> bool:
         return False
 
 
-def citus_available(bindir: Path | None = None) -> bool:
-    """Whether the Citus extension is installed for the server binaries (``citus.so`` beside them)."""
-    lib = (bindir or _pgbin.find_bindir()).parent / "lib"
-    return (lib / "citus.so").exists()
-
-
 class CitusCluster:
     """A local Citus cluster under ``<home>/citus``: a coordinator and ``workers`` workers on 127.0.0.1,
     each a :class:`Cluster` with ``shared_preload_libraries = 'citus,...'`` and the coordinator's
@@ -678,12 +673,10 @@ class CitusCluster:
         """Create (once) and start every node, create the citus extension in the database on each, register
         the workers with the coordinator (again when a port moved); return the coordinator's DSN.
 
-        :raises EmbeddedError: Citus is not installed, or a node did not start (exit code 70)."""
+        :raises ExtensionMissing: Citus is not installed for these server binaries (exit code 69).
+        :raises EmbeddedError: a node did not start (exit code 70)."""
         if not citus_available():
-            raise EmbeddedError(
-                "Citus is not installed for this PostgreSQL: build it with `sudo ../shared/citus/build.sh` "
-                "(`make test` does), then `callvault dev up --citus` again"
-            )
+            raise ExtensionMissing(f"--citus: {citus_missing_reason()}; nothing was started")
         dsn = self.coordinator.up()
         for worker in self.worker_nodes():
             worker.up()

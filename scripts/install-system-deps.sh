@@ -5,26 +5,9 @@
 # only when something is missing. Safe to run again; does nothing when all is present.
 set -euo pipefail
 
-# Citus (scale-out, docs/scaling.md): Debian has none for PostgreSQL 15, so it is built from the
-# patched source in ../shared/citus (or $CALLVAULT_CITUS_SRC) when citus.so is missing: ~1-4 min once,
-# 0.1 s after. Building installs postgresql-server-dev-15, which may upgrade the server packages:
-# restart running clusters afterwards (`callvault dev down && callvault dev up`). No source: skipped,
-# and the Citus tests say so.
-build_citus() {
-    local here src
-    here="$(cd "$(dirname "$0")/.." && pwd)"
-    src="${CALLVAULT_CITUS_SRC:-$here/../shared/citus}"
-    [ -x "$src/build.sh" ] || src=/work/shared/citus
-    if [ ! -x "$src/build.sh" ]; then
-        echo "callvault: no Citus source (set CALLVAULT_CITUS_SRC to the shared/citus directory); Citus tests will be skipped" >&2
-        return 0
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        sudo "$src/build.sh"
-    else
-        "$src/build.sh"
-    fi
-}
+# Only Debian packages: nothing here builds, downloads or unpacks outside source. Citus (scale-out,
+# docs/scaling.md) has no Debian package for PostgreSQL 15: callvault uses it where it is installed
+# and the Citus tests are skipped elsewhere (`make test` says which at its start).
 
 PG_MAJOR="${CALLVAULT_PG_MAJOR:-15}"
 packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer" "openjdk-17-jre-headless" "prometheus")
@@ -33,7 +16,6 @@ for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    build_citus
     exit 0
 fi
 
@@ -52,4 +34,3 @@ if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
     echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.conf >/dev/null
 fi
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-build_citus

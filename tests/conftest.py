@@ -20,7 +20,8 @@ from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
 from callvault.config import Settings
-from callvault.embedded import CitusCluster, Cluster, citus_available
+from callvault.embedded import CitusCluster, Cluster
+from callvault.engines import citus_available, citus_missing_reason, summary
 from tests.clock import FakeClock
 
 # Property tests draw the same examples on every run (a suite that passes Monday and fails Thursday is
@@ -127,6 +128,11 @@ def realtime_dsn(realtime_cluster: Cluster) -> Iterator[str]:
     _drop_db(realtime_cluster, name)
 
 
+def pytest_report_header() -> str:
+    """One line at the start of the run: whether the Citus and pg_partman 5.x tests run or are skipped."""
+    return summary()
+
+
 # Test modules whose database tests run on both engines: single-node PostgreSQL and a local Citus
 # cluster (a coordinator and two workers, built by callvault.embedded.CitusCluster). Their `dsn` is
 # parametrized by `engine`; `callvault init` distributes the table on Citus by itself.
@@ -151,7 +157,7 @@ def engine(request: pytest.FixtureRequest) -> str:
 def citus_cluster() -> Iterator[CitusCluster]:
     """A local Citus cluster for the session: a coordinator and two workers (skipped where Citus is not built)."""
     if not citus_available():
-        pytest.skip("Citus is not installed (scripts/install-system-deps.sh builds it from ../shared/citus)")
+        pytest.skip(citus_missing_reason())
     home = Path(tempfile.mkdtemp(prefix="callvault-citus-", dir="/tmp"))
     home.chmod(0o755)
     lab = CitusCluster(home, workers=2, settings=TEST_SERVER_SETTINGS)

@@ -242,3 +242,30 @@ def run_json_plain(*args: str) -> dict[str, object]:
     data = json.loads(result.stdout)
     assert isinstance(data, dict)
     return data
+
+
+def test_dev_citus_without_citus_is_one_line_exit_69(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server binaries with no citus.so beside them (a symlinked bin directory whose lib/ is empty):
+    `dev up --citus` and `dev url --citus` say what is missing and where the docs are, exit 69, and start
+    nothing; `dev status --citus` shows every node stopped."""
+    from callvault import _pgbin
+
+    real = _pgbin.find_bindir()
+    bindir = tmp_path / "15" / "bin"
+    bindir.mkdir(parents=True)
+    (tmp_path / "15" / "lib").mkdir()
+    for name in ("postgres", "pg_ctl", "initdb", "pg_config"):
+        (bindir / name).symlink_to(real / name)
+    monkeypatch.setenv("CALLVAULT_PG_BIN", str(bindir))
+    monkeypatch.setenv("CALLVAULT_HOME", str(tmp_path / "home"))
+    for args in (["dev", "up", "--citus", "--workers", "2"], ["dev", "url", "--citus"]):
+        result = run(*args, ok=False)
+        assert result.exit_code == 69, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output
+        assert "Citus is not installed for PostgreSQL 15: see docs/scaling.md" in lines[0]
+        assert result.stdout == ""
+    nodes = json.loads(run("dev", "status", "--citus", "--json").stdout)
+    assert set(nodes) == {"coordinator", "worker1", "worker2"}
+    assert not any(n["running"] for n in nodes.values())
+    assert not (tmp_path / "home" / "citus").exists() or not any((tmp_path / "home" / "citus").rglob("PG_VERSION"))
