@@ -321,13 +321,19 @@ def mirror_group() -> None:
     metavar="UUID",
     help="Mirror only this tenant's rows (repeatable); default every tenant.",
 )
+@click.option(
+    "--truncate-target",
+    is_flag=True,
+    help="The target's table may hold rows (an earlier mirror's): delete them first; without it, refused.",
+)
 @json_option
 def mirror_create(dsn: str | None, schema: str, table: str, target: str, name: str | None, columns: str,
-                  tenants: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+                  tenants: tuple[str, ...], truncate_target: bool, as_json: bool) -> None:  # fmt: skip
     """Publication here, the table with its own lifecycle there, a subscription with the initial copy."""
     from callvault import mirror
 
-    rep = mirror.create(settings_of(dsn, schema, table), target, name=name, columns=columns, tenants=tenants)
+    rep = mirror.create(settings_of(dsn, schema, table), target, name=name, columns=columns, tenants=tenants,
+                        truncate_target=truncate_target)  # fmt: skip
     if as_json:
         emit(rep.to_dict())
         return
@@ -355,15 +361,23 @@ def mirror_status(dsn: str | None, schema: str, table: str, target: str | None, 
     for sl in slots:
         out.print(f"{sl['slot']}: {'active' if sl['active'] else 'INACTIVE'}, lag {sl['lag_bytes']} bytes"
                   f" ({sl['lag_seconds']} s), WAL retained {sl['wal_retained_bytes']} bytes", markup=False)  # fmt: skip
+    for sl in rep.get("tablesync_slots") or []:  # type: ignore[attr-defined]
+        owner = sl["mirror"] or (f"maybe {', '.join(sl['maybe_mirrors'])}" if sl["maybe_mirrors"] else "no live mirror")
+        out.print(f"{sl['slot']}: tablesync slot of {owner}{' (left over)' if sl['orphan'] else ''}, "
+                  f"{'active' if sl['active'] else 'INACTIVE'}, WAL retained {sl['wal_retained_bytes']} bytes",
+                  markup=False, soft_wrap=True)  # fmt: skip
     if "target" in rep:
         out.print(json.dumps(rep["target"], indent=2, default=str), markup=False, highlight=False)
+    for problem in rep.get("problems") or []:  # type: ignore[attr-defined]
+        out.print(f"PROBLEM: {problem}", markup=False, soft_wrap=True)
 
 
 @mirror_group.command(name="drop")
 @target_options
 @click.option("--name", required=True, help="The mirror (as `mirror status` names it, with or without the prefix).")
 @click.option("--to", "target", default=None, metavar="DSN", help="The target, to drop its subscription too.")
-@click.option("--force", is_flag=True, help="Drop the slot and publication here even if the target is unreachable.")
+@click.option("--force", is_flag=True,
+              help="Target unreachable or unknown: drop the primary's side only (slots, publication).")  # fmt: skip
 @json_option
 def mirror_drop(dsn: str | None, schema: str, table: str, name: str, target: str | None, force: bool,
                 as_json: bool) -> None:  # fmt: skip

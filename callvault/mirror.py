@@ -27,19 +27,29 @@ WAL on the primary until the disk fills: ``mirror status`` and ``health`` report
 activity, ``mirror drop --force`` removes a slot whose subscriber is gone; the apply worker bypasses
 row-level security on the target (it runs as the subscription's owner), so isolation there holds for
 readers, as on the primary.
+
+A target table that already holds rows (a mirror dropped earlier keeps its rows there) is refused: the
+initial copy would hit duplicate keys and retry forever while the slot's lag reads 0. ``create
+--truncate-target`` empties it first. Each mirror's publication carries a record (its comment: the
+target without password, the subscription's oid, the target's system identifier) so that the
+primary can tell its tablesync slots (``pg_<suboid>_sync_<relid>_<sysid>``, made by a table's
+initial copy) from anyone else's: ``status`` and ``health`` report a table not ready on the target and
+a tablesync slot left on the primary; ``drop`` removes them, and refuses without ``--force`` when it
+cannot reach the target.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from callvault import bootstrap, catalog, partman
 from callvault.config import Settings
@@ -48,6 +58,21 @@ from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting
 from callvault.publication import PublicationSpec, parse_columns, parse_tenants, publish, require_logical
 
 PREFIX = "callvault_mirror_"
+# a table's initial copy makes this slot on the primary (PostgreSQL 15: ReplicationSlotNameForTablesync):
+# the subscription's oid, the target table's oid, the target cluster's system identifier
+SYNC_SLOT = re.compile(r"pg_(\d+)_sync_(\d+)_(\d+)")
+RECORD_TAG = "callvault mirror "  # the publication's comment: this, then the record as JSON
+# pg_subscription_rel.srsubstate
+SYNC_STATES = {"i": "waiting for its initial copy", "d": "copying its initial data", "f": "finishing its copy",
+               "s": "catching up after its copy", "r": "ready"}  # fmt: skip
+COUNT_CAP = 1_000_000  # rows counted in a non-empty target table before "more than"
+
+
+class TargetNotEmpty(CallvaultError):
+    """The target's table already holds rows (e.g. left by a mirror dropped earlier): the initial copy would
+    fail on duplicate keys and retry forever. Nothing was made; ``--truncate-target`` empties it first."""
+
+    exit_code = 65  # EX_DATAERR, as a table of another shape
 
 
 def mirror_name(name: str | None, target_dsn: str) -> str:
@@ -66,10 +91,8 @@ def _connect_target(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10, prepare_threshold=None)
     except psycopg.OperationalError as exc:
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        reason = lines[0].split(" failed: ", 1)[-1] if lines else type(exc).__name__
         raise DatabaseUnavailable(
-            f"mirror target {_safe(dsn)} cannot be reached: {reason}; check --to (host, port, database, password)"
+            f"mirror target {_safe(dsn)} cannot be reached: {_reason(exc)}; check --to (host, port, database, password)"
         ) from exc
     conn.execute("SET timezone TO 'UTC'")
     return conn
@@ -82,7 +105,16 @@ def _safe(dsn: str) -> str:
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
     info.pop("password", None)
+    info.pop("sslpassword", None)
     return " ".join(f"{k}={v}" for k, v in info.items())
+
+
+def _without_secrets(dsn: str) -> str:
+    """The DSN as a connection string without its password (what the primary records of a target)."""
+    info = conninfo_to_dict(dsn)
+    info.pop("password", None)
+    info.pop("sslpassword", None)
+    return make_conninfo(**{k: str(v) for k, v in info.items()})
 
 
 def _identity(conn: Conn) -> tuple[int, str]:
@@ -115,15 +147,19 @@ def create(
     columns: str | None = "all",
     tenants: list[str] | tuple[str, ...] = (),
     roles: bool = True,
+    truncate_target: bool = False,
 ) -> MirrorReport:
     """Mirror the settings' table into the database at ``target_dsn`` (see the module docstring).
 
-    :raises InvalidSetting: bad columns/tenants/name, the target is the primary itself, or a mirror of
-        that name exists (exit 2).
+    :param truncate_target: the target's table may hold rows: delete them first (else refused).
+    :raises InvalidSetting: bad columns/tenants/name, the target is the primary itself, a mirror of
+        that name exists, or the target's table already receives another subscription (exit 2).
     :raises DatabaseUnavailable: the target cannot be reached (exit 69).
     :raises WalLevelTooLow: the primary's ``wal_level`` is not logical (exit 69).
     :raises SchemaMismatch: the target holds a differently shaped table (exit 65).
-    Nothing is left half-created: a failure after the first change undoes what was made.
+    :raises TargetNotEmpty: the target's table holds rows and ``truncate_target`` is not set (exit 65).
+    Nothing is left half-created: a failure after the first change undoes what was made (the target's
+    table, once made or emptied, stays so).
     """
     cols, who = parse_columns(columns), parse_tenants(tenants)
     full = mirror_name(name, target_dsn)
@@ -143,12 +179,15 @@ def create(
         exists = tgt.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (full,)).fetchone()
         slot = prim.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (full,)).fetchone()
         if exists or slot:
+            where = "its subscription on the target" if exists else "its slot on the primary"
             raise InvalidSetting(
-                f"mirror {full} exists already: `callvault mirror drop --name {full[len(PREFIX) :]}` first"
+                f"mirror {full} exists already ({where}): `callvault mirror drop --name {full[len(PREFIX) :]} "
+                "--to <this target>` first, or choose another --name"
             )
         _require_rights(prim, tgt, settings)
         if partman.installed(tgt) is None:
             partman.available_version(tgt)  # ExtensionMissing naming the install when the target lacks it
+        held = _require_empty_target(tgt, settings, target_dsn, truncate_target)
         done: list[str] = []
         try:
             # the target's own table, lifecycle and tenant isolation (one transaction: all or nothing)
@@ -159,10 +198,14 @@ def create(
                 superuser = t2.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
                 bootstrap.init(t2, target_settings, roles=roles and bool(superuser and superuser[0]))
                 _cover(prim, t2, settings, target_settings)
+                if held:  # --truncate-target: the initial copy must not meet rows of an earlier mirror
+                    t2.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(settings.schema, settings.table)))
                 t2.commit()
             report.steps.append(
                 "target table initialised (own lifecycle, tenant policy, partitions of the primary's range, default)"
             )
+            if held:
+                report.steps.append(f"target table {settings.qualified} emptied first (--truncate-target): {held} rows")
             pub = PublicationSpec(full, cols, who)
             publish(settings, name=pub.name, columns=",".join(cols), tenants=list(who))
             done.append("publication")
@@ -185,10 +228,105 @@ def create(
             )
             done.append("subscription")
             report.steps.append(f"subscription {full} on the target, with the initial copy; slot {full} on the primary")
+            _record(prim, tgt, full, target_dsn)
         except Exception:
             _undo(prim, tgt, full, done)
             raise
     return report
+
+
+def _require_empty_target(tgt: Conn, settings: Settings, target_dsn: str, truncate: bool) -> str:
+    """Before anything is made: the target's table, when it exists, receives no other subscription and
+    holds no rows (unless ``truncate``). Rows there — an earlier mirror's, kept by ``mirror drop`` — make
+    the initial copy fail on duplicate keys and retry forever while the slot's lag reads 0.
+    Returns the rows held ("" when none), for the report."""
+    name = sql.Identifier(settings.schema, settings.table)
+    row = tgt.execute("SELECT to_regclass(%s)::oid", (name.as_string(tgt),)).fetchone()
+    if row is None or row[0] is None:
+        return ""
+    where = f"target table {settings.qualified} on {_safe(target_dsn)}"
+    feeding = tgt.execute(
+        "SELECT s.subname FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid "
+        "WHERE r.srrelid = %s ORDER BY 1",
+        (row[0],),
+    ).fetchall()
+    if feeding:
+        raise InvalidSetting(
+            f"{where} already receives subscription {feeding[0][0]}: two mirrors into one table collide; "
+            f"`callvault mirror drop --name {str(feeding[0][0]).removeprefix(PREFIX)} --to …` first, or mirror "
+            "into another database (--to)"
+        )
+    counted = tgt.execute(
+        sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT %s) s").format(name), (COUNT_CAP + 1,)
+    ).fetchone()
+    n = int(counted[0]) if counted else 0
+    if n == 0:
+        return ""
+    rows = f"more than {COUNT_CAP:,}" if n > COUNT_CAP else f"{n:,}"
+    if not truncate:
+        raise TargetNotEmpty(
+            f"{where} already holds {rows} rows (an earlier mirror's?): the initial copy would fail on duplicate "
+            "keys and retry forever; pass --truncate-target to delete them first, or mirror into another "
+            "database (--to); nothing was made"
+        )
+    return rows
+
+
+def _record(prim: Conn, tgt: Conn, full: str, target_dsn: str) -> None:
+    """Note on the primary, as the publication's comment, what only the target knows: the subscription's
+    oid and the target's system identifier (they name the tablesync slots its initial copy makes on the
+    primary), and the target without its password (``drop`` without ``--to`` tries it)."""
+    row = tgt.execute("SELECT oid FROM pg_subscription WHERE subname = %s", (full,)).fetchone()
+    record = {"target": _without_secrets(target_dsn), "subscription_oid": int(row[0]) if row else None,
+              "target_system_identifier": str(_identity(tgt)[0])}  # fmt: skip
+    prim.execute(
+        sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+            sql.Identifier(full), sql.Literal(RECORD_TAG + json.dumps(record, sort_keys=True))
+        )
+    )
+
+
+@dataclass(frozen=True)
+class MirrorRecord:
+    """What the primary knows of one of its mirrors (its publication's comment; ``None``: not recorded,
+    e.g. a mirror made by an older callvault)."""
+
+    name: str
+    target: str | None = None  # the target's DSN without its password
+    subscription_oid: int | None = None
+    target_system_identifier: int | None = None
+
+    def owns(self, slot: SyncSlot) -> bool:
+        """Whether ``slot`` is a tablesync slot of this mirror's subscription."""
+        return (
+            self.subscription_oid is not None
+            and slot.subscription_oid == self.subscription_oid
+            and self.target_system_identifier in (None, slot.system_identifier)
+        )
+
+
+def records(prim: Conn) -> dict[str, MirrorRecord]:
+    """Every callvault mirror publication on this (primary) database, with its record."""
+    out = {}
+    for name, comment in prim.execute(
+        "SELECT pubname, obj_description(oid, 'pg_publication') FROM pg_publication "
+        "WHERE pubname LIKE 'callvault\\_mirror\\_%' ORDER BY 1"
+    ):
+        data: dict[str, Any] = {}
+        if isinstance(comment, str) and comment.startswith(RECORD_TAG):
+            try:
+                loaded = json.loads(comment[len(RECORD_TAG) :])
+                data = loaded if isinstance(loaded, dict) else {}
+            except ValueError:
+                data = {}
+        oid, sysid = data.get("subscription_oid"), data.get("target_system_identifier")
+        out[str(name)] = MirrorRecord(
+            str(name),
+            str(data["target"]) if isinstance(data.get("target"), str) else None,
+            int(oid) if isinstance(oid, int) else None,
+            int(sysid) if isinstance(sysid, str) and sysid.isdigit() else None,
+        )
+    return out
 
 
 def _require_rights(prim: Conn, tgt: Conn, settings: Settings) -> None:
@@ -250,66 +388,209 @@ def _cover(prim: Conn, tgt: Conn, settings: Settings, target_settings: Settings)
 
 def _undo(prim: Conn, tgt: Conn, full: str, done: list[str]) -> None:
     """Remove what a failed ``create`` made (the target's table stays: it may hold rows)."""
-    if "subscription" in done:
-        _drop_subscription(tgt, full)
+    suboid = _drop_subscription(tgt, full) if "subscription" in done else None
     if "slot" in done or "subscription" in done:
         _drop_slot(prim, full)
+    if suboid is not None:
+        sysid = _identity(tgt)[0]
+        for s in sync_slots(prim):
+            if s.subscription_oid == suboid and s.system_identifier == sysid:
+                _drop_slot(prim, s.name)
     if "publication" in done:
         prim.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(full)))
 
 
-def _drop_subscription(tgt: Conn, full: str) -> bool:
-    if tgt.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (full,)).fetchone() is None:
-        return False
+def _drop_subscription(tgt: Conn, full: str) -> int | None:
+    """Drop the subscription on the target without reaching for its slot (the primary's side is dropped
+    by callvault, from the primary); its oid, or ``None`` when there was none."""
+    row = tgt.execute(
+        "SELECT s.oid, d.datname = current_database(), d.datname FROM pg_subscription s "
+        "JOIN pg_database d ON d.oid = s.subdbid WHERE s.subname = %s",
+        (full,),
+    ).fetchone()
+    if row is None:
+        return None
+    if not row[1]:
+        raise InvalidSetting(
+            f"subscription {full} is in database {row[2]} of the target's server, not in the one --to names: "
+            "point --to at that database"
+        )
     ident = sql.Identifier(full)
     tgt.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
     tgt.execute(sql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
     tgt.execute(sql.SQL("DROP SUBSCRIPTION {}").format(ident))
-    return True
+    return int(row[0])
 
 
-def _drop_slot(prim: Conn, full: str) -> bool:
+def _drop_slot(prim: Conn, slot: str) -> bool:
     for _ in range(50):  # the walsender of a just-disabled subscription lets go within moments
-        row = prim.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (full,)).fetchone()
+        row = prim.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
         if row is None:
             return False
         if row[0] is not None:
             prim.execute("SELECT pg_terminate_backend(%s)", (row[0],))
             prim.execute("SELECT pg_sleep(0.1)")
             continue
-        prim.execute("SELECT pg_drop_replication_slot(%s)", (full,))
+        prim.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         return True
-    raise CallvaultError(f"replication slot {full} stays in use on the primary; try `callvault mirror drop` again")
+    raise CallvaultError(f"replication slot {slot} stays in use on the primary; try `callvault mirror drop` again")
+
+
+def _reason(exc: BaseException | None) -> str:
+    """The first line of a connection failure, without libpq's "connection to server ... failed:"."""
+    lines = [ln.strip() for ln in str(exc or "").strip().splitlines() if ln.strip()]
+    return lines[0].rsplit(" failed: ", 1)[-1].strip() if lines else type(exc).__name__
 
 
 def drop(settings: Settings, name: str, *, target_dsn: str | None = None, force: bool = False) -> MirrorReport:
-    """Remove a mirror: the subscription on the target, the slot and the publication on the primary.
+    """Remove a mirror: the subscription on the target; the slot, the tablesync slots its initial copy
+    left and the publication on the primary. The target's table and rows are kept.
 
-    Without ``target_dsn`` (or with ``force`` when the target is gone) only the primary's side is removed
-    — the way to free a slot whose subscriber disappeared. The target's table and rows are kept.
+    The target is ``target_dsn``, else the one recorded when the mirror was made (without its password:
+    libpq's ``.pgpass`` or ``PGPASSWORD`` may supply it). When it cannot be reached — or is not known —
+    nothing is dropped unless ``force``: then only the primary's side is (the way to free the slots of a
+    mirror whose target is gone; its subscription, if the target comes back, fails until dropped there).
+
+    :raises DatabaseUnavailable: the target cannot be reached and ``force`` is not set (exit 69).
+    :raises InvalidSetting: no target given or recorded and ``force`` is not set, or no such mirror (exit 2).
     """
     full = name if name.startswith(PREFIX) else mirror_name(name, "")
-    report = MirrorReport(full, _safe(target_dsn) if target_dsn else "")
     with connect(settings, autocommit=True) as prim:
-        if target_dsn is not None:
+        known = records(prim)
+        rec = known.get(full, MirrorRecord(full))
+        target = target_dsn if target_dsn is not None else (None if force else rec.target)
+        report = MirrorReport(full, _safe(target) if target else "")
+        suboid, sysid = rec.subscription_oid, rec.target_system_identifier
+        on_target: set[int] | None = None  # the target cluster's subscriptions, once it was reached
+        here = prim.execute(
+            "SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s) "
+            "OR EXISTS (SELECT FROM pg_publication WHERE pubname = %s)",
+            (full, full),
+        ).fetchone()
+        if target is None and not force and here and here[0]:
+            raise InvalidSetting(
+                f"mirror {full}: no --to given and no target recorded for it (made by an older callvault), so its "
+                "subscription cannot be dropped: pass --to with the target's DSN, or --force to drop the primary's "
+                "side only (slot, tablesync slots, publication)"
+            )
+        if target is not None:
             try:
-                with _connect_target(target_dsn) as tgt:
-                    if _drop_subscription(tgt, full):
+                with _connect_target(target) as tgt:
+                    sysid = _identity(tgt)[0]
+                    recorded = rec.target_system_identifier
+                    if recorded is not None and recorded != sysid and not force:
+                        raise InvalidSetting(
+                            f"mirror {full}: --to {_safe(target)} is another server than its target ({rec.target}, "
+                            "recorded when it was made): point --to at that one, or pass --force to drop the "
+                            "primary's side only"
+                        )
+                    on_target = {int(r[0]) for r in tgt.execute("SELECT oid FROM pg_subscription")}
+                    dropped = _drop_subscription(tgt, full)
+                    if dropped is not None:
+                        suboid = dropped
+                        on_target.discard(dropped)
                         report.steps.append(f"subscription {full} dropped on the target")
-            except DatabaseUnavailable:
+            except DatabaseUnavailable as exc:
                 if not force:
-                    raise
-                report.steps.append("target unreachable: its subscription is left (disabled when it comes back?)")
+                    raise DatabaseUnavailable(
+                        f"mirror {full}: target {_safe(target)} cannot be reached ({_reason(exc.__cause__)}), so its "
+                        "subscription cannot be dropped: run again once it is back (--to with its DSN, password "
+                        "included), or pass --force to drop the primary's side only (slot, tablesync slots, "
+                        "publication); nothing was dropped"
+                    ) from exc
+                report.steps.append(
+                    f"target {_safe(target)} unreachable: its subscription {full} stays there and fails until "
+                    "dropped there"
+                )
         if _drop_slot(prim, full):
             report.steps.append(f"slot {full} dropped on the primary")
+        others = [r for n, r in known.items() if n != full]
+        for slot in sync_slots(prim):
+            if suboid is not None:
+                mine = slot.subscription_oid == suboid and sysid in (None, slot.system_identifier)
+            else:  # not known, nor the target's subscriptions: the inactive ones no other mirror's record claims
+                mine = on_target is None and not slot.active and not any(r.owns(slot) for r in others)
+            # with the target reached: a tablesync slot of a subscription it no longer has is left over
+            orphan = (
+                on_target is not None and slot.system_identifier == sysid and slot.subscription_oid not in on_target
+            )
+            if (mine or orphan) and _drop_slot(prim, slot.name):
+                report.steps.append(f"tablesync slot {slot.name} dropped on the primary")
         if prim.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (full,)).fetchone():
             prim.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(full)))
             report.steps.append(f"publication {full} dropped on the primary")
     if not report.steps:
+        looked = "no subscription on the target, " if target is not None else ""
         raise InvalidSetting(
-            f"no mirror {full} here (no subscription, slot or publication): see `callvault mirror status`"
+            f"no mirror {full} here ({looked}no slot or publication on the primary): see `callvault mirror status`"
+            + ("" if target is not None else "; pass --to to drop its subscription on the target")
         )
     return report
+
+
+@dataclass(frozen=True)
+class SyncSlot:
+    """A tablesync slot on the primary (``pg_<suboid>_sync_<relid>_<sysid>``): a subscription's initial copy
+    of one table makes it and drops it once the table is ready; one that stays means a copy not finished
+    (still running, or failing and retrying) or abandoned (its subscription was dropped while copying)."""
+
+    name: str
+    active: bool
+    retained_bytes: int | None
+    subscription_oid: int
+    relid: int
+    system_identifier: int
+    mirror: str | None = None  # the live callvault mirror whose subscription made it, when known
+    # else: the live mirrors that may have (made by an older callvault, which did not record the oid)
+    maybe: tuple[str, ...] = ()
+    orphan: bool = False  # its target was reached and has no such subscription any more
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready."""
+        return {"slot": self.name, "active": self.active, "wal_retained_bytes": self.retained_bytes,
+                "subscription_oid": self.subscription_oid, "target_system_identifier": str(self.system_identifier),
+                "mirror": self.mirror, "maybe_mirrors": list(self.maybe), "orphan": self.orphan}  # fmt: skip
+
+
+SYNC_SLOTS_SQL = """
+SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+FROM pg_replication_slots
+WHERE slot_name LIKE 'pg\\_%\\_sync\\_%' AND slot_type = 'logical' AND database = current_database()
+ORDER BY slot_name
+"""
+
+
+def sync_slots(conn: Conn, known: dict[str, MirrorRecord] | None = None) -> list[SyncSlot]:
+    """The tablesync slots of this (primary) database, each with the mirror that owns it when ``known``
+    (:func:`records`) says so."""
+    out = []
+    unrecorded = tuple(r.name for r in (known or {}).values() if r.subscription_oid is None)
+    for name, active, retained in conn.execute(SYNC_SLOTS_SQL):
+        m = SYNC_SLOT.fullmatch(str(name))
+        if m is None:
+            continue
+        slot = SyncSlot(str(name), bool(active), retained, int(m[1]), int(m[2]), int(m[3]))
+        owner = next((r.name for r in (known or {}).values() if r.owns(slot)), None)
+        out.append(replace(slot, mirror=owner, maybe=() if owner else unrecorded))
+    return out
+
+
+SUBSCRIPTION_TABLES_SQL = """
+SELECT s.subname, r.srrelid::regclass::text, r.srsubstate::text
+FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid
+WHERE s.subname LIKE 'callvault\\_mirror\\_%'
+  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY 1, 2
+"""
+
+
+def subscription_tables(conn: Conn) -> list[dict[str, object]]:
+    """The tables of this (target) database's callvault subscriptions and their state in
+    ``pg_subscription_rel`` (``r`` is ready; anything else: its initial copy has not finished)."""
+    return [
+        {"subscription": sub, "table": table, "state": st, "ready": st == "r", "meaning": SYNC_STATES.get(st, st)}
+        for sub, table, st in conn.execute(SUBSCRIPTION_TABLES_SQL)
+    ]
 
 
 @dataclass
@@ -350,12 +631,30 @@ def slots(conn: Conn) -> list[SlotState]:
 
 
 def status(settings: Settings, target_dsn: str | None = None) -> dict[str, object]:
-    """Every callvault mirror of this primary (slots, lag, WAL retained) and, with ``target_dsn``, the
-    target's side: subscription state, last message, rows mirrored, rows in its default partition."""
+    """Every callvault mirror of this primary (slots, lag, WAL retained; tablesync slots left by initial
+    copies) and, with ``target_dsn``, the target's side: subscription state, each table's sync state,
+    last message, rows mirrored, rows in its default partition. ``problems`` (``healthy`` when none):
+    the verdicts ``health`` gives, plus, with the target, its tables not ready and tablesync slots of
+    subscriptions it no longer has."""
+    from callvault.monitor import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
+
+    limit = slot_wal_limit()
     with connect(settings, autocommit=True) as prim:
-        out: dict[str, object] = {"slots": [s.to_dict() for s in slots(prim)]}
+        main = [s.to_dict() for s in slots(prim)]
+        sync = sync_slots(prim, records(prim))
+    out: dict[str, object] = {"slots": main}
+    problems = slot_problems(main, limit)
+    table_problems: list[str] = []
     if target_dsn is not None:
         with _connect_target(target_dsn) as tgt:
+            sysid = _identity(tgt)[0]
+            live = {int(r[0]) for r in tgt.execute("SELECT oid FROM pg_subscription")}
+            sync = [
+                replace(s, orphan=True) if s.system_identifier == sysid and s.subscription_oid not in live else s
+                for s in sync
+            ]
+            tables = subscription_tables(tgt)
+            table_problems = mirror_table_problems(tables, _safe(target_dsn))
             subs = tgt.execute(
                 "SELECT s.subname, s.subenabled, st.last_msg_receipt_time, st.latest_end_lsn::text, "
                 "extract(epoch FROM now() - st.last_msg_receipt_time)::float8 "
@@ -374,10 +673,16 @@ def status(settings: Settings, target_dsn: str | None = None) -> dict[str, objec
             out["target"] = {
                 "subscriptions": [
                     {"subscription": n, "enabled": bool(e), "last_message_at": t.isoformat() if t else None,
-                     "latest_end_lsn": lsn, "seconds_since_last_message": secs}
+                     "latest_end_lsn": lsn, "seconds_since_last_message": secs,
+                     "tables": [
+                         {k: v for k, v in r.items() if k != "subscription"} for r in tables if r["subscription"] == n
+                     ]}
                     for n, e, t, lsn, secs in subs
                 ],
                 "rows": int(rows[0]) if rows else 0,
                 "rows_in_default_partition": int(in_default[0]) if in_default else 0,
             }  # fmt: skip
+    out["tablesync_slots"] = [s.to_dict() for s in sync]
+    out["problems"] = problems + sync_slot_problems(out["tablesync_slots"], limit) + table_problems  # type: ignore[arg-type]
+    out["healthy"] = not out["problems"]
     return out

@@ -80,6 +80,10 @@ class Status:
     expected_horizon: datetime | None = None
     # callvault's replication slots here (`callvault mirror`): lag and WAL retained
     replication_slots: list[dict[str, object]] = field(default_factory=list)
+    # tablesync slots here (a subscription's initial copy of a table; callvault's mirror when known) and,
+    # on a mirror's target, the tables of its callvault subscriptions with their pg_subscription_rel state
+    tablesync_slots: list[dict[str, object]] = field(default_factory=list)
+    mirror_tables: list[dict[str, object]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -141,6 +145,8 @@ class Status:
             if self.worker
             else None,
             "replication_slots": self.replication_slots,
+            "tablesync_slots": self.tablesync_slots,
+            "mirror_tables": self.mirror_tables,
             "healthy": not self.problems,
             "problems": self.problems,
         }
@@ -229,9 +235,11 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     findings = tenancy.audit(conn, settings).findings
     status.isolation_leaks = [f.problem for f in findings if f.severity == LEAK]
     status.isolation_findings = {sev: sum(1 for f in findings if f.severity == sev) for sev in (LEAK, ERROR, WARNING)}
-    from callvault.mirror import slots
+    from callvault.mirror import records, slots, subscription_tables, sync_slots
 
     status.replication_slots = [s.to_dict() for s in slots(conn)]
+    status.tablesync_slots = [s.to_dict() for s in sync_slots(conn, records(conn))]
+    status.mirror_tables = subscription_tables(conn)
     plan = current_plan(conn, settings, pm, now)
     status.gaps = [(r.start, r.end) for r in plan.gaps]
     status.expected_horizon = plan.horizon_after
@@ -274,6 +282,61 @@ def slot_problems(slots: list[dict[str, object]], limit: int) -> list[str]:
                 f"not connected; restart it, or `callvault mirror drop --name {name} --force` if it is gone"
             )
     return out
+
+
+def sync_slot_problems(slots: list[dict[str, object]], limit: int) -> list[str]:
+    """Health verdicts on the tablesync slots on a primary (pure; ``callvault.mirror.SyncSlot.to_dict``).
+
+    A live callvault mirror's: its initial copy of a table has not finished — running, or failing and
+    retrying forever (duplicate keys when the target's table held rows) while the mirror's slot reads lag
+    0. One whose target has no such subscription any more (``orphan``): left over, it keeps WAL forever.
+    One that may be a mirror's made by an older callvault (``maybe_mirrors``): reported as such.
+    Anyone else's: judged as callvault's own slots are, by the WAL it holds back."""
+    out = []
+    for s in slots:
+        name, mirror, kept = s["slot"], s.get("mirror"), s.get("wal_retained_bytes")
+        kept_b = int(str(kept)) if kept is not None else 0
+        if s.get("orphan"):
+            out.append(
+                f"tablesync slot {name} on the primary was left by a subscription its target no longer has "
+                f"({mirror or 'no live mirror'}) and keeps WAL ({kept_b / 1e6:,.1f} MB, growing): "
+                f"SELECT pg_drop_replication_slot('{name}') on the primary"
+            )
+        elif mirror:
+            out.append(
+                f"mirror {mirror}: a table's initial copy has not finished (tablesync slot {name} on the primary): "
+                "the mirror is incomplete though its lag may read 0, and a copy that fails (e.g. duplicate keys: the "
+                "target's table held rows) retries forever; see `callvault mirror status --to <target>` and the "
+                "target's server log"
+            )
+        elif s.get("maybe_mirrors"):
+            maybe = ", ".join(map(str, s["maybe_mirrors"]))  # type: ignore[call-overload]
+            out.append(
+                f"tablesync slot {name} on the primary: a table's initial copy has not finished, or was abandoned, "
+                f"maybe of mirror {maybe} (made by an older callvault, which did not record its subscription); "
+                "see `callvault mirror status --to <target>` and the target's server log"
+            )
+        elif kept_b > limit or (not s.get("active") and kept_b > INACTIVE_SLOT_WAL_MB * 1024 * 1024):
+            out.append(
+                f"tablesync slot {name} on the primary holds {kept_b / 1e6:,.0f} MB of WAL and belongs to no live "
+                "callvault mirror (its subscription dropped while copying?): once nothing copies with it, "
+                f"SELECT pg_drop_replication_slot('{name}')"
+            )
+    return out
+
+
+def mirror_table_problems(tables: list[dict[str, object]], where: str) -> list[str]:
+    """Health verdicts on a mirror target's subscription tables (pure; ``callvault.mirror.subscription_tables``):
+    each not ``ready`` in ``pg_subscription_rel`` is a problem — its changes are not applied."""
+    return [
+        f"mirror {t['subscription']}: table {t['table']} on {where} is not ready (state '{t['state']}' in "
+        f"pg_subscription_rel: {t['meaning']}), so its changes are not applied; a copy that fails (e.g. duplicate "
+        "keys: the table held rows before the mirror began) retries forever, see that server's log: `callvault "
+        f"mirror drop --name {str(t['subscription']).removeprefix('callvault_mirror_')} --to …`, then `mirror "
+        "create … --truncate-target`"
+        for t in tables
+        if not t.get("ready")
+    ]
 
 
 def problems(status: Status) -> list[str]:
@@ -333,7 +396,10 @@ def problems(status: Status) -> list[str]:
                 f"(every {every}): check its log{error}"
             )
     out += [f"tenant isolation: {leak} (details: `callvault audit`)" for leak in status.isolation_leaks]
-    out += slot_problems(status.replication_slots, slot_wal_limit())
+    limit = slot_wal_limit()
+    out += slot_problems(status.replication_slots, limit)
+    out += sync_slot_problems(status.tablesync_slots, limit)
+    out += mirror_table_problems(status.mirror_tables, "this database")
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "
