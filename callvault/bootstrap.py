@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, citus, db, embedded, partman, schema, tenancy
+from callvault import catalog, citus, db, embedded, naming, partman, schema, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import CallvaultError, InvalidSetting, NotInitialised, SchemaMismatch
@@ -116,6 +116,10 @@ def _table_steps(
             # A config change alone: the next maintenance applies it (retention detaches only there).
             return [Step(f"update premake/retention of {settings.qualified}", partman.configure_sql(settings, pm))]
     steps: list[Step] = []
+    stale = partman.registration(conn, settings, pm) if not exists and conn is not None and partman_installed else None
+    if stale is not None:  # the table was dropped by hand: pg_partman's part_config row (and template) outlived it
+        what = f"forget pg_partman's registration of the dropped table {settings.qualified}"
+        steps.append(Step(what, partman.forget_sql(settings, pm, stale)))
     if not exists:
         if conn is None or not _schema_exists(conn, settings.schema):
             steps.append(Step(f"create schema {settings.schema}", schema.create_schema_sql(settings.schema)))
@@ -206,10 +210,11 @@ def _reregister_steps(
         )
     if interval != settings.lifecycle.interval:
         raise _interval_mismatch(settings, interval)
+    pattern = naming.default_pattern(interval, pm.major)  # what create_parent will name them
     misnamed = [
         p
         for p in ranged
-        if p.start is not None and p.name != partition_name(settings.table, interval, p.start, pm.major)
+        if p.start is not None and p.name != partition_name(settings.table, interval, p.start, pm.major, pattern)
     ]
     if misnamed:
         p = misnamed[0]
@@ -217,8 +222,8 @@ def _reregister_steps(
         raise NotInitialised(
             f"{q} lost its pg_partman registration ({why}) and callvault cannot re-register it: partition "
             f"{p.name} is not named as pg_partman {pm.version} names it "
-            f"({partition_name(settings.table, interval, p.start, pm.major)}), so pg_partman would try to create "
-            "an overlapping one. Nothing was changed; rename the partition, then run `callvault init` again"
+            f"({partition_name(settings.table, interval, p.start, pm.major, pattern)}), so pg_partman would try to "
+            "create an overlapping one. Nothing was changed; rename the partition, then run `callvault init` again"
         )
     default = next((p.name for p in infos if p.is_default), None)
     fix = (
@@ -356,6 +361,7 @@ def init_steps(
             Step(f"install pg_partman {version} ({i}/2)", stmt)
             for i, stmt in enumerate(partman.install_sql(pm.schema), 1)
         ]
+    partman.check_version(pm.version)
     table = _table_steps(conn, settings, pm, now, partman_installed=partman_installed)
     steps += _distribute(conn, settings, table, distributed, shard_count)
     meta = _meta_steps(conn, pm)

@@ -830,8 +830,17 @@ def bench_archive(dsn: str | None, schema: str, table: str, store_url: str | Non
 
 
 @main.group()
-def dev() -> None:
+@click.pass_context
+def dev(ctx: click.Context) -> None:
     """The embedded private Postgres (used when no DSN is configured)."""
+    root = ctx.find_root()
+    given = [f"--{n}" for n in ("dsn", "schema", "table")
+             if root.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if given:
+        raise InvalidSetting(
+            f"{', '.join(given)} is not used by `callvault dev`: it manages the embedded cluster itself, not a table "
+            "or another server; drop it"
+        )
 
 
 @dev.command()
@@ -890,12 +899,17 @@ def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
             state = "running" if node["running"] else "stopped"
             out.print(f"{name:12} {state:8} port {node['port']}  {node['home']}", soft_wrap=True)
         return
+    from callvault.embedded import CitusCluster
+
     st = Cluster().status()
+    citus = {n: v for n, v in CitusCluster(workers=workers).status().items() if isinstance(v, dict) and v["running"]}
     if as_json:
-        emit(st.__dict__)
+        emit({**st.__dict__, "citus_running": sorted(citus)})
         return
     for key, value in st.__dict__.items():
         out.print(f"{key:12} {value}")
+    if citus:
+        out.print(f"{'citus':12} running: {', '.join(sorted(citus))} (`callvault dev status --citus`)")
 
 
 @dev.command()
@@ -1001,16 +1015,21 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int, as_json: bool
               help="File format of the archived data.")  # fmt: skip
 @at_option
 @click.option("--dry-run", is_flag=True, help="List the partitions that would be archived; change nothing.")
+@click.option(
+    "--new-store",
+    is_flag=True,
+    help="Start a new store on purpose: another than earlier periods went to, or a directory not made yet.",
+)
 @json_option
 @click.pass_context
 def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, store_url: str | None, fmt: str,
-                at: str | None, dry_run: bool, as_json: bool) -> None:  # fmt: skip
+                at: str | None, dry_run: bool, new_store: bool, as_json: bool) -> None:  # fmt: skip
     """Archive partitions past retention: detach, export, upload, verify, then drop (resumable).
 
     Without a subcommand: run the archive. Exit 65 when a read-back did not match (nothing dropped),
     69 when the store is unreachable (nothing detached or dropped)."""
     if ctx.invoked_subcommand is not None:
-        misplaced = [f"--{n.replace('_', '-')}" for n in ("fmt", "at", "dry_run")
+        misplaced = [f"--{n.replace('_', '-')}" for n in ("fmt", "at", "dry_run", "new_store")
                      if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
         if misplaced:
             raise InvalidSetting(
@@ -1022,7 +1041,9 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
 
     s = settings_of(dsn, schema, table, start_embedded=not dry_run)
     with terminal_progress() as progress:
-        rep = archive(s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run, progress=progress)
+        rep = archive(
+            s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run, progress=progress, new_store=new_store
+        )
     if as_json:
         emit(rep.to_dict())
     else:

@@ -338,7 +338,7 @@ def calls(
     import os
 
     from callvault import query as reads
-    from callvault.archive.location import ARCHIVE_URL_ENV, default_store_url
+    from callvault.archive.location import ARCHIVE_URL_ENV, default_store_url, read_store_url, recorded_stores
     from callvault.archive.store import LocalStore, open_store
 
     # bad input is named before connecting
@@ -347,7 +347,10 @@ def calls(
     if cursor:
         reads.decode_cursor(cursor)
     url = store_url or settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
-    if url is None and settings.dsn is None:  # the embedded database: its home's archive, once there is one
+    if not store_url and recorded_stores(settings):  # the journal knows where archived weeks went
+        url = read_store_url(settings)
+        hot_only_ok = True
+    elif url is None and settings.dsn is None:  # the embedded database: its home's archive, once there is one
         default = default_store_url(settings)
         store = open_store(default)
         url = None if isinstance(store, LocalStore) and not store.root.is_dir() else default

@@ -227,6 +227,12 @@ class Loaded:
             if o.secret and isinstance(value, str):
                 value = redact(value)
             out[o.key] = {"value": value, "source": self.sources[o.key], "env": o.env}
+        if self.values.get("archive_url") is None and self.server == "embedded":
+            from callvault.embedded import default_home  # what archive and its reads use by default
+
+            default = (default_home() / "archive").resolve().as_uri()
+            out["archive_url"] = {"value": default, "source": "default (the embedded cluster's home)",
+                                  "env": "CALLVAULT_ARCHIVE_URL"}  # fmt: skip
         out["server"] = {"value": self.server, "source": self.sources["dsn"]}
         out["config_file"] = {"value": self.file, "source": f"env {CONFIG_ENV} or --config or ./{CONFIG_FILE}"}
         return out

@@ -121,6 +121,7 @@ def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) 
         partman_major=pm.major,
         newest_row=catalog.newest_row(conn, settings) if pm.major >= 5 else None,
         default_newest=catalog.default_newest(conn, settings),
+        datetime_string=partman.datetime_string(conn, settings, pm),
     )
 
 

@@ -54,6 +54,50 @@ def available_version(conn: Conn, name: str = "pg_partman") -> str:
     return str(row[0])
 
 
+SUPPORTED = ((4, 7), (5, 99))  # oldest and newest (major, minor) callvault knows
+
+
+def check_version(version: str) -> None:
+    """Refuse a pg_partman callvault does not know (older than 4.7, or a major after 5).
+
+    :raises ExtensionMissing: the version is outside what callvault supports (exit code 69)."""
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+    except ValueError:
+        raise ExtensionMissing(
+            f"pg_partman {version!r}: cannot read its version; callvault supports 4.7 to 5.x"
+        ) from None
+    if (major, minor) < SUPPORTED[0]:
+        raise ExtensionMissing(
+            f"pg_partman {version} is older than callvault supports (4.7 to 5.x): update it on the server "
+            "(ALTER EXTENSION pg_partman UPDATE, after installing 4.7 or newer), then run `callvault init` again"
+        )
+    if (major, minor) > SUPPORTED[1]:
+        raise ExtensionMissing(
+            f"pg_partman {version} is newer than callvault knows (4.7 to 5.x): its API and naming may have "
+            "changed; use a callvault release that supports it, or pg_partman 5.x"
+        )
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The ``part_config`` settings callvault checks (``status`` reports the ones it did not make)."""
+
+    interval: str  # partition_interval as pg_partman stores it ('7 days')
+    datetime_string: str
+    retention_keep_table: bool
+    infinite_time_partitions: bool
+
+
+def read_registration(conn: Conn, settings: Settings, partman: PartmanInfo) -> Registration | None:
+    query = sql.SQL(
+        "SELECT partition_interval, datetime_string, retention_keep_table, infinite_time_partitions "
+        "FROM {} WHERE parent_table = %s"
+    ).format(sql.Identifier(partman.schema, "part_config"))
+    row = conn.execute(query, (settings.qualified,)).fetchone()
+    return Registration(str(row[0]), str(row[1] or ""), bool(row[2]), bool(row[3])) if row else None
+
+
 def install_sql(schema: str) -> list[sql.Composed]:
     ident = sql.Identifier(schema)
     return [
@@ -71,7 +115,11 @@ def create_parent_sql(settings: Settings, partman: PartmanInfo, start: datetime)
     args: dict[str, sql.Composable] = {
         "p_parent_table": sql.Literal(settings.qualified),
         "p_control": sql.Literal("started_at"),
-        "p_interval": sql.Literal(interval.partman_4x() if partman.major < 5 else interval.partman_5x()),
+        # 4.x: named intervals, except weekly: '1 week' (not 'weekly', whose ISO week names pg_partman 5.x
+        # refuses to maintain), so a table made today survives the extension's update to 5.x
+        "p_interval": sql.Literal(
+            interval.partman_5x() if partman.major >= 5 or interval is Interval.WEEKLY else interval.partman_4x()
+        ),
         "p_type": sql.Literal("native" if partman.major < 5 else "range"),
         "p_premake": sql.Literal(settings.lifecycle.premake),
         "p_start_partition": sql.Literal(start.strftime("%Y-%m-%d %H:%M:%S+00")),
@@ -119,6 +167,42 @@ def read_config(conn: Conn, settings: Settings, partman: PartmanInfo) -> Lifecyc
     interval, premake, months, days = row
     retention = Retention(months=months, days=days) if months is not None and (months or days) else None
     return LifecycleConfig(interval=Interval.parse(interval), premake=premake, retention=retention)
+
+
+def registration(conn: Conn, settings: Settings, partman: PartmanInfo) -> tuple[str, str] | None:
+    """The table's ``part_config`` row as (schema, name) of its template table ('' when none), or None
+    when pg_partman does not know the table (the row outlives a table dropped by hand)."""
+    query = sql.SQL("SELECT coalesce(template_table, '') FROM {} WHERE parent_table = %s").format(
+        sql.Identifier(partman.schema, "part_config")
+    )
+    row = conn.execute(query, (settings.qualified,)).fetchone()
+    if row is None:
+        return None
+    schema, _, name = str(row[0]).partition(".")
+    return (schema, name) if name else ("", "")
+
+
+def forget_sql(settings: Settings, partman: PartmanInfo, template: tuple[str, str]) -> sql.Composed:
+    """Remove pg_partman's registration of a table that no longer exists: its ``part_config`` and
+    ``part_config_sub`` rows and its template table (pg_partman's ``undo_partition`` needs the table)."""
+    cfg, sub = sql.Identifier(partman.schema, "part_config"), sql.Identifier(partman.schema, "part_config_sub")
+    q = sql.Literal(settings.qualified)
+    stmts = [
+        sql.SQL("DELETE FROM {} WHERE sub_parent = {}").format(sub, q),
+        sql.SQL("DELETE FROM {} WHERE parent_table = {}").format(cfg, q),
+    ]
+    if template[1]:
+        stmts.append(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*template)))
+    return sql.SQL("; ").join(stmts)
+
+
+def datetime_string(conn: Conn, settings: Settings, partman: PartmanInfo) -> str | None:
+    """The table's ``part_config.datetime_string`` (how pg_partman names its partitions), None when unmanaged."""
+    query = sql.SQL("SELECT datetime_string FROM {} WHERE parent_table = %s").format(
+        sql.Identifier(partman.schema, "part_config")
+    )
+    row = conn.execute(query, (settings.qualified,)).fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 def run_maintenance_sql(settings: Settings, partman: PartmanInfo) -> sql.Composed:

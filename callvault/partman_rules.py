@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from callvault import pgtime
+from callvault import naming, pgtime
 from callvault.lifecycle import Interval, PartitionInfo, Retention
 from callvault.pgtime import PgInterval
 
@@ -63,8 +63,11 @@ class Child:
     order: datetime  # the sort key of show_partitions()
 
 
-def children(interval: Interval, existing: Sequence[PartitionInfo], major: int) -> list[Child]:
-    """Non-default partitions with a lower bound, in ``show_partitions(parent, 'ASC')`` order."""
+def children(
+    interval: Interval, existing: Sequence[PartitionInfo], major: int, pattern: str | None = None
+) -> list[Child]:
+    """Non-default partitions with a lower bound, in ``show_partitions(parent, 'ASC')`` order (4.x: by
+    the name's suffix read with the table's ``datetime_string``, ``pattern``)."""
     out = []
     for p in existing:
         if p.is_default or p.start is None:
@@ -72,7 +75,8 @@ def children(interval: Interval, existing: Sequence[PartitionInfo], major: int) 
         order = p.start
         if major < 5:  # 4.7 sorts by the name's suffix (to_timestamp(suffix, datetime_string))
             suffix = p.name.rsplit("_p", 1)[-1] if "_p" in p.name else ""
-            order = interval.from_suffix(f"p{suffix}") or p.start
+            parsed = naming.parse_suffix(pattern, suffix) if pattern else interval.from_suffix(f"p{suffix}")
+            order = parsed or p.start
         out.append(Child(p, p.start, order))
     return sorted(out, key=lambda c: (c.order, c.start))
 

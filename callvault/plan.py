@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from callvault import partman_rules
+from callvault import naming, partman_rules
 from callvault.errors import InvalidSetting
 from callvault.lifecycle import (
     _MAX,
@@ -59,8 +59,11 @@ class PartitionRange:
     by: str = BY_PARTMAN
 
 
-def partition_name(table: str, interval: Interval, start: datetime, major: int = 4) -> str:
-    """pg_partman's child name: 4.x ``p2026w19``/``p2026_05_04``/``p2026_05``, 5.x ``p20260504``."""
+def partition_name(table: str, interval: Interval, start: datetime, major: int = 4, pattern: str | None = None) -> str:
+    """pg_partman's child name: with the table's ``datetime_string`` (``pattern``), that; without it,
+    4.x's named intervals ``p2026w19``/``p2026_05_04``/``p2026_05``, 5.x ``p20260504``."""
+    if pattern:
+        return naming.name(table, pattern, start)
     if major >= 5:
         return f"{table}_p{_utc(start, 'partition start'):%Y%m%d}"
     return f"{table}_{interval.suffix(start)}"
@@ -206,12 +209,15 @@ def build_plan(
     partman_major: int = 4,
     newest_row: datetime | None = None,
     default_newest: datetime | None = None,
+    datetime_string: str | None = None,
 ) -> Plan:
     """The plan for ``table`` at ``now``; see the module docstring for the rules.
 
     ``partman_major``: the installed pg_partman's major version (its rules differ); ``newest_row``:
     ``max(started_at)`` of the attached partitions (5.x counts premake from it when it is in the
-    future); ``default_newest``: the newest row in a default partition, if any.
+    future); ``default_newest``: the newest row in a default partition, if any; ``datetime_string``: the
+    table's naming pattern (``part_config.datetime_string``; default the named intervals' of
+    ``partman_major``).
     """
     at = _utc(now, "now")
     if default_rows < 0:
@@ -219,7 +225,7 @@ def build_plan(
     interval = config.interval
     parts = _bounded(existing)
     warnings = _shape_warnings(interval, parts)
-    kids = partman_rules.children(interval, existing, partman_major)
+    kids = partman_rules.children(interval, existing, partman_major, datetime_string)
     gone = partman_rules.retired(interval, config.retention, kids, at)
     premade = partman_rules.premake_starts(
         interval, config.premake, kids, at, major=partman_major, newest_row=newest_row, default_newest=default_newest
@@ -229,7 +235,7 @@ def build_plan(
     # aligned partition holding that instant. Off-grid partitions (warned above) can make the two differ.
     slots = sorted({interval.floor(s) for s in premade})
     create = [
-        PartitionRange(s, interval.add(s), partition_name(table, interval, s, partman_major))
+        PartitionRange(s, interval.add(s), partition_name(table, interval, s, partman_major, datetime_string))
         for s in slots
         if not any(b.start < interval.add(s) and s < b.end for b in parts)
     ]
@@ -237,7 +243,7 @@ def build_plan(
     after = [b for b in parts if b.info.name not in gone_names]
     after += [_Bounded(PartitionInfo(r.name, r.start, r.end), r.start, r.end) for r in create]
     create += [
-        PartitionRange(s, e, partition_name(table, interval, s, partman_major), by=BY_CALLVAULT)
+        PartitionRange(s, e, partition_name(table, interval, s, partman_major, datetime_string), by=BY_CALLVAULT)
         for s, e in gap_slots(interval, after, cutoff, at)
     ]
     create.sort(key=lambda r: r.start)

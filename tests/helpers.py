@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -79,3 +80,11 @@ def fingerprints_match(tenants: dict[str, Any], expected: dict[str, dict[str, tu
     """Whether a manifest's ``tenants`` hold exactly ``expected``'s tenants with the same rows."""
     view = manifest_view(tenants)
     return set(view) == set(expected) and all(expected[t][algo] == part for t, (algo, part) in view.items())
+
+
+def new_dir(path: Path) -> Path:
+    """``path``, created (with its parents): a store directory that exists, as a user makes one before
+    archiving there (callvault refuses to start a store in a directory that does not exist)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # private, as callvault makes the directories it creates
+    return path

@@ -27,7 +27,7 @@ from callvault.archive.location import default_spool
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
 from callvault.locks import LOCK_NAMESPACE
-from tests.helpers import fingerprints_match, pg_fingerprints, run, run_json
+from tests.helpers import fingerprints_match, new_dir, pg_fingerprints, run, run_json
 
 CLI = str(Path(sys.executable).parent / "callvault")
 TENANTS = [f"00000000-0000-4000-8000-{i:012d}" for i in range(1, 6)]
@@ -227,7 +227,7 @@ def test_corrupted_object_is_caught_and_nothing_dropped(
 
 def test_disk_full_on_the_spool_keeps_the_partition(filled: Settings, conn: psycopg.Connection, tmp_path: Path) -> None:
     dsn = filled.dsn or ""
-    store = (tmp_path / "store").as_uri()
+    store = new_dir(tmp_path / "store").as_uri()
     expected = expected_archive(conn, filled)
 
     def tiny_disk() -> None:  # every file the archiver writes is capped at 4 KB: "disk full"

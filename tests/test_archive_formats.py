@@ -27,7 +27,7 @@ from callvault.archive.restore import restore
 from callvault.archive.store import LocalStore, sha256_file
 from callvault.config import Settings
 from callvault.plan import Interval
-from tests.helpers import pg_fingerprints, run, run_json
+from tests.helpers import new_dir, pg_fingerprints, run, run_json
 from tests.test_archive import AT, CLI, TENANTS, cli, exists, expected_archive, fill
 
 
@@ -75,12 +75,12 @@ def test_archive_and_restore_report_progress(filled: Settings, conn: psycopg.Con
 
 def test_cli_draws_progress_only_on_a_terminal(filled: Settings, tmp_path: Path) -> None:
     dsn = filled.dsn or ""
-    piped = cli("archive", "--dsn", dsn, "--to", (tmp_path / "a").as_uri(), "--at", AT)
+    piped = cli("archive", "--dsn", dsn, "--to", new_dir(tmp_path / "a").as_uri(), "--at", AT)
     assert piped.returncode == 0 and "export" not in piped.stderr, "no progress drawn into a pipe"
-    run("restore", "--dsn", dsn, "--to", (tmp_path / "a").as_uri(), "--week", first_week(tmp_path / "a"))
+    run("restore", "--dsn", dsn, "--to", new_dir(tmp_path / "a").as_uri(), "--week", first_week(tmp_path / "a"))
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [CLI, "archive", "--dsn", dsn, "--to", (tmp_path / "b").as_uri(), "--at", AT],
+        [CLI, "archive", "--dsn", dsn, "--to", new_dir(tmp_path / "b").as_uri(), "--at", AT, "--new-store"],
         stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "160"},
     )  # fmt: skip
     os.close(slave)
@@ -136,7 +136,7 @@ def test_partition_bigger_than_the_spool_is_refused_up_front(
     dsn = filled.dsn or ""
     expected = expected_archive(conn, filled)
     env = {"CALLVAULT_ARCHIVE_SPOOL": str(small_spool)}
-    done = cli("archive", "--dsn", dsn, "--to", (tmp_path / "store").as_uri(), "--at", AT, env=env)
+    done = cli("archive", "--dsn", dsn, "--to", new_dir(tmp_path / "store").as_uri(), "--at", AT, env=env)
     assert done.returncode == 69, done.stderr
     line = done.stderr.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
@@ -146,10 +146,12 @@ def test_partition_bigger_than_the_spool_is_refused_up_front(
     attached = {r[0] for r in conn.execute("SELECT inhrelid::regclass::text FROM pg_inherits")}
     assert set(expected) <= attached
     # the same with room: archived
-    assert cli("archive", "--dsn", dsn, "--to", (tmp_path / "store").as_uri(), "--at", AT).returncode == 0
+    assert cli("archive", "--dsn", dsn, "--to", new_dir(tmp_path / "store").as_uri(), "--at", AT).returncode == 0
     week = first_week(tmp_path / "store")
     # restore downloads one object at a time: refused when the largest does not fit, nothing restored
-    big = cli("restore", "--dsn", dsn, "--to", (tmp_path / "store").as_uri(), "--week", week, "--into", "back", env=env)
+    big = cli(
+        "restore", "--dsn", dsn, "--to", new_dir(tmp_path / "store").as_uri(), "--week", week, "--into", "back", env=env
+    )
     assert big.returncode == 69 and "nothing was restored" in big.stderr, big.stderr
     assert conn.execute("SELECT to_regclass('public.back')").fetchone() == (None,)
 
@@ -216,7 +218,7 @@ def test_schema1_and_schema2_objects_restore_and_query_alike(
     dsn = filled.dsn or ""
     expected = expected_archive(conn, filled)
     old, new = sorted(expected)[:2]
-    root = tmp_path / "store"
+    root = new_dir(tmp_path / "store")
     store = LocalStore(root)
     store.check()
     start = conn.execute(

@@ -32,6 +32,7 @@ from callvault.tenancy import atenant
 from examples.voice_platform import nightly
 from examples.voice_platform.app import Service, create_app
 from examples.voice_platform.config import Config, ConfigError, Tokens
+from tests.helpers import new_dir
 from tests.test_archive import AT, TENANTS, expected_archive, fill
 from tests.test_tenancy import drop_roles, role_dsn
 
@@ -159,6 +160,13 @@ def test_two_tenants_write_read_page_and_stay_apart(db: Db) -> None:
                 )
                 assert r.status_code == 201 and r.json()["status"] == "stored"
                 assert svc.writer.stats.written == 9 and svc.writer.stats.quarantined == 0
+                # a call in 2029 validates but has no partition: ?wait=true says quarantined (202), not stored
+                future = body(str(uuid.uuid4()), times[0]) | {"started_at": "2029-06-01T12:00:00Z",
+                                                                "ended_at": "2029-06-01T12:01:00Z"}  # fmt: skip
+                r = await http.post("/calls", params={"wait": "true"}, json=future, headers=auth(TOKEN_A))
+                assert r.status_code == 202, r.text
+                assert r.json()["status"] == "quarantined" and r.json()["reason"], r.text
+                assert svc.writer.stats.quarantined == 1
 
                 # reads: A's calls, newest first, two pages of 4 and 2
                 pages, cursor = [], None
@@ -281,7 +289,7 @@ def test_nightly_archives_queries_and_restores_a_week(db: Db, conn: psycopg.Conn
     expected = expected_archive(conn, db.settings)  # what is past retention at AT, per tenant
     assert expected and all(len(t) == len(TENANTS) for t in expected.values())
     rows_of = {name: sum(int(str(e["md5"][0])) for e in tenants.values()) for name, tenants in expected.items()}
-    store = (tmp_path / "archive").as_uri()
+    store = new_dir(tmp_path / "archive").as_uri()
     owner = ["--dsn", db.as_("owner"), "--to", store, "--at", AT]
 
     def exists(name: str) -> bool:
@@ -291,7 +299,7 @@ def test_nightly_archives_queries_and_restores_a_week(db: Db, conn: psycopg.Conn
     assert nightly.main([*owner, "--dry-run"], out=out) == 0, out.getvalue()
     text = out.getvalue()
     assert all(f"{name}  [" in text for name in expected) and "would be archived" in text, text
-    assert "no archive to read yet" in text and "nothing to restore" in text and text.rstrip().endswith("ok")
+    assert "nothing archived yet" in text and "nothing to restore" in text and text.rstrip().endswith("ok")
     assert all(exists(name) for name in expected), "a dry run changes nothing"
 
     out = StringIO()
@@ -327,7 +335,7 @@ def test_nightly_archives_queries_and_restores_a_week(db: Db, conn: psycopg.Conn
 
 def test_nightly_names_what_is_wrong(db: Db, tmp_path: Path) -> None:
     out = StringIO()  # the app role may read rows, not archive them
-    code = nightly.main(["--dsn", db.as_("app"), "--to", (tmp_path / "a").as_uri(), "--no-restore"], out=out)
+    code = nightly.main(["--dsn", db.as_("app"), "--to", new_dir(tmp_path / "a").as_uri(), "--no-restore"], out=out)
     assert code == 77, out.getvalue()
     assert "ERROR in archive: permission denied" in out.getvalue() and "owner role" in out.getvalue()
     assert out.getvalue().rstrip().endswith("failed (exit 77)")

@@ -25,7 +25,7 @@ from callvault.archive.pipeline import archive
 from callvault.config import Settings
 from callvault.errors import Blocked
 from callvault.maintain import maintain
-from tests.helpers import fingerprints_match, run, run_json
+from tests.helpers import fingerprints_match, new_dir, run, run_json
 from tests.test_archive import AT, CLI, TENANTS, cli, exists, expected_archive, fill
 
 FAST_LOCKS = 300  # ms: the lock budget for tests that wait on a held lock
@@ -70,7 +70,7 @@ def filled(dsn: str, conn: psycopg.Connection) -> Settings:
 def test_rearchive_after_partial_restore_keeps_every_tenant(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    dsn, store = filled.dsn or "", tmp_path / "store"
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store")
     expected = expected_archive(conn, filled)
     week_name = min(expected)
     run("archive", "--dsn", dsn, "--to", store.as_uri(), "--at", AT)
@@ -97,7 +97,7 @@ def test_rearchive_after_partial_restore_keeps_every_tenant(
 def test_rearchive_merges_late_rows_with_what_was_archived(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    dsn, store = filled.dsn or "", tmp_path / "store"
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store")
     expected = expected_archive(conn, filled)
     week_name = min(expected)
     run("archive", "--dsn", dsn, "--to", store.as_uri(), "--at", AT)
@@ -133,7 +133,7 @@ def test_reader_holding_locks_then_maintain_premakes_and_finishes_the_detach(rea
         settings = Settings(dsn=dsn, lock_timeout_ms=FAST_LOCKS)
         expected = expected_archive(conn, settings)
         total = conn.execute("SELECT tenant_id::text, count(*) FROM call_logs GROUP BY 1").fetchall()
-        store = (tmp_path / "store").as_uri()
+        store = new_dir(tmp_path / "store").as_uri()
         with psycopg.connect(dsn) as reader:
             reader.execute("SELECT count(*) FROM call_logs")  # idle in transaction, holding its locks
             pid = reader.info.backend_pid
@@ -197,7 +197,7 @@ def test_maintain_cli_with_a_pending_detach_exits_75_in_one_line(realtime_dsn: s
 def test_archive_and_maintain_race_for_the_same_weeks(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path, round_: int
 ) -> None:
-    dsn, store = filled.dsn or "", tmp_path / "store"
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store")
     expected = expected_archive(conn, filled)
     before = dict(conn.execute("SELECT tenant_id::text, count(*) FROM call_logs GROUP BY 1").fetchall())
     env = {**os.environ, "CALLVAULT_ARCHIVE_SPOOL": str(tmp_path / "spool")}
@@ -232,7 +232,7 @@ def test_archive_and_maintain_race_for_the_same_weeks(
 def test_store_failing_mid_upload_keeps_the_partition_and_leaves_no_strays(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    dsn, store = filled.dsn or "", tmp_path / "store"
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store")
     expected = expected_archive(conn, filled)
     # a file where the fourth tenant's directory must go: every write below it fails (ENOTDIR)
     (store / "call_logs").mkdir(parents=True)
@@ -260,7 +260,7 @@ def _modes(root: Path) -> dict[str, int]:
 def test_everything_written_is_private_to_the_running_user(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
-    dsn, store, spool = filled.dsn or "", tmp_path / "store", tmp_path / "spool"
+    dsn, store, spool = filled.dsn or "", new_dir(tmp_path / "store"), tmp_path / "spool"
     env = {"CALLVAULT_ARCHIVE_SPOOL": str(spool), "CALLVAULT_FAULT_AFTER": "upload"}
     killed = cli("archive", "--dsn", dsn, "--to", store.as_uri(), "--at", AT, env=env)  # spool files stay
     assert killed.returncode < 0
@@ -276,7 +276,7 @@ def test_everything_written_is_private_to_the_running_user(
 
 
 def test_a_spool_someone_else_prepared_is_refused(filled: Settings, conn: psycopg.Connection, tmp_path: Path) -> None:
-    dsn, store = filled.dsn or "", (tmp_path / "store").as_uri()
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store").as_uri()
     expected = expected_archive(conn, filled)
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o777)

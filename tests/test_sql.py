@@ -17,7 +17,7 @@ START = datetime(2026, 8, 24, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("interval", "v4", "v5"),
-    [("daily", "'daily'", "'1 day'"), ("weekly", "'weekly'", "'1 week'"), ("monthly", "'monthly'", "'1 month'")],
+    [("daily", "'daily'", "'1 day'"), ("weekly", "'1 week'", "'1 week'"), ("monthly", "'monthly'", "'1 month'")],
 )
 def test_create_parent_speaks_both_partman_apis(interval: str, v4: str, v5: str) -> None:
     s = Settings(lifecycle=lifecycle_from(interval))

@@ -34,7 +34,7 @@ from callvault.ingest.writer import Writer
 from callvault.query import AsyncReader, Reader
 from callvault.tenancy import TenantWriter, atenant, tenant
 from callvault.tenancy.facts import read_facts
-from tests.helpers import make_calls, run
+from tests.helpers import make_calls, new_dir, run
 
 PASSWORD = "tenancy-test"
 _counter = itertools.count()
@@ -217,7 +217,7 @@ def test_a_grant_on_a_child_still_shows_one_tenant_only(env: Env) -> None:
 def test_restored_and_default_partitions_get_the_policy(dsn: str, tmp_path: Path) -> None:
     e = make_env(dsn, f"cvt{os.getpid()}_{next(_counter)}", Settings(dsn=dsn, default_partition=True))
     try:
-        store = f"file://{tmp_path}/archive"
+        store = new_dir(tmp_path / "archive").as_uri()
         later = (datetime.now(UTC) + timedelta(days=75)).isoformat()
         with psycopg.connect(dsn) as c:
             before, _ = catalog.partition_names(c, e.settings)

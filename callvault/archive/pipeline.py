@@ -33,13 +33,19 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, citus, history, locks, private
+from callvault import catalog, citus, history, locks, naming, partman, private
 from callvault._compat import renamed
 from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
 from callvault.archive.journal import Job, ensure_tables
 from callvault.archive.layout import Fingerprint, Manifest, ObjectEntry, TenantEntry
-from callvault.archive.location import SPOOL_ENV, default_spool, default_store_url, require_free_space
+from callvault.archive.location import (
+    SPOOL_ENV,
+    default_spool,
+    default_store_url,
+    require_free_space,
+    require_write_store,
+)
 from callvault.archive.progress import Sink, Tracker
 from callvault.archive.store import Store, open_store, sha256_file
 from callvault.archive.verify import verify_manifest
@@ -142,9 +148,9 @@ def candidates(conn: Conn, settings: Settings, at: datetime, store_url: str, fmt
         if p.start is not None and p.end is not None:
             found[p.start] = (p.name, p.end)
     if plan.cutoff is not None:
-        prefix = f"{settings.table}_"
-        for name, _size in catalog.list_detached(conn, settings):
-            start = interval.from_suffix(name[len(prefix) :])
+        pattern = partman.datetime_string(conn, settings, pm)
+        for name, _size in catalog.list_detached(conn, settings):  # retention's, in any naming of either major
+            start = naming.start_of(name, settings.table, interval, pattern)
             if start is not None and interval.add(start) < plan.cutoff:
                 found.setdefault(start, (name, interval.add(start)))
     for start, (name, end) in found.items():
@@ -621,6 +627,7 @@ def archive(
     should_stop: Callable[[], bool] = lambda: False,
     fmt: str | None = None,
     progress: Sink | None = None,
+    new_store: bool = False,
 ) -> ArchiveReport:
     """Archive every partition past retention at ``at`` (default now); see the module docstring.
 
@@ -635,10 +642,13 @@ def archive(
     :param spool: local directory for exported files (default ``settings.spool``, else
         ``$CALLVAULT_ARCHIVE_SPOOL``, else one in the temporary directory).
     :param should_stop: asked before each partition; true ends the run early (the worker's shutdown).
+    :param new_store: start a new store on purpose: one other than the store earlier periods of this
+        table went to, or a directory that does not exist yet (refused otherwise, so a typo never splits
+        the archive).
     :param progress: called with a :class:`~callvault.archive.progress.ProgressUpdate` (rows, bytes,
         rate, ETA) while each partition is exported, uploaded and verified, at most twice a second.
-    :raises InvalidSetting: an unknown format, no store configured, or a partition half-way into another
-        store or format (exit code 2).
+    :raises InvalidSetting: an unknown format, no store configured, a partition half-way into another
+        store or format, or a new store without ``new_store`` (exit code 2).
     :raises NotInitialised: the table is not managed by pg_partman (exit code 66).
     :raises StoreUnavailable: the store cannot be reached or written before anything starts (exit code 69).
     :raises AlreadyRunning: another archive run holds the table's archive lock (exit code 75).
@@ -651,9 +661,9 @@ def archive(
     """
     fmt = renamed("archive", "fmt", fmt, "format", format) or "parquet"
     if dry_run:
-        return _archive(settings, store_url, fmt, at, True, spool, should_stop, progress)
+        return _archive(settings, store_url, fmt, at, True, spool, should_stop, progress, new_store)
     with history.run(settings, "archive") as run:
-        report = _archive(settings, store_url, fmt, at, False, spool, should_stop, progress)
+        report = _archive(settings, store_url, fmt, at, False, spool, should_stop, progress, new_store)
         run.counts = report.counts()
         if report.failed:
             run.outcome, run.error = "failed", report.failed[0].error
@@ -669,6 +679,7 @@ def _archive(
     spool: Path | None,
     should_stop: Callable[[], bool],
     progress: Sink | None,
+    new_store: bool = False,
 ) -> ArchiveReport:
     if fmt not in layout.FORMATS:
         raise InvalidSetting(f"archive format {fmt!r} is not supported: use parquet or csv")
@@ -688,6 +699,7 @@ def _archive(
         if not jobs:
             event(log, logging.DEBUG, "nothing to archive", table=settings.qualified, at=when)
             return report
+        require_write_store(settings, store, explicit=store_url is not None, new_store=new_store)
         store.check()  # unreachable store or bad credentials: stop before anything is detached
         where = spool or (Path(settings.spool) if settings.spool else default_spool())
         work = private.private_dir(where, f"archive spool directory (set {SPOOL_ENV} to move it)")

@@ -23,7 +23,7 @@ from callvault._compat import renamed
 from callvault.archive import layout
 from callvault.archive.journal import ensure_tables
 from callvault.archive.layout import Manifest, TenantEntry
-from callvault.archive.location import default_store_url
+from callvault.archive.location import read_store_url
 from callvault.archive.store import open_store
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
@@ -156,7 +156,7 @@ def prune(settings: Settings, *, store_url: str | None = None, at: datetime | No
 
 
 def _prune(settings: Settings, store_url: str | None, at: datetime | None, dry_run: bool) -> PruneReport:
-    store = open_store(store_url or default_store_url(settings))  # none yet: nothing to prune
+    store = open_store(read_store_url(settings, store_url))  # none yet: nothing to prune
     with connect(settings, autocommit=True) as conn:
         now = at or server_now(conn)
         report = PruneReport(store=store.url, at=now, dry_run=dry_run)

@@ -91,14 +91,46 @@ def _register(con: Any, name: str, settings: Settings, store_url: str | None, pa
         con.register(f"cv_{tag}_{len(parts)}", dataset)
         ids = " REPLACE (tenant_id::VARCHAR AS tenant_id, call_id::VARCHAR AS call_id)" if tag == "old" else ""
         parts.append(f'SELECT *{ids} FROM "cv_{tag}_{len(parts)}"')
+    csv_keys = [k for k in (paths if paths is not None else _data_keys(store, settings)) if k.endswith(".csv")]
+    if csv_keys:
+        parts.append(_csv_part(con, fs, root, base, csv_keys, _period_name(csv_keys), len(parts)))
     quoted = name.replace('"', '""')  # DuckDB identifier (the table name may hold a quote)
     con.execute(f'CREATE OR REPLACE TEMP VIEW "{quoted}" AS ' + " UNION ALL BY NAME ".join(parts))
 
 
+def _csv_part(con: Any, fs: Any, root: str, base: str, keys: list[str], period: str, n: int) -> str:
+    """The CSV objects (``--format csv``: the seed's ``COPY ... CSV HEADER``) as one more part of the view:
+    read as text by pyarrow (its filesystem, S3 included), typed by DuckDB. An unquoted empty field is
+    NULL and a quoted one is the empty string, as COPY wrote them."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.dataset as ds
+
+    text = pa.schema([(c, pa.string()) for c in columns_module.NAMES])
+    fmt = ds.CsvFileFormat(
+        convert_options=pcsv.ConvertOptions(
+            column_types=text, strings_can_be_null=True, quoted_strings_can_be_null=False, null_values=[""]
+        )
+    )
+    partitioning = ds.partitioning(pa.schema([(period, pa.date32())]), flavor="hive")
+    dataset = ds.dataset([f"{root}/{k}" for k in keys], schema=text.append(pa.field(period, pa.date32())),
+                         format=fmt, filesystem=fs, partitioning=partitioning, partition_base_dir=base)  # fmt: skip
+    con.register(f"cv_csv_{n}", dataset)
+    types = {c.name: c.duck for c in columns_module.COLUMNS}
+    typed = ", ".join(
+        f'"{c}"' if types[c] in ("VARCHAR", "UUID") else f'CAST("{c}" AS {types[c]}) AS "{c}"'
+        for c in columns_module.NAMES
+    )
+    return f'SELECT {typed}, "{period}" FROM "cv_csv_{n}"'
+
+
 def _data_keys(store: Any, settings: Settings, prefix: str | None = None) -> list[str]:
+    """The data objects (Parquet and CSV) under the table's directory (or ``prefix``)."""
     tdir = layout.table_dir(settings.schema, settings.table)
     return [
-        o.key for o in store.iter_objects(prefix or tdir) if "/_manifests/" not in o.key and o.key.endswith(".parquet")
+        o.key
+        for o in store.iter_objects(prefix or tdir)
+        if "/_manifests/" not in o.key and o.key.endswith((".parquet", ".csv"))
     ]
 
 

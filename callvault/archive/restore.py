@@ -120,7 +120,8 @@ def restore(
     :param into: a side table in the table's schema (created if missing, shaped like the hot table);
         default (or the hot table's own name) the hot table: the partition is recreated and attached
         when it is gone, else the rows are added to it.
-    :param store_url: the archive store (default the configured ``archive_url``).
+    :param store_url: the archive store (default the one the journal recorded for that period, else the
+        configured ``archive_url``).
     :param progress: called with a :class:`~callvault.archive.progress.ProgressUpdate` (rows loaded,
         rate, ETA) while the objects are loaded, at most twice a second.
     :raises InvalidSetting: ``tenant`` is not a UUID, ``into`` is not a usable table name, or no store is
@@ -140,7 +141,6 @@ def restore(
     given = renamed("restore", "tenant", tenant, "tenant_id", tenant_id)
     tenant = None if given is None else str(given)
     t0 = time.perf_counter()
-    store = read_store(settings, store_url)
     if tenant is not None:
         try:
             tenant = str(uuid.UUID(tenant))
@@ -152,6 +152,7 @@ def restore(
         assert config is not None
         interval = config.interval
         start = interval.floor(datetime(period.year, period.month, period.day, tzinfo=UTC))
+        store = read_store(settings, store_url, period=start)  # the store the journal says it went to
         manifest = load_manifest(store, settings, interval, start)
         live = {t: e for t, e in manifest.tenants.items() if not e.pruned_at}
         if tenant is not None and tenant not in live:

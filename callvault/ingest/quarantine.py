@@ -26,6 +26,7 @@ from psycopg import sql
 from callvault import catalog
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
+from callvault.errors import InvalidSetting
 from callvault.ingest import _batch as b
 from callvault.ingest import rawform
 from callvault.ingest._sync_io import merge_indexed
@@ -138,6 +139,13 @@ def replay(
     rules = Rules(assume_utc=assume_utc, live=LiveRange(catalog.partition_bounds(conn, settings)))
     with conn.transaction():
         picked = _select(conn, settings, ids, limit)
+        missing = sorted(set(ids or ()) - {qid for qid, *_ in picked})
+        if missing:
+            listed = ", ".join(f"#{i}" for i in missing)
+            raise InvalidSetting(
+                f"--id {listed}: no such row in the quarantine of {settings.qualified} (replayed already, or never "
+                "there); nothing was replayed. See `callvault quarantine list` for the ids there are"
+            )
         good: list[tuple[int, Row, str | None]] = []
         stay: list[tuple[int, str, str | None]] = []  # (id, reason, new raw or None)
         for qid, raw, reason, attempts in picked:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psycopg
+from psycopg import sql
+
 from callvault.config import Settings
 from callvault.db import Conn
 from callvault.tenancy import policy as p
-from callvault.tenancy.facts import Facts, RelFact, RoleFact, read_facts
-from callvault.tenancy.repair import require_table, secure
+from callvault.tenancy.facts import Facts, Grant, RelFact, RoleFact, read_facts
+from callvault.tenancy.repair import SecureResult, require_table, secure
 
 LEAK, ERROR, WARNING = "leak", "error", "warning"
 KIND_NAMES = {
@@ -148,56 +151,74 @@ def _role(role: RoleFact, facts: Facts) -> list[Finding]:
 # hold what row-level security governs; TRUNCATE ignores it, REFERENCES/TRIGGER reach around it.
 ALLOWED = {"app": {"SELECT"}, "tenant_writer": {"INSERT"}, "ingest": {"INSERT"}}
 AROUND_RLS = {"TRUNCATE", "REFERENCES", "TRIGGER"}
+PRIVILEGES = {"SELECT", "INSERT", "UPDATE", "DELETE", *AROUND_RLS}  # what a table grant can be
 
 
 def _parent_grants(facts: Facts) -> list[Finding]:
+    return [f for _, f in _bad_parent_grants(facts)]
+
+
+def _bad_parent_grants(facts: Facts) -> list[tuple[Grant, Finding]]:
+    """Each grant on the parent that breaks the invariant, with its finding (``audit --fix`` revokes them)."""
     kinds = {r.name: r.kind for r in facts.roles if r.kind != "owner"}
-    out = []
+    out: list[tuple[Grant, Finding]] = []
     for g in facts.parent_grants:
         what = f"{g.role} holds {g.privilege} on the parent {facts.parent.name}"
         revoke = f"REVOKE {g.privilege} ON {facts.parent.name} FROM {g.role}"
         if g.privilege in AROUND_RLS:
             out.append(
-                Finding(
-                    LEAK,
-                    facts.parent.name,
-                    g.role,
-                    f"{what}, which row-level security does not "
-                    "restrict (TRUNCATE empties every tenant; REFERENCES/TRIGGER see their rows)",
-                    revoke,
+                (
+                    g,
+                    Finding(
+                        LEAK,
+                        facts.parent.name,
+                        g.role,
+                        f"{what}, which row-level security does not "
+                        "restrict (TRUNCATE empties every tenant; REFERENCES/TRIGGER see their rows)",
+                        revoke,
+                    ),
                 )
             )
         elif g.bypasses and g.privilege != "INSERT":
-            out.append(Finding(LEAK, facts.parent.name, g.role, f"{what} and bypasses row-level security", revoke))
+            out.append((g, Finding(LEAK, facts.parent.name, g.role, f"{what} and bypasses row-level security", revoke)))
         elif g.bypasses and kinds.get(g.role) != "ingest":
             out.append(
-                Finding(
-                    ERROR,
-                    facts.parent.name,
-                    g.role,
-                    f"{what} and bypasses row-level security: it can "
-                    "write rows for any tenant, which only the trusted ingest role should",
-                    revoke,
+                (
+                    g,
+                    Finding(
+                        ERROR,
+                        facts.parent.name,
+                        g.role,
+                        f"{what} and bypasses row-level security: it can "
+                        "write rows for any tenant, which only the trusted ingest role should",
+                        revoke,
+                    ),
                 )
             )
         elif g.role in kinds and g.privilege not in ALLOWED[kinds[g.role]]:
             out.append(
-                Finding(
-                    ERROR,
-                    facts.parent.name,
-                    g.role,
-                    f"{what}: the {kinds[g.role]} role needs only {'/'.join(sorted(ALLOWED[kinds[g.role]]))}",
-                    revoke,
+                (
+                    g,
+                    Finding(
+                        ERROR,
+                        facts.parent.name,
+                        g.role,
+                        f"{what}: the {kinds[g.role]} role needs only {'/'.join(sorted(ALLOWED[kinds[g.role]]))}",
+                        revoke,
+                    ),
                 )
             )
         elif g.role == "PUBLIC":
             out.append(
-                Finding(
-                    ERROR,
-                    facts.parent.name,
-                    "PUBLIC",
-                    f"{what}: any role can set app.tenant_id and use it for that tenant",
-                    revoke,
+                (
+                    g,
+                    Finding(
+                        ERROR,
+                        facts.parent.name,
+                        "PUBLIC",
+                        f"{what}: any role can set app.tenant_id and use it for that tenant",
+                        revoke,
+                    ),
                 )
             )
     return out  # fmt: skip
@@ -228,6 +249,24 @@ def evaluate(facts: Facts) -> list[Finding]:
     return sorted(out, key=lambda f: order[f.severity])
 
 
+def _revoke_parent_grants(conn: Conn, settings: Settings, result: SecureResult) -> SecureResult:
+    """Revoke every grant on the parent the audit reports (a role left by an earlier --role-prefix, PUBLIC,
+    a privilege a role does not need), each in its own savepoint."""
+    parent = sql.Identifier(settings.schema, settings.table)
+    for g, _ in _bad_parent_grants(read_facts(conn, settings)):
+        if g.privilege not in PRIVILEGES:
+            continue
+        who = sql.SQL("PUBLIC") if g.role == "PUBLIC" else sql.Identifier(g.role)
+        what = f"{settings.table}: revoke {g.privilege} from {g.role}"
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(sql.SQL(g.privilege), parent, who))
+            result.done.append(what)
+        except psycopg.Error as exc:
+            result.failed.append(f"{what}: {exc.diag.message_primary or exc}")
+    return result
+
+
 def audit(conn: Conn, settings: Settings, *, fix: bool = False) -> AuditReport:
     """Findings after an optional repair (``fix``: one transaction, under the lock budget)."""
     require_table(conn, settings)
@@ -236,6 +275,7 @@ def audit(conn: Conn, settings: Settings, *, fix: bool = False) -> AuditReport:
         with conn.transaction():
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
             result = secure(conn, settings)
+            result = _revoke_parent_grants(conn, settings, result)
         repaired = result.done + [f"FAILED {f}" for f in result.failed]
     facts = read_facts(conn, settings)
     return AuditReport(settings.qualified, len(facts.children), evaluate(facts), repaired)

@@ -66,6 +66,28 @@ class Service:
     writer: AsyncWriter  # as the ingest role
     pool: AsyncConnectionPool[Any]  # as the app role
     reader: AsyncReader  # on that pool
+    quarantined: Quarantined  # the writer's on_quarantine: which calls it set aside, and why
+
+
+QUARANTINE_MEMORY = 10_000  # quarantined calls remembered for ?wait=true answers (oldest forgotten first)
+
+
+class Quarantined:
+    """The writer's ``on_quarantine`` callback: (tenant, call id) -> reason of the calls it set aside,
+    so a ``?wait=true`` request can say its call was quarantined instead of stored. Bounded."""
+
+    def __init__(self, limit: int = QUARANTINE_MEMORY) -> None:
+        self.limit = limit
+        self.reasons: dict[tuple[str | None, str | None], str] = {}
+
+    def __call__(self, events: list[Any]) -> None:
+        for e in events:
+            self.reasons[(e.tenant_id, e.call_id)] = e.reason
+        while len(self.reasons) > self.limit:
+            del self.reasons[next(iter(self.reasons))]
+
+    def pop(self, tenant_id: str, call_id: str) -> str | None:
+        return self.reasons.pop((tenant_id, call_id), None)
 
 
 BYPASS_SQL = "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -105,10 +127,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(pool.close)
         await _check_read_role(pool)
         # The writer refuses to start as a role row-level security binds (COPY would fail), and says so.
-        writer = AsyncWriter(config.as_role(config.ingest_dsn))
+        quarantined = Quarantined()
+        writer = AsyncWriter(config.as_role(config.ingest_dsn), on_quarantine=quarantined)
         await writer.open()
         stack.push_async_callback(writer.close)  # closed first: flushes what is buffered, then the pool closes
-        app.state.service = Service(config, writer, pool, AsyncReader(pool, config.settings))
+        app.state.service = Service(config, writer, pool, AsyncReader(pool, config.settings), quarantined)
         log.info("voice platform service started on %s", config.settings.qualified)
         yield
         app.state.service = None
@@ -173,7 +196,11 @@ class Accepted(BaseModel):
     tenant_id: str
     call_id: UUID
     started_at: datetime
-    status: str = Field(description="'accepted': buffered, committed within 200 ms; 'stored': committed")
+    status: str = Field(
+        description="'accepted': buffered, committed within 200 ms; 'stored': committed; 'quarantined' "
+        "(with ?wait=true): set aside with its reason, see `callvault quarantine list`"
+    )
+    reason: str | None = Field(default=None, description="why the call was quarantined (never its content)")
 
 
 class CallSummaryOut(BaseModel):
@@ -265,8 +292,12 @@ def create_app(config: Config | None = None) -> FastAPI:
         if isinstance(checked, Rejected):
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, checked.reason)
         await svc.writer.write(row)
-        if wait:  # everything written before this flush is committed when it returns
+        if wait:  # everything written before this flush is committed (or quarantined) when it returns
             await svc.writer.flush()
+            why = svc.quarantined.pop(caller, str(body.call_id))
+            if why is not None:  # not stored: 202, as for any call the writer sets aside
+                return Accepted(tenant_id=caller, call_id=body.call_id, started_at=body.started_at,
+                                status="quarantined", reason=why)  # fmt: skip
             response.status_code = status.HTTP_201_CREATED
         return Accepted(
             tenant_id=caller, call_id=body.call_id, started_at=body.started_at, status="stored" if wait else "accepted"
