@@ -432,6 +432,27 @@ def publish_cmd(dsn: str | None, schema: str, table: str, name: str | None, colu
                   markup=False, soft_wrap=True)  # fmt: skip
 
 
+@main.command(name="migrate-names")
+@target_options
+@click.option("--dry-run", is_flag=True, help="List the renames; change nothing.")
+@json_option
+def migrate_names_cmd(dsn: str | None, schema: str, table: str, dry_run: bool, as_json: bool) -> None:
+    """Rename ISO-week partitions (p2026w37) to pg_partman 5.x's names (p20260907), before or after
+    `ALTER EXTENSION pg_partman UPDATE`: one transaction under the lock budget, while writes continue."""
+    rep = commands.migrate_names(settings_of(dsn, schema, table, start_embedded=not dry_run), dry_run=dry_run)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    if not rep.renames and rep.pattern_before == rep.pattern_after:
+        out.print(f"{rep.table}: partitions are named {rep.pattern_before!s} already; nothing to rename", markup=False)
+        return
+    verb = "would rename" if dry_run else "renamed"
+    for old, new in rep.renames:
+        out.print(f"{verb} {old} -> {new}", markup=False)
+    out.print(f"{rep.table}: datetime_string {rep.pattern_before} -> {rep.pattern_after}"
+              + (" (dry run: nothing changed)" if dry_run else ""), markup=False)  # fmt: skip
+
+
 @main.command()
 @target_options
 @at_option

@@ -38,6 +38,7 @@ from callvault.errors import DatabaseUnavailable, EmbeddedError, InvalidSetting
 from callvault.ingest import quarantine as q
 from callvault.maintain import MaintenanceReport, maintain
 from callvault.plan import Plan
+from callvault.renaming import RenameReport, migrate_names
 from callvault.schedule import schedule
 from callvault.tenancy.audit import AuditReport
 
@@ -47,10 +48,9 @@ if TYPE_CHECKING:  # pglast loads only when a query is explained
 
 __all__ = [
     "ArchiveReport", "AuditReport", "Health", "MaintenanceReport", "Plan", "Policies", "PruneReport",
-    "QuarantineListing", "RestoreReport", "archive", "archive_policy", "audit", "calls", "explain", "health", "init",
-    "init_sql",
-    "list_archived", "maintain", "plan", "prune", "quarantine_list", "quarantine_replay", "restore", "schedule",
-    "status",
+    "QuarantineListing", "RenameReport", "RestoreReport", "archive", "archive_policy", "audit", "calls", "explain",
+    "health", "init", "init_sql", "list_archived", "maintain", "migrate_names", "plan", "prune", "quarantine_list",
+    "quarantine_replay", "restore", "schedule", "status",
 ]  # fmt: skip
 
 
@@ -375,4 +375,4 @@ def calls(
 
 
 # re-exported so ``commands`` is the one place to look
-_ = (archive, list_archived, maintain, prune, restore, schedule)
+_ = (archive, list_archived, maintain, migrate_names, prune, restore, schedule)

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, citus, db, history, locks, partman, tenancy
+from callvault import catalog, citus, db, history, locks, naming, partman, tenancy
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
@@ -105,6 +105,20 @@ def require_partman(conn: Conn, settings: Settings) -> PartmanInfo:
             f"{settings.qualified} is not managed by pg_partman in this database: run `callvault init` first"
         )
     return pm
+
+
+def require_supported_naming(conn: Conn, settings: Settings, pm: PartmanInfo) -> None:
+    """Refuse to maintain an ISO-weekly table under pg_partman 5.x (whose ``run_maintenance()`` raises
+    for it), naming the fix instead of the extension's error.
+
+    :raises NotInitialised: the table needs ``callvault migrate-names`` first (exit code 66)."""
+    pattern = partman.datetime_string(conn, settings, pm)
+    if pm.major >= 5 and pattern in naming.UNSUPPORTED_IN_5:
+        raise NotInitialised(
+            f"pg_partman {pm.version} cannot maintain {settings.qualified}: its partitions use pg_partman 4.x's "
+            f"ISO week names (datetime_string {pattern}), unsupported since 5.0; run `callvault migrate-names` "
+            "first (it renames them under the lock budget while writes continue), then maintain again"
+        )
 
 
 def current_plan(conn: Conn, settings: Settings, pm: PartmanInfo, at: datetime) -> Plan:
@@ -352,6 +366,7 @@ def _maintain(settings: Settings, at: datetime | None, wait: bool) -> Maintenanc
     with connect(settings, autocommit=True) as conn:
         started = db.server_now(conn)
         pm = require_partman(conn, settings)
+        require_supported_naming(conn, settings, pm)
         key = locks.acquire(
             conn,
             settings,

@@ -84,7 +84,11 @@ class Status:
     # on a mirror's target, the tables of its callvault subscriptions with their pg_subscription_rel state
     tablesync_slots: list[dict[str, object]] = field(default_factory=list)
     mirror_tables: list[dict[str, object]] = field(default_factory=list)
+    # part_config.datetime_string (how pg_partman names the partitions) and retention_keep_table
+    partman_naming: str | None = None
+    partman_keeps_tables: bool = True
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth acting on, not unhealthy (status prints them)
 
     @property
     def ranged(self) -> list[PartitionStatus]:
@@ -124,6 +128,9 @@ class Status:
             "table": self.table,
             "now": _iso(self.now),
             "partman_version": self.partman_version,
+            "partman_naming": self.partman_naming,
+            "partman_keeps_tables": self.partman_keeps_tables,
+            "notes": self.notes,
             "interval": str(self.config.interval),
             "premake": self.config.premake,
             "retention": str(self.config.retention) if self.config.retention else None,
@@ -243,8 +250,47 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     plan = current_plan(conn, settings, pm, now)
     status.gaps = [(r.start, r.end) for r in plan.gaps]
     status.expected_horizon = plan.horizon_after
+    reg = partman.read_registration(conn, settings, pm)
+    if reg is not None:
+        status.partman_naming, status.partman_keeps_tables = reg.datetime_string, reg.retention_keep_table
+    status.notes = partman_notes(status)
     status.problems = problems(status)
     return status
+
+
+def partman_notes(status: Status) -> list[str]:
+    """What to do before pg_partman's next major update (pure; not a health problem yet)."""
+    from callvault.renaming import needs_migration
+
+    if int(status.partman_version.split(".")[0]) < 5 and needs_migration(status.partman_naming):
+        return [
+            f"{status.table} uses ISO week names (datetime_string {status.partman_naming}), which pg_partman 5.x "
+            "refuses to maintain: run `callvault migrate-names` before (or right after) updating the extension"
+        ]
+    return []
+
+
+def partman_problems(status: Status) -> list[str]:
+    """What in pg_partman's own settings of the table breaks callvault's lifecycle (pure): reported,
+    never changed behind the operator's back."""
+    from callvault.renaming import needs_migration
+
+    out = []
+    major = int(status.partman_version.split(".")[0])
+    if needs_migration(status.partman_naming) and major >= 5:
+        out.append(
+            f"pg_partman {status.partman_version} cannot maintain {status.table}: its partitions use pg_partman "
+            f"4.x's ISO week names (datetime_string {status.partman_naming}), unsupported since 5.0, so no "
+            "partition is premade; run `callvault migrate-names` (renames them under the lock budget while "
+            "writes continue)"
+        )
+    if not status.partman_keeps_tables and status.config.retention is not None:
+        out.append(
+            f"pg_partman's retention_keep_table is false for {status.table}: its retention drops expired "
+            "partitions without archiving them; set it true (UPDATE part_config SET retention_keep_table = true) "
+            "or run `callvault init` to have callvault archive before anything is dropped"
+        )
+    return out
 
 
 SLOT_WAL_LIMIT_ENV = "CALLVAULT_SLOT_WAL_LIMIT_MB"
@@ -341,7 +387,7 @@ def mirror_table_problems(tables: list[dict[str, object]], where: str) -> list[s
 
 def problems(status: Status) -> list[str]:
     """Health verdicts, each a one-line reason with the fix (pure)."""
-    out = []
+    out = partman_problems(status)
     if status.server_restart:
         out.append(f"the embedded Postgres is {status.server_restart}")
     lc = status.config

@@ -60,6 +60,8 @@ def status(console: Console, st: Status) -> None:
     ]
     for line in lines:
         console.print(line)
+    for note in st.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     if st.problems:
         for problem in st.problems:
             console.print(f"[red]unhealthy:[/red] {problem}")
