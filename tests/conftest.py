@@ -21,7 +21,7 @@ from psycopg import sql
 
 from callvault.config import Settings
 from callvault.embedded import CitusCluster, Cluster
-from callvault.engines import citus_available, citus_missing_reason, summary
+from callvault.engines import citus_available, citus_missing_reason, partman5_missing_reason, partman_latest, summary
 from tests.clock import FakeClock
 
 # Property tests draw the same examples on every run (a suite that passes Monday and fails Thursday is
@@ -32,6 +32,8 @@ hypothesis_settings.register_profile("explore", derandomize=False, print_blob=Tr
 hypothesis_settings.load_profile(os.environ.get("CALLVAULT_HYPOTHESIS", "callvault"))
 
 TEMPLATE = "cv_template"
+TEMPLATE_5 = "cv_template_partman5"  # the same with pg_partman 5.x, where it is installed
+PARTMAN_5 = partman_latest(5)
 # Durability is not under test here and fsync dominates DDL-heavy tests; benchmarks use real settings.
 TEST_SERVER_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 _counter = itertools.count()
@@ -69,12 +71,31 @@ def _drop_db(cluster: Cluster, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _template(c: Cluster) -> None:
+def _template(c: Cluster, name: str = TEMPLATE, version: str | None = None) -> None:
+    """A template database with pg_partman in schema ``partman`` (``version``: that one, else the default)."""
     with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    with psycopg.connect(c.dsn(TEMPLATE), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(c.dsn(name), autocommit=True) as conn:
         conn.execute("CREATE SCHEMA partman")
-        conn.execute("CREATE EXTENSION pg_partman WITH SCHEMA partman")
+        if version is None:
+            conn.execute("CREATE EXTENSION pg_partman WITH SCHEMA partman")
+        else:
+            conn.execute(
+                sql.SQL("CREATE EXTENSION pg_partman WITH SCHEMA partman VERSION {}").format(sql.Literal(version))
+            )
+
+
+def _template_for(c: Cluster, partman: str) -> str:
+    """The template database for a test's pg_partman major (``4.7`` or ``5.x``), made on first use."""
+    if partman == "4.7":
+        return TEMPLATE
+    if PARTMAN_5 is None:
+        pytest.skip(partman5_missing_reason())
+    with psycopg.connect(c.dsn("postgres"), autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE_5,)).fetchone()
+    if found is None:
+        _template(c, TEMPLATE_5, PARTMAN_5)
+    return TEMPLATE_5
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +116,9 @@ def clocked() -> Iterator[tuple[Cluster, FakeClock]]:
 
 
 @pytest.fixture
-def clocked_dsn(clocked: tuple[Cluster, FakeClock]) -> Iterator[str]:
-    """A fresh database (pg_partman installed) on the clocked cluster."""
-    name = _create_db(clocked[0], TEMPLATE)
+def clocked_dsn(clocked: tuple[Cluster, FakeClock], partman: str) -> Iterator[str]:
+    """A fresh database (pg_partman installed: the test's ``partman`` major) on the clocked cluster."""
+    name = _create_db(clocked[0], _template_for(clocked[0], partman))
     yield clocked[0].dsn(name)
     _drop_db(clocked[0], name)
 
@@ -139,12 +160,26 @@ def pytest_report_header() -> str:
 BOTH_ENGINES = {"test_citus", "test_query", "test_tenancy", "test_ingest", "test_maintain", "test_archive"}
 
 
+# Test modules whose database tests run on both pg_partman majors, 4.7 (Debian's, always) and 5.x
+# (where an operator installed it: docs/partman.md; skipped elsewhere with the reason). Their `dsn` and
+# `clocked_dsn` are parametrized by `partman`. The Citus engine runs 4.7 only (its dev cluster's).
+BOTH_PARTMAN = {"test_maintain", "test_archive", "test_tiers", "test_tenancy", "test_calendar", "test_year"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if module in BOTH_ENGINES and "dsn" in metafunc.fixturenames:
         # @pytest.mark.single_node("why"): what the test checks is PostgreSQL's own behaviour
         single = metafunc.definition.get_closest_marker("single_node") is not None
         metafunc.parametrize("engine", ["postgres"] if single else ["postgres", "citus"], indirect=True)
+    if module in BOTH_PARTMAN and {"dsn", "clocked_dsn"} & set(metafunc.fixturenames):
+        metafunc.parametrize("partman", ["4.7", "5.x"], indirect=True)
+
+
+@pytest.fixture
+def partman(request: pytest.FixtureRequest) -> str:
+    """``4.7`` or ``5.x``: the pg_partman of the test's database (``4.7`` unless its module runs on both)."""
+    return str(getattr(request, "param", "4.7"))
 
 
 @pytest.fixture
@@ -168,16 +203,19 @@ def citus_cluster() -> Iterator[CitusCluster]:
 
 
 @pytest.fixture
-def dsn(request: pytest.FixtureRequest, engine: str, cluster: Cluster) -> Iterator[str]:
-    """A fresh database with pg_partman installed (not yet initialised by callvault); on the Citus
-    engine, a database on the coordinator and both workers with the workers registered."""
+def dsn(request: pytest.FixtureRequest, engine: str, partman: str, cluster: Cluster) -> Iterator[str]:
+    """A fresh database with pg_partman installed (the test's ``partman`` major; not yet initialised by
+    callvault); on the Citus engine, a database on the coordinator and both workers with the workers
+    registered."""
     if engine == "citus":
+        if partman != "4.7":
+            pytest.skip("the Citus dev cluster runs Debian's pg_partman 4.7 (5.x is tested on single nodes)")
         lab: CitusCluster = request.getfixturevalue("citus_cluster")
         name = f"cv_citus_{os.getpid()}_{next(_counter)}"
         yield lab.database(name)
         lab.drop_database(name)
         return
-    name = _create_db(cluster, TEMPLATE)
+    name = _create_db(cluster, _template_for(cluster, partman))
     yield cluster.dsn(name)
     _drop_db(cluster, name)
 

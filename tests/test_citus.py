@@ -27,7 +27,7 @@ from callvault.db import connect, server_now
 from callvault.ingest import Writer
 from callvault.monitor import collect
 from callvault.query import Reader
-from tests.helpers import make_calls, run, run_json
+from tests.helpers import make_calls, new_dir, run, run_json
 
 PASSWORD = "citus-test-pw"
 _counter = itertools.count()
@@ -106,7 +106,7 @@ def test_lifecycle_on_the_engine(dsn: str, engine: str, roles: Roles, tmp_path: 
     assert rep["tasks"] == (1 if engine == "citus" else None)
 
     # archive the oldest week (and only it), then restore it
-    store = f"file://{tmp_path / 'store'}"
+    store = new_dir(tmp_path / "store").as_uri()
     at = oldest.end + timedelta(days=90, hours=12)
     arch = run_json("archive", "--dsn", dsn, "--to", store, "--at", at.isoformat())
     done = [p for p in arch["partitions"] if p["step_after"] == "dropped" and not p["error"]]

@@ -24,7 +24,7 @@ from callvault.archive.prune import prune, set_policy
 from callvault.archive.restore import restore
 from callvault.config import Settings
 from callvault.maintain import maintain
-from tests.helpers import run
+from tests.helpers import new_dir, run
 from tests.test_archive import AT, TENANTS, fill
 
 CLI = str(Path(sys.executable).parent / "callvault")
@@ -85,7 +85,7 @@ def test_library_never_prints_unless_configured() -> None:
 
 def test_archive_logs_every_step_of_every_partition(filled: Settings, records: pytest.LogCaptureFixture,
                                                      tmp_path: Path) -> None:  # fmt: skip
-    store = (tmp_path / "store").as_uri()
+    store = new_dir(tmp_path / "store").as_uri()
     report = pipeline.archive(filled, store_url=store, at=at(), spool=tmp_path / "spool")
     names = [p.partition for p in report.partitions]
     assert len(names) >= 2 and all(p.step_after == "dropped" for p in report.partitions)
@@ -155,7 +155,7 @@ def test_restore_rearchive_and_prune_log_on_their_loggers(
 def test_verify_failure_is_a_warning_and_the_partition_is_kept(
     filled: Settings, records: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "store"
+    root = new_dir(tmp_path / "store")
     upload = pipeline.step_upload
     damaged: list[str] = []
 

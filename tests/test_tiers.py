@@ -35,7 +35,7 @@ from callvault.config import Roles, Settings
 from callvault.embedded import Cluster
 from callvault.errors import ArchivePruned, StoreUnavailable
 from callvault.query import AsyncReader, CallRecord, Page, Reader, _recent
-from tests.conftest import TEMPLATE
+from tests.conftest import _template_for
 from tests.helpers import new_dir, run, run_json
 from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401  (the `pgbouncer` fixture)
 from tests.test_archive import AT, TENANTS, fill
@@ -140,13 +140,16 @@ def rewrite_ids(path: Path, form: str) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-@pytest.fixture(scope="module")
-def world(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    """One archived table shared by the read-only tests; its archive mixes the three id forms, whatever
-    the exporter writes today."""
-    name = f"cv_tiers_{os.getpid()}"  # a database of this module's own (conftest numbers the per-test ones)
+@pytest.fixture(scope="module", params=["4.7", "5.x"])
+def world(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    """One archived table shared by the read-only tests (per pg_partman major); its archive mixes the
+    three id forms, whatever the exporter writes today."""
+    template = _template_for(cluster, request.param)
+    name = f"cv_tiers_{os.getpid()}_{request.param[0]}"  # a database of this module's own
     with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
     dsn = cluster.dsn(name)
     w = build(dsn, new_dir(tmp_path_factory.mktemp("tiers") / "store"))
     for tenant, form in ((TENANTS[0], "uuid"), (TENANTS[1], "string"), (TENANTS[2], "binary")):

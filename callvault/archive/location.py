@@ -69,6 +69,8 @@ def read_store_url(settings: Settings, store_url: str | None = None, period: dat
     if store_url:
         return store_url
     recorded = recorded_stores(settings, period) or {}
+    if not recorded and period is not None:  # a period never archived: look where the others went
+        recorded = recorded_stores(settings) or {}
     if len(recorded) == 1:
         return next(iter(recorded))
     if len(recorded) > 1:
