@@ -259,15 +259,24 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
 
 
 def partman_notes(status: Status) -> list[str]:
-    """What to do before pg_partman's next major update (pure; not a health problem yet)."""
+    """pg_partman settings worth acting on that do not make the table unhealthy (pure): ISO week names
+    before the update to 5.x, and a retention that drops instead of detaching."""
     from callvault.renaming import needs_migration
 
+    out = []
     if int(status.partman_version.split(".")[0]) < 5 and needs_migration(status.partman_naming):
-        return [
+        out += [
             f"{status.table} uses ISO week names (datetime_string {status.partman_naming}), which pg_partman 5.x "
             "refuses to maintain: run `callvault migrate-names` before (or right after) updating the extension"
         ]
-    return []
+    if not status.partman_keeps_tables and status.config.retention is not None and not status.mirror_tables:
+        # (a mirror's target drops its own expired weeks on purpose: the primary archives them)
+        out += [
+            f"pg_partman's retention_keep_table is false for {status.table}: its retention drops expired "
+            "partitions without archiving them; set it true (UPDATE part_config SET retention_keep_table = true) "
+            "to have callvault archive them before anything is dropped"
+        ]
+    return out
 
 
 def partman_problems(status: Status) -> list[str]:
@@ -283,12 +292,6 @@ def partman_problems(status: Status) -> list[str]:
             f"4.x's ISO week names (datetime_string {status.partman_naming}), unsupported since 5.0, so no "
             "partition is premade; run `callvault migrate-names` (renames them under the lock budget while "
             "writes continue)"
-        )
-    if not status.partman_keeps_tables and status.config.retention is not None:
-        out.append(
-            f"pg_partman's retention_keep_table is false for {status.table}: its retention drops expired "
-            "partitions without archiving them; set it true (UPDATE part_config SET retention_keep_table = true) "
-            "or run `callvault init` to have callvault archive before anything is dropped"
         )
     return out
 

@@ -40,6 +40,7 @@ class RenameReport:
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values (``callvault migrate-names --json``)."""
         return {"table": self.table, "datetime_string_before": self.pattern_before,
                 "datetime_string_after": self.pattern_after, "dry_run": self.dry_run,
                 "renames": [{"from": a, "to": b} for a, b in self.renames]}  # fmt: skip

@@ -115,7 +115,7 @@ def test_archive_logs_every_step_of_every_partition(filled: Settings, records: p
 def test_restore_rearchive_and_prune_log_on_their_loggers(
     filled: Settings, records: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    store, spool = (tmp_path / "store").as_uri(), tmp_path / "spool"
+    store, spool = new_dir(tmp_path / "store").as_uri(), tmp_path / "spool"
     report = pipeline.archive(filled, store_url=store, at=at(), spool=spool)
     oldest = min(report.partitions, key=lambda p: p.start)
 
@@ -294,7 +294,10 @@ def test_cli_warnings_with_v_and_none_by_default(realtime_dsn: str) -> None:
 
 def test_worker_logs_json_lines_only(filled: Settings, conn: psycopg.Connection, tmp_path: Path) -> None:
     conn.execute("UPDATE partman.part_config SET retention = '8 weeks' WHERE parent_table = 'public.call_logs'")
-    env = {"CALLVAULT_ARCHIVE_URL": (tmp_path / "store").as_uri(), "CALLVAULT_ARCHIVE_SPOOL": str(tmp_path / "spool")}
+    env = {
+        "CALLVAULT_ARCHIVE_URL": new_dir(tmp_path / "store").as_uri(),
+        "CALLVAULT_ARCHIVE_SPOOL": str(tmp_path / "spool"),
+    }
     done = cli("-v", "worker", "--dsn", filled.dsn or "", "--once", env=env)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON

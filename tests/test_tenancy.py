@@ -433,9 +433,11 @@ def test_bad_role_names_are_refused_before_any_sql(dsn: str, args: list[str], me
 
 
 @pytest.mark.single_node("grants made under SET ROLE to a NOLOGIN role: Citus runs them on the workers as that role")
-def test_maintain_as_owner_secures_what_it_can_and_reports_the_rest(env: Env) -> None:
+def test_maintain_as_owner_secures_what_it_can_and_reports_the_rest(env: Env, partman: str) -> None:
     """A partition a superuser owns (pg_cron as postgres) cannot be changed by the owner role; a grant
-    passed on WITH GRANT OPTION needs CASCADE. Neither stops the other repairs."""
+    passed on WITH GRANT OPTION needs CASCADE. Neither stops the other repairs. (pg_partman 5.x reads the
+    newest partitions' rows to premake, so there its maintenance itself is refused on the superuser's
+    partition: callvault says which, and the superuser's `audit --fix` gives it back.)"""
     names = children(env)
     stuck, chained, plain = names[-1], names[-2], names[-3]
     bi = f"{env.roles.app}_bi"
@@ -449,6 +451,12 @@ def test_maintain_as_owner_secures_what_it_can_and_reports_the_rest(env: Env) ->
         c.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(ident(chained), ident(env.roles.app)))
         c.execute("RESET ROLE")
     try:
+        if partman == "5.x":
+            refused = run("maintain", "--dsn", env.as_("owner"), ok=False)
+            assert refused.exit_code != 0 and f"permission denied for table {stuck}" in refused.stderr
+            run("audit", "--dsn", env.dsn, "--role-prefix", env.roles.app.removesuffix("_app"), "--fix")
+            assert_isolated(env)
+            return
         report = run("maintain", "--dsn", env.as_("owner"), "--json").stdout
         assert f"{plain}: force row-level security" in report
         assert f"{chained}: revoke all from {bi}" in report
