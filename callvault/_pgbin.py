@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from callvault import config
 from callvault.errors import EmbeddedError
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -39,7 +39,7 @@ def _debian_bindirs() -> list[Path]:
 
 def find_bindir() -> Path:
     """The directory with initdb/pg_ctl: $CALLVAULT_PG_BIN, pg_config --bindir, then Debian's paths."""
-    explicit = os.environ.get("CALLVAULT_PG_BIN")
+    explicit = config.knob("CALLVAULT_PG_BIN")
     if explicit:
         if not _has_server(Path(explicit)):
             raise EmbeddedError(f"CALLVAULT_PG_BIN={explicit} has no initdb/pg_ctl: {INSTALL_HINT}")

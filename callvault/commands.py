@@ -335,10 +335,8 @@ def calls(
                               until=datetime(2026, 9, 1, tzinfo=UTC), store_url="s3://calls-archive/prod")
         [(c.started_at, c.tier) for c in page]
     """
-    import os
-
     from callvault import query as reads
-    from callvault.archive.location import ARCHIVE_URL_ENV, default_store_url, read_store_url, recorded_stores
+    from callvault.archive.location import default_store_url, read_store_url, recorded_stores
     from callvault.archive.store import LocalStore, open_store
 
     # bad input is named before connecting
@@ -346,7 +344,7 @@ def calls(
     reads.check_limit(limit)
     if cursor:
         reads.decode_cursor(cursor)
-    url = store_url or settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
+    url = store_url or settings.archive_url
     if not store_url and recorded_stores(settings):  # the journal knows where archived weeks went
         url = read_store_url(settings)
         hot_only_ok = True

@@ -13,6 +13,7 @@ Postgres tool. With no server configured anywhere, the CLI uses the embedded pri
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -201,6 +202,50 @@ OPTIONS: tuple[Option, ...] = (
     Option("spool", "CALLVAULT_ARCHIVE_SPOOL", str, None, "archive spool directory"),
 )
 OPTION_KEYS = {o.key: o for o in OPTIONS}
+
+# Process-level knobs: not a table's settings (no flag, no callvault.toml key), read from the
+# environment here and nowhere else, each when it is used (tests and operators change them at run time).
+KNOBS: dict[str, str] = {
+    "CALLVAULT_HOME": "where the embedded cluster lives (default /var/lib/callvault as root, else "
+    "$XDG_DATA_HOME/callvault)",
+    "XDG_DATA_HOME": "the user's data directory (default ~/.local/share)",
+    "CALLVAULT_PG_BIN": "the directory holding initdb and pg_ctl (default pg_config's, then Debian's)",
+    "CALLVAULT_PG_USER": "the OS account the embedded server runs as when callvault runs as root",
+    "CALLVAULT_HISTORY_DAYS": "days of job history kept (default 90)",
+    "CALLVAULT_SLOT_WAL_LIMIT_MB": "WAL a callvault replication slot may retain before health fails (1024)",
+    "CALLVAULT_FAULT_AFTER": "test hook: the archive SIGKILLs itself right after this step",
+}
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password masked, safe to print in an error."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+
+
+def default_home() -> Path:
+    """Where the embedded cluster lives: ``$CALLVAULT_HOME``, else ``/var/lib/callvault`` for root, else
+    ``$XDG_DATA_HOME/callvault`` (default ``~/.local/share/callvault``)."""
+    home = knob("CALLVAULT_HOME")
+    if home:
+        return Path(home)
+    if os.geteuid() == 0:
+        return Path("/var/lib/callvault")
+    return Path(knob("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")) / "callvault"
+
+
+def knob(name: str) -> str | None:
+    """The value of the process-level knob ``name`` (one of :data:`KNOBS`), None when unset or empty."""
+    if name not in KNOBS:
+        raise KeyError(f"{name} is not a callvault knob: add it to config.KNOBS")
+    return os.environ.get(name) or None
+
+
+def process_environment() -> dict[str, str]:
+    """A copy of this process's environment, for the servers and tools callvault starts."""
+    return dict(os.environ)
+
+
 CONFIG_ENV = "CALLVAULT_CONFIG"
 CONFIG_FILE = "callvault.toml"
 # libpq reads these itself: any of them means "a server is configured", as for psql or pg_dump.
@@ -219,8 +264,6 @@ class Loaded:
     def to_dict(self) -> dict[str, object]:
         """``{setting: {"value", "source", "env"}}`` for every setting, plus ``server`` (dsn, libpq
         environment, embedded or none) and ``config_file``; passwords redacted."""
-        from callvault.db import redact
-
         out: dict[str, object] = {}
         for o in OPTIONS:
             value = self.values.get(o.key)
@@ -228,8 +271,6 @@ class Loaded:
                 value = redact(value)
             out[o.key] = {"value": value, "source": self.sources[o.key], "env": o.env}
         if self.values.get("archive_url") is None and self.server == "embedded":
-            from callvault.embedded import default_home  # what archive and its reads use by default
-
             default = (default_home() / "archive").resolve().as_uri()
             out["archive_url"] = {"value": default, "source": "default (the embedded cluster's home)",
                                   "env": "CALLVAULT_ARCHIVE_URL"}  # fmt: skip

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from callvault.config import Settings
+from callvault.config import Settings, redact
 from callvault.errors import AuthenticationFailed, DatabaseUnavailable, EmbeddedError, InvalidSetting
 
 CONNECT_TIMEOUT_S = 10
 
 Conn = psycopg.Connection[Any]
-
-
-def redact(dsn: str) -> str:
-    """The DSN with any password masked, safe to print in an error."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
 
 
 def resolve_dsn(settings: Settings) -> str:

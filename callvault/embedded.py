@@ -31,7 +31,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from callvault import _pgbin
+from callvault import _pgbin, config
+from callvault.config import default_home
 from callvault.engines import citus_available, citus_missing_reason
 from callvault.errors import EmbeddedError, ExtensionMissing
 
@@ -62,17 +63,6 @@ SERVER_SETTINGS: dict[str, str] = {
     "max_replication_slots": "10",
     "max_wal_senders": "10",
 }
-
-
-def default_home() -> Path:
-    """Where the embedded cluster lives: ``$CALLVAULT_HOME``, else ``/var/lib/callvault`` for root, else
-    ``$XDG_DATA_HOME/callvault`` (default ``~/.local/share/callvault``)."""
-    if os.environ.get("CALLVAULT_HOME"):
-        return Path(os.environ["CALLVAULT_HOME"])
-    if os.geteuid() == 0:
-        return Path("/var/lib/callvault")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "callvault"
 
 
 @dataclass
@@ -218,7 +208,7 @@ def server_os_user() -> pwd.struct_passwd:
     """The OS account the server runs as: the caller, or an unprivileged user when we are root."""
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid())
-    wanted = os.environ.get("CALLVAULT_PG_USER")
+    wanted = config.knob("CALLVAULT_PG_USER")
     names = [wanted] if wanted else ["postgres", "callvault"]
     for name in names:
         try:
@@ -562,7 +552,7 @@ class Cluster:
         if os.geteuid() == 0:
             user = pwd.getpwnam(state.os_user)
             kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        env = {**os.environ, "LC_ALL": "C.UTF-8", **self.env_overrides}
+        env = {**config.process_environment(), "LC_ALL": "C.UTF-8", **self.env_overrides}
         done = subprocess.run(
             cmd, capture_output=True, text=True, check=False, cwd=self.home,
             env={k: v for k, v in env.items() if v is not None}, **kwargs,

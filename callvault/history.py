@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import sql
 
-from callvault import catalog
+from callvault import catalog, config
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, InvalidSetting, NotInitialised
@@ -48,7 +48,7 @@ def history_days(environ: dict[str, str] | None = None) -> int:
     """Days of job history kept (``$CALLVAULT_HISTORY_DAYS``, default 90).
 
     :raises InvalidSetting: not a positive whole number of days."""
-    raw = (os.environ if environ is None else environ).get(HISTORY_DAYS_ENV, "").strip()
+    raw = ((config.knob(HISTORY_DAYS_ENV) if environ is None else environ.get(HISTORY_DAYS_ENV)) or "").strip()
     if not raw:
         return DEFAULT_HISTORY_DAYS
     try:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, db, embedded, partman, tenancy
+from callvault import catalog, config, db, embedded, partman, tenancy
 from callvault.archive.journal import journal_rows
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
@@ -303,9 +303,7 @@ INACTIVE_SLOT_WAL_MB = 16  # an inactive slot is a problem once it holds back th
 
 def slot_wal_limit() -> int:
     """Bytes of WAL a callvault replication slot may retain ($CALLVAULT_SLOT_WAL_LIMIT_MB, default 1024 MB)."""
-    import os
-
-    raw = os.environ.get(SLOT_WAL_LIMIT_ENV, "")
+    raw = config.knob(SLOT_WAL_LIMIT_ENV) or ""
     try:
         return int(float(raw) * 1024 * 1024) if raw else SLOT_WAL_LIMIT_MB * 1024 * 1024
     except ValueError:

@@ -149,3 +149,21 @@ def test_init_after_the_table_was_dropped_by_hand(dsn: str, conn: psycopg.Connec
 def test_table_options_are_refused_where_unused() -> None:
     result = run("--schema", "other", "dev", "url", ok=False)
     assert result.exit_code == 2 and "--schema" in result.stderr and "not used" in result.stderr
+
+
+def test_restore_uses_the_configured_spool(
+    archived: tuple[str, str, dict[str, dict[str, int]]], tmp_path: Path
+) -> None:
+    """`archive` honoured CALLVAULT_ARCHIVE_SPOOL and `restore` did not (issue 26): both use the loader's."""
+    import os
+    import subprocess
+    import sys
+
+    dsn, _url, weeks = archived
+    spool = tmp_path / "restore-spool"
+    cli = str(Path(sys.executable).parent / "callvault")
+    env = {**os.environ, "CALLVAULT_ARCHIVE_SPOOL": str(spool)}
+    args = [cli, "restore", "--dsn", dsn, "--week", sorted(weeks)[0], "--into", "back"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert spool.is_dir(), "restore downloads into the configured spool"

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from callvault.archive.store import LocalStore, Store, open_store
-from callvault.config import Settings
+from callvault.config import Settings, default_home
 from callvault.errors import CallvaultError, InvalidSetting
 
 ARCHIVE_URL_ENV = "CALLVAULT_ARCHIVE_URL"
@@ -20,12 +20,10 @@ SPOOL_ENV = "CALLVAULT_ARCHIVE_SPOOL"
 def default_store_url(settings: Settings) -> str:
     """The configured store (``archive_url``: flag, ``$CALLVAULT_ARCHIVE_URL`` or callvault.toml); with
     the embedded database, a directory in the callvault home."""
-    url = settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
+    url = settings.archive_url
     if url:
         return url
     if settings.dsn is None:
-        from callvault.embedded import default_home
-
         return (default_home() / "archive").resolve().as_uri()
     raise InvalidSetting(
         "no archive store configured: pass --to s3://bucket/prefix (or file:///path), or set CALLVAULT_ARCHIVE_URL"
@@ -56,7 +54,7 @@ def recorded_stores(settings: Settings, period: datetime | None = None) -> dict[
 
 
 def _configured(settings: Settings) -> str | None:
-    return settings.archive_url or os.environ.get(ARCHIVE_URL_ENV)
+    return settings.archive_url  # the loader's: flag > CALLVAULT_ARCHIVE_URL > callvault.toml
 
 
 def read_store_url(settings: Settings, store_url: str | None = None, period: datetime | None = None) -> str:
@@ -117,9 +115,12 @@ def require_write_store(settings: Settings, store: Store, *, explicit: bool, new
         )
 
 
-def default_spool() -> Path:
-    env = os.environ.get(SPOOL_ENV)
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"callvault-spool-{os.getuid()}"
+def default_spool(settings: Settings | None = None) -> Path:
+    """The configured spool (``spool``: flag, ``$CALLVAULT_ARCHIVE_SPOOL`` or callvault.toml), else one
+    per user in the temporary directory."""
+    if settings is not None and settings.spool:
+        return Path(settings.spool)
+    return Path(tempfile.gettempdir()) / f"callvault-spool-{os.getuid()}"
 
 
 def _mb(n: int) -> str:

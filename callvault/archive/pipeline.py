@@ -701,7 +701,7 @@ def _archive(
             return report
         require_write_store(settings, store, explicit=store_url is not None, new_store=new_store)
         store.check()  # unreachable store or bad credentials: stop before anything is detached
-        where = spool or (Path(settings.spool) if settings.spool else default_spool())
+        where = spool or default_spool(settings)
         work = private.private_dir(where, f"archive spool directory (set {SPOOL_ENV} to move it)")
         key = locks.acquire(
             conn,

@@ -85,10 +85,10 @@ def load_manifest(store: Store, settings: Settings, interval: Interval, start: d
 
 
 @contextmanager
-def _work_dir() -> Iterator[Path]:
+def _work_dir(settings: Settings) -> Iterator[Path]:
     """A private directory in the archive spool for downloaded objects; a killed restore's is removed
     by the next run (see :mod:`callvault.private`)."""
-    spool = private.private_dir(default_spool(), f"archive spool directory (set {SPOOL_ENV} to move it)")
+    spool = private.private_dir(default_spool(settings), f"archive spool directory (set {SPOOL_ENV} to move it)")
     swept = private.sweep(spool, "restore")
     if swept:
         event(log, logging.INFO, "swept work directories of killed restores", spool=spool,
@@ -167,7 +167,7 @@ def restore(
         parent = sql.Identifier(settings.schema, settings.table)
         target = sql.Identifier(settings.schema, name)
         objects = [o for t in tenants for o in live[t].objects]
-        with conn.transaction(), _work_dir() as tmp:
+        with conn.transaction(), _work_dir(settings) as tmp:
             # objects are downloaded one at a time: the largest must fit
             require_free_space(Path(tmp), max((o.size for o in objects), default=0),
                                f"restoring {manifest.partition}", "nothing was restored")  # fmt: skip
