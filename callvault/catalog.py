@@ -181,3 +181,14 @@ def default_newest(conn: Conn, settings: Settings) -> datetime | None:
         return None
     row = conn.execute(sql.SQL("SELECT max(started_at) FROM ONLY {}").format(ident)).fetchone()
     return row[0] if row else None
+
+
+def ensure_meta(conn: Conn, names: tuple[str, ...], statements: list[sql.Composed]) -> None:
+    """Create callvault bookkeeping tables an older install lacks, in one transaction (autocommit
+    connection); a no-op when ``names`` all exist (the owner role may not create schemas, and need not)."""
+    if all(meta_table_exists(conn, name) for name in names):
+        return
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
+        for stmt in statements:
+            conn.execute(stmt)

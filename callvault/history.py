@@ -27,7 +27,7 @@ from typing import Any
 
 from psycopg import sql
 
-from callvault import catalog, config
+from callvault import catalog, config, schema
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, InvalidSetting, NotInitialised
@@ -42,6 +42,7 @@ DEFAULT_HISTORY_DAYS = 90
 HISTORY = sql.Identifier(META_SCHEMA, "job_history")
 TOTALS = sql.Identifier(META_SCHEMA, "job_totals")
 TABLES = ("job_history", "job_totals")
+WORKER_STATUS = sql.Identifier(META_SCHEMA, "worker_status")  # the worker's heartbeat (callvault.worker writes it)
 
 
 def history_days(environ: dict[str, str] | None = None) -> int:
@@ -69,48 +70,9 @@ def _days() -> int:
         return DEFAULT_HISTORY_DAYS
 
 
-def tables_sql() -> list[sql.Composed]:
-    """``callvault.job_history`` (one row per run, bounded) and ``callvault.job_totals`` (runs per outcome)."""
-    meta = sql.Identifier(META_SCHEMA)
-    return [
-        sql.SQL(
-            """CREATE TABLE IF NOT EXISTS {}.job_history (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    parent_table text NOT NULL,
-    job          text NOT NULL,
-    started_at   timestamptz NOT NULL,
-    finished_at  timestamptz NOT NULL,
-    outcome      text NOT NULL CHECK (outcome IN ('ok', 'failed', 'blocked')),
-    counts       jsonb NOT NULL DEFAULT '{{}}',
-    error        text,
-    host         text,
-    pid          integer
-)"""
-        ).format(meta),
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS job_history_finished_idx ON {}.job_history (parent_table, job, finished_at)"
-        ).format(meta),
-        sql.SQL("CREATE INDEX IF NOT EXISTS job_history_age_idx ON {}.job_history (parent_table, finished_at)").format(
-            meta
-        ),
-        sql.SQL(
-            """CREATE TABLE IF NOT EXISTS {}.job_totals (
-    parent_table text NOT NULL,
-    job          text NOT NULL,
-    outcome      text NOT NULL,
-    runs         bigint NOT NULL DEFAULT 0,
-    counts       jsonb NOT NULL DEFAULT '{{}}',
-    PRIMARY KEY (parent_table, job, outcome)
-)"""
-        ).format(meta),
-    ]
-
-
 def ensure(conn: Conn) -> None:
     """Create the history tables where an older install lacks them (autocommit connection)."""
-    from callvault.schema import ensure_meta
-
-    ensure_meta(conn, TABLES, tables_sql())
+    catalog.ensure_meta(conn, TABLES, schema.history_sql())
 
 
 @dataclass
@@ -318,3 +280,20 @@ def runs(
         [*params, limit],
     ).fetchall()
     return [JobRun(*r) for r in rows]
+
+
+def last_run(conn: Conn, settings: Settings) -> dict[str, Any] | None:
+    """The worker's heartbeat row for ``status``/``health``, or None when no worker ever ran."""
+    if not catalog.meta_table_exists(conn, "worker_status"):
+        return None
+    row = conn.execute(
+        sql.SQL(
+            "SELECT pid, host, every_seconds, cycle_started, cycle_ok, last_error, updated_at FROM {} "
+            "WHERE parent_table = %s"
+        ).format(WORKER_STATUS),
+        (settings.qualified,),
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("pid", "host", "every_seconds", "cycle_started", "cycle_ok", "last_error", "updated_at")
+    return dict(zip(keys, row, strict=True))

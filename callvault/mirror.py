@@ -636,7 +636,7 @@ def status(settings: Settings, target_dsn: str | None = None) -> dict[str, objec
     last message, rows mirrored, rows in its default partition. ``problems`` (``healthy`` when none):
     the verdicts ``health`` gives, plus, with the target, its tables not ready and tablesync slots of
     subscriptions it no longer has."""
-    from callvault.monitor import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
+    from callvault.slot_health import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
 
     limit = slot_wal_limit()
     with connect(settings, autocommit=True) as prim:

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from callvault import columns, history
+from callvault import columns
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn
 
 # The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
 COLUMNS: dict[str, str] = {c.name: c.pg for c in columns.COLUMNS}
@@ -51,19 +50,6 @@ class Names:
             duration_check=sql.Identifier(f"{s.table}_duration_check"),
             default_partition=sql.Identifier(s.schema, f"{s.table}_default"),
         )
-
-
-def ensure_meta(conn: Conn, names: tuple[str, ...], statements: list[sql.Composed]) -> None:
-    """Create callvault bookkeeping tables an older install lacks, in one transaction (autocommit
-    connection); a no-op when ``names`` all exist (the owner role may not create schemas, and need not)."""
-    from callvault import catalog
-
-    if all(catalog.meta_table_exists(conn, name) for name in names):
-        return
-    with conn.transaction():
-        conn.execute(create_schema_sql(META_SCHEMA))
-        for stmt in statements:
-            conn.execute(stmt)
 
 
 def create_schema_sql(schema: str) -> sql.Composed:
@@ -121,7 +107,7 @@ def meta_schema_sql() -> list[sql.Composed]:
         ).format(meta),
         *quarantine_sql(),
         *archive_sql(),
-        *history.tables_sql(),
+        *history_sql(),
     ]
 
 
@@ -312,3 +298,40 @@ def describe_shape_problems(actual: dict[str, tuple[str, bool]], partition_key: 
         if name in NOT_NULL and not not_null:
             problems.append(f"column {name} must be NOT NULL")
     return problems
+
+
+def history_sql() -> list[sql.Composed]:
+    """``callvault.job_history`` (one row per run, bounded) and ``callvault.job_totals`` (runs per outcome)."""
+    meta = sql.Identifier(META_SCHEMA)
+    return [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.job_history (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parent_table text NOT NULL,
+    job          text NOT NULL,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL,
+    outcome      text NOT NULL CHECK (outcome IN ('ok', 'failed', 'blocked')),
+    counts       jsonb NOT NULL DEFAULT '{{}}',
+    error        text,
+    host         text,
+    pid          integer
+)"""
+        ).format(meta),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS job_history_finished_idx ON {}.job_history (parent_table, job, finished_at)"
+        ).format(meta),
+        sql.SQL("CREATE INDEX IF NOT EXISTS job_history_age_idx ON {}.job_history (parent_table, finished_at)").format(
+            meta
+        ),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.job_totals (
+    parent_table text NOT NULL,
+    job          text NOT NULL,
+    outcome      text NOT NULL,
+    runs         bigint NOT NULL DEFAULT 0,
+    counts       jsonb NOT NULL DEFAULT '{{}}',
+    PRIMARY KEY (parent_table, job, outcome)
+)"""
+        ).format(meta),
+    ]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, locks
+from callvault import locks
 from callvault.archive.journal import ensure_tables
 from callvault.archive.pipeline import archive
 from callvault.archive.progress import ProgressUpdate, Sink
@@ -37,6 +37,7 @@ from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
 from callvault.errors import CallvaultError, InvalidSetting
+from callvault.history import last_run as last_run  # re-exported: the heartbeat the worker writes
 from callvault.maintain import maintain
 
 if TYPE_CHECKING:
@@ -196,20 +197,3 @@ def run(
             server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def last_run(conn: Conn, settings: Settings) -> dict[str, Any] | None:
-    """The worker's heartbeat row for ``status``/``health``, or None when no worker ever ran."""
-    if not catalog.meta_table_exists(conn, "worker_status"):
-        return None
-    row = conn.execute(
-        sql.SQL(
-            "SELECT pid, host, every_seconds, cycle_started, cycle_ok, last_error, updated_at FROM {} "
-            "WHERE parent_table = %s"
-        ).format(_STATUS),
-        (settings.qualified,),
-    ).fetchone()
-    if row is None:
-        return None
-    keys = ("pid", "host", "every_seconds", "cycle_started", "cycle_ok", "last_error", "updated_at")
-    return dict(zip(keys, row, strict=True))

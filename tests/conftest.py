@@ -164,8 +164,8 @@ BOTH_ENGINES = {"test_citus", "test_query", "test_tenancy", "test_ingest", "test
 # (where an operator installed it: docs/partman.md; skipped elsewhere with the reason). Their `dsn` and
 # `clocked_dsn` are parametrized by `partman`. The Citus engine runs 4.7 only (its dev cluster's).
 BOTH_PARTMAN = {
-    "test_maintain", "test_archive", "test_tiers", "test_tenancy", "test_calendar", "test_year", "test_mirror",
-    "test_publish", "test_quarantine", "test_wrong_answers",
+    "test_maintain", "test_archive", "test_tiers", "test_tenancy", "test_calendar", "test_year", "test_publish",
+    "test_quarantine", "test_wrong_answers",
 }  # fmt: skip
 
 

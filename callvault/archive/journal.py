@@ -41,9 +41,9 @@ ARCHIVE_TABLES = ("archive_journal", "archive_log", "archive_policy", "worker_st
 def ensure_tables(conn: Conn) -> None:
     """Create the archive bookkeeping of installs older than the archive (a no-op otherwise: the owner
     role may not create schemas in the database, and need not)."""
-    from callvault.schema import archive_sql, ensure_meta
+    from callvault.schema import archive_sql
 
-    ensure_meta(conn, ARCHIVE_TABLES, archive_sql())
+    catalog.ensure_meta(conn, ARCHIVE_TABLES, archive_sql())
 
 
 def load(conn: Conn, settings: Settings) -> dict[datetime, Job]:

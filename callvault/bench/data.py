@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from callvault.ingest.validate import Call
+from callvault.ingest.call import Call
 
 # Bytes of a row that are not transcript: two uuids, two timestamps, an int, small metadata and the
 # tuple header. --row-bytes B gives transcripts of B - ROW_OVERHEAD bytes.

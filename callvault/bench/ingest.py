@@ -35,7 +35,8 @@ from callvault.bench import _files, _tables, data
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import AsyncWriter, Writer
-from callvault.ingest.validate import COLUMNS, Call
+from callvault.ingest.call import Call
+from callvault.ingest.validate import COLUMNS
 from callvault.ingest.writer import DEFAULT_BATCH_ROWS
 
 SCHEMA = "callvault_bench"

@@ -2,8 +2,9 @@
 
 from callvault.ingest._batch import FlushResult, QuarantineEvent
 from callvault.ingest.aio import AsyncWriter
+from callvault.ingest.call import Call
 from callvault.ingest.default import configure, flush, log_call
-from callvault.ingest.validate import Call, Rejected, Rules
+from callvault.ingest.validate import Rejected, Rules
 from callvault.ingest.writer import Writer
 
 __all__ = [

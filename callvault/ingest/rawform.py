@@ -43,6 +43,7 @@ from typing import Any
 from uuid import UUID
 
 from callvault.columns import WRITTEN
+from callvault.ingest.call import Call
 
 FORMAT = "callvault/2"
 LEGACY_TAGS = frozenset({"$repr", "$int_hex", "$bytes_b64"})  # what callvault/1 (no "$format") wrote
@@ -336,8 +337,6 @@ def _safe_field(value: object, path: str, context: str) -> tuple[str, list[Marke
 
 def _row_items(obj: object) -> list[tuple[str, object]] | None:
     """The input's fields by name when it can be stored row-shaped, else None (stored under ``$input``)."""
-    from callvault.ingest.validate import Call
-
     if isinstance(obj, Call):
         return [(name, getattr(obj, name)) for name in _CALL_FIELDS]
     if isinstance(obj, Mapping):

@@ -48,6 +48,8 @@ from uuid import UUID
 
 from callvault.columns import WRITTEN
 from callvault.errors import InvalidSetting
+from callvault.ingest.call import Call as Call  # re-exported: the value validate() judges
+from callvault.ingest.rawform import encode
 from callvault.plan import PartitionInfo
 
 COLUMNS: tuple[str, ...] = WRITTEN  # what a producer sends, in COPY order (callvault.columns)
@@ -68,20 +70,6 @@ _UUID_TEXT = re.compile(r"(?:urn:uuid:)?(\{)?[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+)*(?(1)
 # A JSON \u0000 escape whose backslash is not itself escaped (``"\\u0000"`` is a backslash and "u0000").
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _SHOW_MAX = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One call log as an application hands it over (the seed's fields). Strings are accepted for UUIDs and
-    ISO 8601 timestamps."""
-
-    tenant_id: UUID | str
-    call_id: UUID | str
-    started_at: datetime | str
-    ended_at: datetime | str | None = None
-    duration_sec: int | None = None
-    transcript: str | None = None
-    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +491,4 @@ def raw_json(obj: object) -> str:
     ``x``; or it carries none, and ``validate`` gives its value the same verdict and row as ``x``, and the
     same reason up to the container type a reason names (a tuple reads back as a list, a mapping as a dict).
     """
-    from callvault.ingest.rawform import encode
-
     return encode(obj).text

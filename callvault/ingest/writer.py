@@ -27,8 +27,9 @@ from callvault.db import Conn, probe, resolve_dsn
 from callvault.errors import NotInitialised, WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import write_batch
+from callvault.ingest.call import Call
 from callvault.ingest.instrument import MetricsArg, WriterMetrics
-from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, Call, LiveRange, Rejected, Rules, validate
+from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 
 # ~6 MB of 1.2 KB rows: amortises COPY start-up and the commit's WAL flush, while a batch still
 # commits in well under 100 ms at COPY speed.

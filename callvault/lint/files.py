@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from callvault.errors import CallvaultError, InvalidSetting
+from callvault.lint.check import lint_sql
 
 STDIN = "-"
 MAX_NAMED = 5  # locations named in the one-line summary
@@ -107,8 +108,6 @@ def _where(findings: list[dict[str, object]]) -> str:
 
 def lint_paths(paths: Sequence[str], *, table: str = "call_logs") -> LintRun:
     """Lint each file (``-``: stdin) in order; a file that cannot be read is noted and skipped."""
-    from callvault.lint import lint_sql
-
     run = LintRun()
     for path in paths or (STDIN,):
         try:

@@ -23,7 +23,8 @@ from callvault.config import Settings, from_env
 from callvault.db import Conn
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import merge_rows
-from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, Call, LiveRange, Rejected, Row, Rules, validate
+from callvault.ingest.call import Call
+from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Row, Rules, validate
 from callvault.tenancy.session import tenant, tenant_value
 
 
