@@ -1,0 +1,253 @@
+"""Archive commands: archive (list, query, prune, policy), calls, restore, worker."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from callvault import commands, render
+from callvault.cli.base import (
+    at_option,
+    emit,
+    json_option,
+    main,
+    out,
+    parse_at,
+    parse_uuid,
+    settings_of,
+    store_option,
+    target_options,
+)
+from callvault.errors import CallvaultError, InvalidSetting
+from callvault.termprogress import terminal_progress
+
+
+@main.group(name="archive", invoke_without_command=True)
+@target_options
+@store_option
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="File format of the archived data.")  # fmt: skip
+@at_option
+@click.option("--dry-run", is_flag=True, help="List the partitions that would be archived; change nothing.")
+@click.option(
+    "--new-store",
+    is_flag=True,
+    help="Start a new store on purpose: another than earlier periods went to, or a directory not made yet.",
+)
+@json_option
+@click.pass_context
+def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, store_url: str | None, fmt: str,
+                at: str | None, dry_run: bool, new_store: bool, as_json: bool) -> None:  # fmt: skip
+    """Archive partitions past retention: detach, export, upload, verify, then drop (resumable).
+
+    Without a subcommand: run the archive. Exit 65 when a read-back did not match (nothing dropped),
+    69 when the store is unreachable (nothing detached or dropped)."""
+    if ctx.invoked_subcommand is not None:
+        misplaced = [f"--{n.replace('_', '-')}" for n in ("fmt", "at", "dry_run", "new_store")
+                     if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+        if misplaced:
+            raise InvalidSetting(
+                f"{', '.join(misplaced).replace('--fmt', '--format')} belong(s) to `callvault archive` itself, not to "
+                f"`archive {ctx.invoked_subcommand}`: put it after the subcommand if it takes it, or drop it"
+            )
+        return
+    from callvault.archive.pipeline import archive
+
+    s = settings_of(dsn, schema, table, start_embedded=not dry_run)
+    with terminal_progress() as progress:
+        rep = archive(
+            s, store_url=store_url, format=fmt, at=parse_at(at), dry_run=dry_run, progress=progress, new_store=new_store
+        )
+    if as_json:
+        emit(rep.to_dict())
+    else:
+        render.archive(out, rep)
+    if rep.failed:
+        first = rep.failed[0]
+        exc = CallvaultError(f"{len(rep.failed)} partition(s) not archived; {first.partition}: {first.error}")
+        exc.exit_code = first.exit_code  # 65: read-back mismatch, 69: store/spool unavailable
+        raise exc
+
+
+@main.command(name="calls")
+@target_options
+@store_option
+@click.option("--tenant-id", "--tenant", "tenant", required=True, metavar="UUID", help="The tenant (UUID).")
+@click.option("--since", required=True, metavar="TS", help="Window start (inclusive), ISO 8601; naive means UTC.")
+@click.option("--until", default=None, metavar="TS",
+              help="Window end (exclusive), ISO 8601; naive means UTC. Default: now.")  # fmt: skip
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Calls per page.")
+@click.option("--cursor", default=None, help="next_cursor of the previous page: print the next, older page.")
+@json_option
+def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, tenant: str, since: str,
+              until: str | None, limit: int, cursor: str | None, as_json: bool) -> None:  # fmt: skip
+    """A tenant's calls in [--since, --until), newest first, one page: attached partitions from Postgres,
+    archived weeks from the store (DuckDB), merged; each call says which tier served it.
+
+    The window is at most the hot retention wide (90 days by default). Pass the printed next cursor as
+    --cursor for the next page. Exit 2: bad input, or the window reaches archived weeks and no store is
+    configured; 69: the store cannot be read."""
+    tenant_id = parse_uuid(tenant, "--tenant-id")
+    lo = parse_at(since, "--since")
+    hi = parse_at(until, "--until")
+    assert lo is not None
+    if hi is not None and hi <= lo:
+        raise InvalidSetting(
+            f"--until {until} is not after --since {since}: the window is [since, until); pass a later --until"
+        )
+    s = settings_of(dsn, schema, table)
+    page = commands.calls(s, tenant_id, since=lo, until=hi, limit=limit, cursor=cursor, store_url=store_url)
+    if as_json:
+        emit(page.to_dict())
+    else:
+        render.calls(out, page)
+
+
+@archive_cmd.command(name="list")
+@target_options
+@store_option
+@json_option
+def archive_list(dsn: str | None, schema: str, table: str, store_url: str | None, as_json: bool) -> None:
+    """Archived periods in the store (from their manifests): rows and tenants."""
+    from callvault.archive.restore import list_archived
+
+    s = settings_of(dsn, schema, table)
+    manifests = list_archived(s, store_url)
+    rows = [
+        {"period": m.period.isoformat(), "partition": m.partition, "format": m.fmt, "rows": m.rows,
+         "tenants": len(m.tenants), "pruned_tenants": sum(1 for t in m.tenants.values() if t.pruned_at)}
+        for m in manifests
+    ]  # fmt: skip
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        out.print(f"{r['period']}  {r['partition']:28} {r['format']:7} {r['rows']:>12,} rows  {r['tenants']} tenants"
+                  + (f" ({r['pruned_tenants']} pruned)" if r["pruned_tenants"] else ""))  # fmt: skip
+    if not rows:
+        out.print("nothing archived yet")
+
+
+@archive_cmd.command(name="query")
+@target_options
+@store_option
+@click.argument("query")
+@json_option
+def archive_query(dsn: str | None, schema: str, table: str, store_url: str | None, query: str, as_json: bool) -> None:
+    """Run SQL (DuckDB) over the archive in place; the archive is the table named like the hot one.
+
+    Example: callvault archive query "SELECT count(*) FROM call_logs WHERE week = DATE '2026-08-24'"
+    """
+    from callvault.archive.reader import query as run_query
+
+    s = settings_of(dsn, schema, table)
+    result = run_query(query, settings=s, store_url=store_url)
+    rows = result.to_pylist()
+    if as_json:
+        emit(rows)
+        return
+    from rich.table import Table
+
+    t = Table(*result.column_names)
+    for r in rows:
+        t.add_row(*(str(v) for v in r.values()))
+    out.print(t)
+
+
+@archive_cmd.command(name="prune")
+@target_options
+@store_option
+@at_option
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@json_option
+def archive_prune(dsn: str | None, schema: str, table: str, store_url: str | None, at: str | None, dry_run: bool,
+                  as_json: bool) -> None:  # fmt: skip
+    """Delete archived objects past each tenant's archive retention (see `archive policy`)."""
+    from callvault.archive.prune import prune
+
+    s = settings_of(dsn, schema, table, start_embedded=not dry_run)
+    rep = prune(s, store_url=store_url, at=parse_at(at), dry_run=dry_run)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for d in rep.deleted:
+        out.print(f"{verb} tenant {d['tenant']} period {d['period']}: {d['objects']} object(s), {d['rows']:,} rows")
+    if not rep.deleted:
+        out.print("nothing past its archive retention")
+
+
+@archive_cmd.command(name="policy")
+@target_options
+@click.option("--tenant", "--tenant-id", "tenant", default=None, help="Tenant UUID; omit for the table's default.")
+@click.option("--keep", default=None, help="How long to keep archived data, e.g. '7 years', '400 days'.")
+@click.option("--clear", is_flag=True, help="Remove the policy (the tenant falls back to the default).")
+@json_option
+def archive_policy(dsn: str | None, schema: str, table: str, tenant: str | None, keep: str | None, clear: bool,
+                   as_json: bool) -> None:  # fmt: skip
+    """Show or set archive retention: a table default and per-tenant overrides (e.g. HIPAA: 7 years)."""
+
+    s = settings_of(dsn, schema, table)
+    pol = commands.archive_policy(s, keep=keep, clear=clear, tenant_id=tenant)
+    if as_json:
+        emit(pol.to_dict())
+        return
+    out.print(f"default: keep {pol.default}")
+    for t, r in pol.tenants.items():
+        out.print(f"{t}: keep {r}")
+
+
+@main.command(name="restore")
+@target_options
+@store_option
+@click.option("--week", "--period", "period", required=True, metavar="DATE",
+              help="Any date inside the archived partition, e.g. 2026-08-24.")  # fmt: skip
+@click.option("--tenant", "--tenant-id", "tenant", default=None,
+              help="Only this tenant (UUID). Default: every tenant of that period.")  # fmt: skip
+@click.option("--into", default=None, metavar="TABLE",
+              help="Target: the hot table (default; attaches the partition) or a side table name.")  # fmt: skip
+@json_option
+def restore_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, period: str, tenant: str | None,
+                into: str | None, as_json: bool) -> None:  # fmt: skip
+    """Load an archived period back, verified against its manifest (all or nothing)."""
+    from datetime import date
+
+    from callvault.archive.restore import restore
+
+    try:
+        day = date.fromisoformat(period)
+    except ValueError:
+        raise InvalidSetting(f"--week {period!r} is not a date; use YYYY-MM-DD") from None
+    s = settings_of(dsn, schema, table)
+    with terminal_progress() as progress:
+        rep = restore(s, day, tenant_id=tenant, into=into, store_url=store_url, progress=progress)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    how = "attached as a partition of" if rep.attached else "into"
+    out.print(f"restored {sum(rep.tenants.values()):,} rows of {len(rep.tenants)} tenant(s), period {rep.period}, "
+              f"{how} {rep.target} ({rep.inserted:,} inserted, {rep.already_present:,} already there); verified "
+              "against the manifest")  # fmt: skip
+
+
+@main.command(name="worker")
+@target_options
+@store_option
+@click.option("--every", default="15m", show_default=True, help="Cycle period: 30s, 15m, 1h ...")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option("--once", is_flag=True, help="Run one cycle and exit (exit 1 when it had errors).")
+@click.option("--no-prune", is_flag=True, help="Do not prune expired archive objects.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus /metrics and /healthz on this port while running (0: any free port).")  # fmt: skip
+@click.option("--metrics-host", default="", metavar="ADDR", help="Address to serve metrics on [default: all].")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for uniformity: the worker always logs JSON lines.")
+def worker_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, every: str, fmt: str, once: bool,
+               no_prune: bool, metrics_port: int | None, metrics_host: str, as_json: bool) -> None:  # fmt: skip
+    """Archive + maintain + prune every period; one instance per table; SIGTERM exits cleanly."""
+    from callvault import worker
+
+    s = settings_of(dsn, schema, table)
+    opts = worker.WorkerOptions(every_s=worker.parse_every(every), store_url=store_url, fmt=fmt, once=once,
+                                prune=not no_prune, metrics_port=metrics_port, metrics_host=metrics_host)  # fmt: skip
+    sys.exit(worker.run(s, opts))

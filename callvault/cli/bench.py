@@ -1,0 +1,174 @@
+"""The project's benchmarks (``callvault bench ...``): ratios against baselines run in the same process."""
+
+from __future__ import annotations
+
+import click
+
+from callvault import render
+from callvault.cli.base import (
+    emit,
+    err,
+    json_option,
+    main,
+    out,
+    settings_of,
+    store_option,
+    target_options,
+)
+from callvault.errors import InvalidSetting
+
+
+@main.group()
+def bench() -> None:
+    """The project's benchmarks: ratios against baselines run in the same process."""
+
+
+@bench.command(name="ingest")
+@target_options
+@click.option("--rows", default=300_000, show_default=True, help="Rows per method.")
+@click.option("--row-bytes", default=1200, show_default=True, help="Approximate bytes per row.")
+@json_option
+def bench_ingest(dsn: str | None, schema: str, table: str, rows: int, row_bytes: int, as_json: bool) -> None:
+    """Writer (sync, async) vs raw server-side COPY vs per-row INSERT (1 and 16 connections)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from callvault.bench.ingest import IngestBench
+
+    s = settings_of(dsn, schema, table)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("setup", total=rows * 2)
+
+        def progress(what: str, n: int) -> None:
+            if what.startswith("phase:"):
+                bar.update(task, description=what[6:])
+            else:
+                bar.advance(task, n)
+
+        result = IngestBench(s, rows, row_bytes, progress).run().to_dict()
+    if as_json:
+        emit(result)
+        return
+    render.bench_ingest(out, result)
+
+
+@bench.command(name="query")
+@target_options
+@click.option("--rows", default=2_000_000, show_default=True, help="Rows to load (ignored with --sizes).")
+@click.option("--sizes", default=None, help="Several sizes, e.g. 1e6,5e6,2e7: one run each, plus a plot.")
+@click.option("--plot", "plot_path", default="bench-query.png", show_default=True, help="PNG written with --sizes.")
+@json_option
+def bench_query(
+    dsn: str | None, schema: str, table: str, rows: int, sizes: str | None, plot_path: str, as_json: bool
+) -> None:
+    """Read latency (p50/p95/p99): partitioned vs flat, pinned vs date_trunc, idle vs under ingest."""
+    from callvault.bench import query as qb
+
+    try:
+        counts = [int(float(x)) for x in sizes.split(",")] if sizes else [rows]
+    except ValueError:
+        raise InvalidSetting(f"--sizes {sizes!r}: give comma-separated row counts, e.g. 1e6,5e6") from None
+    s = settings_of(dsn, schema, table)
+    results = []
+    for n in counts:
+        results.append(qb.run(s, n, progress=lambda msg: err.print(f"[dim]{msg}[/dim]")))
+    if sizes:
+        qb.plot(results, plot_path)
+        err.print(f"plot written to {plot_path}")
+    result = dict(results[-1], sizes=[{k: r[k] for k in r if k.endswith("p95_ms") or k == "rows"} for r in results])
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        if key != "sizes":
+            out.print(f"{key:34} {value}")
+
+
+@bench.command(name="replication")
+@target_options
+@click.option("--seconds", default=60.0, show_default=True, help="How long the writer ingests for each mirror.")
+@json_option
+def bench_replication(dsn: str | None, schema: str, table: str, seconds: float, as_json: bool) -> None:
+    """A mirror's lag (p50/p95/max) and apply rate while the Writer ingests at full speed; metadata and full."""
+    from callvault.bench import replication as rb
+
+    result = rb.run(settings_of(dsn, schema, table), seconds, lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for m in result["mirrors"]:
+        out.print("  ".join(f"{k}={v}" for k, v in m.items()), markup=False, soft_wrap=True)
+
+
+@bench.command(name="metrics")
+@target_options
+@click.option("--partitions", default=500, show_default=True, help="Weekly partitions in the bench table.")
+@click.option("--samples", default=50, show_default=True, type=click.IntRange(min=5), help="Timed collections.")
+@click.option("--seconds", default=8.0, show_default=True, help="Seconds of ingest with and without collections.")
+@json_option
+def bench_metrics(dsn: str | None, schema: str, table: str, partitions: int, samples: int, seconds: float,
+                  as_json: bool) -> None:  # fmt: skip
+    """One metrics collection at N partitions vs one catalog round trip; writer latency while collecting."""
+    from callvault.bench import metrics as mb
+
+    result = mb.run(
+        settings_of(dsn, schema, table), partitions, samples, lambda m: err.print(f"[dim]{m}[/dim]"), seconds
+    )
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:34} {value}")
+
+
+@bench.command(name="citus")
+@target_options
+@click.option("--citus-dsn", default=None, metavar="DSN",
+              help="The Citus coordinator [default: the `callvault dev up --citus` cluster].")  # fmt: skip
+@click.option("--rows", default=300_000, show_default=True, help="Rows loaded on each engine.")
+@json_option
+def bench_citus(dsn: str | None, schema: str, table: str, citus_dsn: str | None, rows: int, as_json: bool) -> None:
+    """Single node vs Citus, same run: partition DDL by shard count, Writer rows/s, tenant window p50/p95/p99."""
+    from callvault.bench import citus as cb
+    from callvault.embedded import CitusCluster
+
+    single = settings_of(dsn, schema, table)
+    target = citus_dsn or CitusCluster().up()
+    result = cb.run(single, single.with_(dsn=target, embedded=False), rows, lambda m: err.print(f"[dim]{m}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:34} {value}", markup=False, soft_wrap=True)
+
+
+@bench.command(name="keys")
+@target_options
+@click.option("--rows", default=1_000_000, show_default=True, help="Rows per layout.")
+@json_option
+def bench_keys(dsn: str | None, schema: str, table: str, rows: int, as_json: bool) -> None:
+    """callvault's keys vs the seed's: load rate, index size, window and call-lookup latency."""
+    from callvault.bench import keys
+
+    result = keys.run(settings_of(dsn, schema, table), rows)
+    if as_json:
+        emit(result)
+        return
+    for name, r in result["layouts"].items():
+        out.print(f"{name:14} " + "  ".join(f"{k}={v}" for k, v in r.items()))
+
+
+@bench.command(name="archive")
+@target_options
+@store_option
+@click.option("--rows", default=500_000, show_default=True, help="Rows in the archived partition.")
+@json_option
+def bench_archive(dsn: str | None, schema: str, table: str, store_url: str | None, rows: int, as_json: bool) -> None:
+    """Archive throughput vs raw COPY TO of the same partition; a writer's worst wait during detach/drop."""
+    from callvault.bench import archive as ab
+
+    result = ab.run(settings_of(dsn, schema, table), rows, store_url, lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:32} {value}")

@@ -1,0 +1,203 @@
+"""The embedded cluster (``callvault dev ...``) and the demo."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import click
+from psycopg import sql
+from rich.console import Console
+
+from callvault import bootstrap, catalog, db, demo, monitor, render, tenancy
+from callvault import maintain as maintenance
+from callvault.cli.base import (
+    emit,
+    json_option,
+    main,
+    out,
+    settings_of,
+    target_options,
+)
+from callvault.db import connect
+from callvault.embedded import Cluster
+from callvault.errors import InvalidSetting
+from callvault.plan import Interval
+
+
+@main.group()
+@click.pass_context
+def dev(ctx: click.Context) -> None:
+    """The embedded private Postgres (used when no DSN is configured)."""
+    root = ctx.find_root()
+    given = [f"--{n}" for n in ("dsn", "schema", "table")
+             if root.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]  # fmt: skip
+    if given:
+        raise InvalidSetting(
+            f"{', '.join(given)} is not used by `callvault dev`: it manages the embedded cluster itself, not a table "
+            "or another server; drop it"
+        )
+
+
+@dev.command()
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
+@click.option("--citus", "citus_", is_flag=True, help="A local Citus cluster instead: a coordinator and workers.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@json_option
+def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
+    """Create (once) and start the embedded cluster (with --citus: a coordinator and workers)."""
+    if citus_:
+        from callvault.embedded import CitusCluster
+
+        if port is not None:
+            raise InvalidSetting("--port is for the single embedded cluster; Citus nodes pick free ports")
+        lab = CitusCluster(workers=workers)
+        dsn = lab.up()
+        if as_json:
+            emit({"up": True, "dsn": dsn, "nodes": lab.status()})
+            return
+        out.print(f"Citus coordinator is up: {dsn}", soft_wrap=True)
+        for name, node in lab.status().items():
+            out.print(f"  {name}: 127.0.0.1:{node['port']}" if isinstance(node, dict) else f"  {name}")
+        out.print(f"use it with: export CALLVAULT_DSN='{dsn}'", soft_wrap=True)
+        return
+    dsn = Cluster().up(port)
+    emit({"up": True, "dsn": dsn}) if as_json else out.print(f"embedded Postgres is up: {dsn}", soft_wrap=True)
+
+
+@dev.command()
+@click.option("--citus", "citus_", is_flag=True, help="Stop the local Citus cluster instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@json_option
+def down(citus_: bool, workers: int, as_json: bool) -> None:
+    """Stop the embedded cluster."""
+    from callvault.embedded import CitusCluster
+
+    stopped = CitusCluster(workers=workers).down() if citus_ else Cluster().down()
+    emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
+
+
+@dev.command(name="status")
+@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's nodes instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@json_option
+def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
+    """Where the embedded cluster lives and whether it runs."""
+    if citus_:
+        from callvault.embedded import CitusCluster
+
+        nodes = CitusCluster(workers=workers).status()
+        if as_json:
+            emit(nodes)
+            return
+        for name, node in nodes.items():
+            assert isinstance(node, dict)
+            state = "running" if node["running"] else "stopped"
+            out.print(f"{name:12} {state:8} port {node['port']}  {node['home']}", soft_wrap=True)
+        return
+    from callvault.embedded import CitusCluster
+
+    st = Cluster().status()
+    citus = {n: v for n, v in CitusCluster(workers=workers).status().items() if isinstance(v, dict) and v["running"]}
+    if as_json:
+        emit({**st.__dict__, "citus_running": sorted(citus)})
+        return
+    for key, value in st.__dict__.items():
+        out.print(f"{key:12} {value}")
+    if citus:
+        out.print(f"{'citus':12} running: {', '.join(sorted(citus))} (`callvault dev status --citus`)")
+
+
+@dev.command()
+@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's coordinator instead.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@json_option
+def url(citus_: bool, workers: int, as_json: bool) -> None:
+    """Print the embedded cluster's DSN (starting it if needed; with --citus the coordinator's)."""
+    from callvault.embedded import CitusCluster
+
+    dsn = CitusCluster(workers=workers).up() if citus_ else Cluster().up()
+    emit({"dsn": dsn}) if as_json else click.echo(dsn)
+
+
+@dev.group(name="replica")
+def dev_replica() -> None:
+    """A streaming hot standby of the embedded cluster (read-only; for read replicas)."""
+
+
+@dev_replica.command(name="up")
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
+@json_option
+def replica_up(port: int | None, as_json: bool) -> None:
+    """Create (once, pg_basebackup) and start the standby; the primary is started first if needed."""
+    dsn = Cluster().replica_up(port)
+    emit({"up": True, "dsn": dsn}) if as_json else out.print(f"embedded standby is up: {dsn}", soft_wrap=True)
+
+
+@dev_replica.command(name="down")
+@json_option
+def replica_down(as_json: bool) -> None:
+    """Stop the standby."""
+    stopped = Cluster().replica_down()
+    emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
+
+
+@dev_replica.command(name="url")
+@json_option
+def replica_url(as_json: bool) -> None:
+    """Print the standby's DSN (creating and starting it if needed)."""
+    dsn = Cluster().replica_up()
+    emit({"dsn": dsn}) if as_json else click.echo(dsn)
+
+
+@main.command(name="demo")
+@target_options
+@click.option("--calls", default=5000, show_default=True, help="Synthetic calls to write.")
+@json_option
+def demo_cmd(dsn: str | None, schema: str, table: str, calls: int, as_json: bool) -> None:
+    """init, write synthetic calls (13 weeks back, 1 ahead), maintain, status and a pruned EXPLAIN."""
+    import io
+
+    from callvault.query import explain_window
+
+    console = Console(file=io.StringIO()) if as_json else out  # --json: one document at the end
+
+    s = settings_of(dsn, schema, table)
+    with connect(s) as conn:
+        report = bootstrap.init(conn, s, roles=True)
+        console.rule("init --roles")
+        console.print("initialised" if report.changed else f"{s.qualified} already initialised")
+        seeded = demo.seed(conn, s, calls)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(s.schema, s.table)))
+        conn.commit()
+        console.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
+                  f"{seeded.last:%Y-%m-%d}")  # fmt: skip
+    console.rule("maintain")
+    maintained = maintenance.maintain(s)
+    render.maintenance(console, maintained)
+    with connect(s) as conn:
+        console.rule("status")
+        status = monitor.collect(conn, s)
+        render.status(console, status)
+        now = db.server_now(conn)
+        since = Interval.DAILY.floor(now - timedelta(days=7))
+        lines, scanned = explain_window(conn, s, seeded.tenants[0], since, now)
+        total = len([r for r in catalog.list_partitions(conn, s)])
+    console.rule("EXPLAIN: one tenant's last 7 days")
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    console.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
+    with connect(s) as conn:
+        iso = demo.isolation(conn, s, seeded.tenants[0])
+        audit = tenancy.audit(conn, s)
+    console.rule(f"tenant isolation: reading as {iso.role}")
+    console.print(f"no tenant set: {iso.no_tenant} rows (of {iso.total:,}); tenant {seeded.tenants[0]} set: "
+                  f"{iso.own:,} rows, {iso.tenants_seen} tenant; partition {iso.partition} by name: "
+                  f"{'permission denied' if iso.partition_denied else 'READABLE'}")  # fmt: skip
+    render.audit(console, audit)
+    if as_json:
+        emit({"table": s.qualified, "calls": seeded.rows, "tenants": [str(t) for t in seeded.tenants],
+              "maintain": maintained.to_dict(), "status": status.to_dict(),
+              "explain": {"partitions_scanned": scanned, "partitions_total": total},
+              "isolation": {"role": iso.role, "rows_without_tenant": iso.no_tenant, "rows_own_tenant": iso.own,
+                            "tenants_seen": iso.tenants_seen, "partition_by_name_denied": iso.partition_denied},
+              "audit": audit.to_dict()})  # fmt: skip
