@@ -14,11 +14,9 @@ password authentication; ``dsn()`` gives a URL any client can use.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pwd
-import re
 import secrets
 import shutil
 import socket
@@ -32,9 +30,14 @@ import psycopg
 from psycopg import sql
 
 from callvault import _pgbin, config
+from callvault.binaries import RESTART_FIX as RESTART_FIX
+from callvault.binaries import ServerBinary as ServerBinary
+from callvault.binaries import installed_version as installed_version
+from callvault.binaries import running_binary as running_binary
+from callvault.binaries import stale_verdict as stale_verdict
+from callvault.binaries import version_tuple as version_tuple
 from callvault.config import default_home
-from callvault.engines import citus_available, citus_missing_reason
-from callvault.errors import EmbeddedError, ExtensionMissing
+from callvault.errors import EmbeddedError
 
 SUPERUSER = "callvault"
 DATABASE = "callvault"
@@ -95,96 +98,6 @@ class ClusterStatus:
     # "running", "stopped", "not initialised", or, when the binaries were replaced under the running
     # server, "running, but on binaries older than the installed PostgreSQL X.Y: restart it with ..."
     state: str = "stopped"
-
-
-RESTART_FIX = "restart it with `callvault dev down && callvault dev up`"
-
-
-@dataclass(frozen=True)
-class ServerBinary:
-    """What the running postmaster executes, as /proc shows it."""
-
-    pid: int
-    exe: str  # readlink of /proc/<pid>/exe; ends in " (deleted)" once a package upgrade replaced the file
-    file_id: tuple[int, int] | None  # (st_dev, st_ino) of the image it runs (readable even when deleted)
-
-
-def running_binary(pid: int) -> ServerBinary | None:
-    """The executable of process ``pid``, or None when /proc does not show it (no such process, no
-    permission: only the server's OS user and root may look)."""
-    proc = Path(f"/proc/{pid}/exe")
-    try:
-        exe = os.readlink(proc)
-    except OSError:
-        return None
-    try:
-        st = os.stat(proc)
-        file_id: tuple[int, int] | None = (st.st_dev, st.st_ino)
-    except OSError:
-        file_id = None
-    return ServerBinary(pid=pid, exe=exe, file_id=file_id)
-
-
-def version_tuple(text: str | None) -> tuple[int, ...] | None:
-    """``"15.18 (Debian 15.18-0+deb12u1)"`` / ``"postgres (PostgreSQL) 15.18"`` -> ``(15, 18)`` (pure)."""
-    match = re.search(r"(\d+)(?:\.(\d+))?", text or "")
-    if match is None:
-        return None
-    return tuple(int(g) for g in match.groups() if g is not None)
-
-
-def installed_version(postgres: Path) -> str | None:
-    """``X.Y`` of the installed server binary (``postgres --version``), None when it does not run."""
-    try:
-        st = os.stat(postgres)
-    except OSError:
-        return None
-    return _version_of(str(postgres), st.st_dev, st.st_ino, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _version_of(postgres: str, _dev: int, _ino: int, _mtime_ns: int) -> str | None:
-    """Cached per file identity: health and status ask on every run; an upgrade makes a new file."""
-    try:
-        out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"\) (\d+(?:\.\d+)*)", out.stdout)
-    return match.group(1) if out.returncode == 0 and match else None
-
-
-def stale_verdict(
-    running: ServerBinary | None,
-    installed_path: str,
-    installed_id: tuple[int, int] | None,
-    installed_ver: str | None,
-    running_ver: str | None = None,
-) -> str | None:
-    """Why a running server needs a restart to match the installed binaries, or None (pure).
-
-    Stale when the file it runs was deleted or replaced (a package upgrade renames the new binary over
-    the old one: /proc shows ``(deleted)``, the inode differs from the installed file's), or when the
-    server reports another version than the installed binary (``running_ver``, from ``server_version``).
-    Such a server loads the *new* extension libraries into the *old* executable: "undefined symbol".
-    """
-    if installed_id is None:
-        return (
-            f"running, but the installed PostgreSQL binaries are gone ({installed_path} is missing): reinstall "
-            f"PostgreSQL (or set CALLVAULT_PG_BIN), then {RESTART_FIX}"
-        )
-    reasons = []
-    if running is not None and running.exe.endswith(" (deleted)"):
-        reasons.append(f"{running.exe.removesuffix(' (deleted)')} was replaced on disk after the server started")
-    elif running is not None and running.file_id is not None and running.file_id != installed_id:
-        reasons.append(f"it runs {running.exe}, not the installed {installed_path}")
-    have, want = version_tuple(running_ver), version_tuple(installed_ver)
-    if running_ver and have is not None and want is not None and have != want:
-        reasons.append(f"the server reports PostgreSQL {running_ver.split()[0]}")
-    if not reasons:
-        return None
-    installed = f"PostgreSQL {installed_ver}" if installed_ver else f"PostgreSQL at {installed_path}"
-    age = "newer" if have is not None and want is not None and have > want else "older"
-    return f"running, but on binaries {age} than the installed {installed}: {RESTART_FIX} ({'; '.join(reasons)})"
 
 
 def _port_free(port: int) -> bool:
@@ -569,11 +482,6 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def default_dsn() -> str:
-    """DSN of the embedded default cluster, creating and starting it when needed."""
-    return Cluster().up()
-
-
 def restart_needed(conn: psycopg.Connection[Any]) -> str | None:
     """When ``conn`` is on the embedded cluster (``$CALLVAULT_HOME``) and that server runs binaries other
     than the installed ones: the one-line reason with the fix (``running, but on binaries older than
@@ -593,165 +501,3 @@ def require_current_binaries(conn: psycopg.Connection[Any], what: str) -> None:
     reason = restart_needed(conn)
     if reason is not None:
         raise EmbeddedError(f"{what}: the embedded Postgres at {Cluster().home} is {reason}")
-
-
-# -- a local Citus cluster: a coordinator and workers, each an embedded cluster -----------------------------
-
-CITUS_SETTINGS: dict[str, str] = {
-    "shared_buffers": "'256MB'",  # three servers on one box
-    "max_connections": "200",  # the coordinator's connections to the workers count on both sides
-    "max_worker_processes": "16",  # Citus' maintenance daemon per database, beside pg_cron
-    "citus.enable_statistics_collection": "off",
-    # node to node on loopback: no TLS (the server's libpq would otherwise look for a client certificate
-    # in the invoking user's home, which the server's OS user may not read)
-    "citus.node_conninfo": "'sslmode=disable'",
-}
-
-
-@functools.lru_cache(maxsize=8)
-def _has_setting(postgres: str, name: str) -> bool:
-    """Whether the server binary knows a setting (a name it does not know in a config file is fatal)."""
-    try:
-        return name.encode() in Path(postgres).read_bytes()
-    except OSError:
-        return False
-
-
-class CitusCluster:
-    """A local Citus cluster under ``<home>/citus``: a coordinator and ``workers`` workers on 127.0.0.1,
-    each a :class:`Cluster` with ``shared_preload_libraries = 'citus,...'`` and the coordinator's
-    superuser password (the coordinator reaches the workers with it, through ``pg_dist_authinfo``).
-    ``callvault dev up --citus`` starts it; tests use it with their own home."""
-
-    def __init__(
-        self,
-        home: Path | None = None,
-        *,
-        workers: int = 2,
-        env: dict[str, str | None] | None = None,
-        settings: dict[str, str] | None = None,
-    ) -> None:
-        self.extra_settings = settings or {}
-        if workers < 1:
-            raise EmbeddedError(f"--workers {workers}: a Citus cluster needs at least one worker")
-        self.home = ((home or default_home()) / "citus").absolute()
-        self.env = env
-        self.workers_wanted = workers
-        self.coordinator = self._node("coordinator", None)
-
-    def _settings(self) -> dict[str, str]:
-        bindir = _pgbin.find_bindir()
-        cron = (bindir.parent / "lib" / "pg_cron.so").exists()
-        preload = "'citus,pg_cron'" if cron else "'citus'"
-        extra = {}
-        if _has_setting(str(bindir / "postgres"), "output_plugin_libraries"):
-            # servers that restrict logical decoding plugins: Citus' shard moves, tenant isolation and
-            # change data capture decode with its own plugin
-            extra["output_plugin_libraries"] = "'pgoutput, test_decoding, citus'"
-        return {**CITUS_SETTINGS, "shared_preload_libraries": preload, **extra, **self.extra_settings}
-
-    def _node(self, name: str, password: str | None) -> Cluster:
-        return Cluster(self.home / name, settings=self._settings(), env=self.env, password=password)
-
-    def worker_nodes(self) -> list[Cluster]:
-        """The workers (their clusters; they may not exist yet)."""
-        state = self.coordinator._state()
-        password = state.password if state else None
-        return [self._node(f"worker{i}", password) for i in range(1, self.workers_wanted + 1)]
-
-    def up(self) -> str:
-        """Create (once) and start every node, create the citus extension in the database on each, register
-        the workers with the coordinator (again when a port moved); return the coordinator's DSN.
-
-        :raises ExtensionMissing: Citus is not installed for these server binaries (exit code 69).
-        :raises EmbeddedError: a node did not start (exit code 70)."""
-        if not citus_available():
-            raise ExtensionMissing(f"--citus: {citus_missing_reason()}; nothing was started")
-        dsn = self.coordinator.up()
-        for worker in self.worker_nodes():
-            worker.up()
-            self._trust_loopback(worker)
-        self.register()
-        return dsn
-
-    TRUST = "host all all 127.0.0.1/32 trust  # callvault: the coordinator's connections as each role\n"
-
-    def _trust_loopback(self, worker: Cluster) -> None:
-        """Workers accept loopback connections without a password: the coordinator connects to them as
-        whichever role runs a query (the ingest role, the app role...), whose password only the
-        coordinator checks. A local development cluster only (workers listen on 127.0.0.1); in
-        production use pg_dist_authinfo or certificates (docs/scaling.md)."""
-        state = worker._state()
-        assert state is not None
-        hba = worker.data_dir(state.major) / "pg_hba.conf"
-        text = hba.read_text()
-        if self.TRUST in text:
-            return
-        st = hba.stat()
-        hba.write_text(self.TRUST + text)
-        os.chown(hba, st.st_uid, st.st_gid)
-        worker._pg_ctl(state, "reload")
-
-    def down(self) -> bool:
-        """Stop every node; False when none was running."""
-        stopped = [w.down() for w in self.worker_nodes()]
-        return self.coordinator.down() or any(stopped)
-
-    def database(self, name: str, template: str | None = None) -> str:
-        """Create database ``name`` on every node (from ``template``), with Citus and the workers registered
-        in it (Citus' metadata is per database); return its DSN on the coordinator."""
-        for node in [self.coordinator, *self.worker_nodes()]:
-            with psycopg.connect(node.dsn("postgres"), autocommit=True) as conn:
-                if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                    stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                    if template:
-                        stmt = sql.SQL("{} TEMPLATE {}").format(stmt, sql.Identifier(template))
-                    conn.execute(stmt)
-        self.register(name)
-        return self.coordinator.dsn(name)
-
-    def drop_database(self, name: str) -> None:
-        """Drop database ``name`` on every node."""
-        for node in [self.coordinator, *self.worker_nodes()]:
-            with psycopg.connect(node.dsn("postgres"), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    def register(self, database: str | None = None) -> None:
-        """In ``database`` (default the cluster's): citus on every node, the coordinator's host, every
-        worker added (or moved to its current port)."""
-        state = self.coordinator._state()
-        assert state is not None
-        db_name = database or state.database
-        workers = self.worker_nodes()
-        auth = f"password={state.password}"
-        for node in [*workers, self.coordinator]:
-            with psycopg.connect(node.dsn(db_name), autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS citus")
-                conn.execute(
-                    "INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) SELECT 0, current_user, %s "
-                    "WHERE NOT EXISTS (SELECT 1 FROM pg_dist_authinfo WHERE nodeid = 0 AND rolename = current_user)",
-                    (auth,),
-                )
-        with psycopg.connect(self.coordinator.dsn(db_name), autocommit=True) as conn:
-            conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (state.port,))
-            ports = [w._state().port for w in workers if w._state() is not None]  # type: ignore[union-attr]
-            known = {
-                int(p): int(n) for n, p in conn.execute("SELECT nodeid, nodeport FROM pg_dist_node WHERE groupid <> 0")
-            }
-            stale = [n for p, n in known.items() if p not in ports]  # a worker that came back on another port
-            for port in ports:
-                if port in known:
-                    continue
-                if stale:
-                    conn.execute("SELECT citus_update_node(%s, '127.0.0.1', %s)", (stale.pop(0), port))
-                else:
-                    conn.execute("SELECT citus_add_node('127.0.0.1', %s)", (port,))
-
-    def status(self) -> dict[str, object]:
-        """Each node: where it lives, its port, whether it runs."""
-        out: dict[str, object] = {}
-        for node in [self.coordinator, *self.worker_nodes()]:
-            st = node._state()
-            out[node.home.name] = {"home": str(node.home), "port": st.port if st else None,
-                                   "running": bool(st and node._running(st))}  # fmt: skip
-        return out

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
+from callvault.citus_cluster import CitusCluster
 from callvault.config import Settings
-from callvault.embedded import CitusCluster, Cluster
+from callvault.embedded import Cluster
 from callvault.engines import citus_available, citus_missing_reason, partman5_missing_reason, partman_latest, summary
 from tests.clock import FakeClock
 
@@ -155,7 +156,7 @@ def pytest_report_header() -> str:
 
 
 # Test modules whose database tests run on both engines: single-node PostgreSQL and a local Citus
-# cluster (a coordinator and two workers, built by callvault.embedded.CitusCluster). Their `dsn` is
+# cluster (a coordinator and two workers, built by callvault.citus_cluster.CitusCluster). Their `dsn` is
 # parametrized by `engine`; `callvault init` distributes the table on Citus by itself.
 BOTH_ENGINES = {"test_citus", "test_query", "test_tenancy", "test_ingest", "test_maintain", "test_archive"}
 

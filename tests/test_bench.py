@@ -75,7 +75,7 @@ def test_bench_metrics_reports_every_field(dsn: str) -> None:
 
 
 def test_bench_citus_reports_both_engines(dsn: str, citus_cluster: object) -> None:
-    from callvault.embedded import CitusCluster
+    from callvault.citus_cluster import CitusCluster
 
     assert isinstance(citus_cluster, CitusCluster)
     name = f"cv_bench_citus_{id(citus_cluster)}"

@@ -129,7 +129,7 @@ def bench_metrics(dsn: str | None, schema: str, table: str, partitions: int, sam
 def bench_citus(dsn: str | None, schema: str, table: str, citus_dsn: str | None, rows: int, as_json: bool) -> None:
     """Single node vs Citus, same run: partition DDL by shard count, Writer rows/s, tenant window p50/p95/p99."""
     from callvault.bench import citus as cb
-    from callvault.embedded import CitusCluster
+    from callvault.citus_cluster import CitusCluster
 
     single = settings_of(dsn, schema, table)
     target = citus_dsn or CitusCluster().up()

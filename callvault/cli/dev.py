@@ -46,7 +46,7 @@ def dev(ctx: click.Context) -> None:
 def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
     """Create (once) and start the embedded cluster (with --citus: a coordinator and workers)."""
     if citus_:
-        from callvault.embedded import CitusCluster
+        from callvault.citus_cluster import CitusCluster
 
         if port is not None:
             raise InvalidSetting("--port is for the single embedded cluster; Citus nodes pick free ports")
@@ -70,7 +70,7 @@ def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
 @json_option
 def down(citus_: bool, workers: int, as_json: bool) -> None:
     """Stop the embedded cluster."""
-    from callvault.embedded import CitusCluster
+    from callvault.citus_cluster import CitusCluster
 
     stopped = CitusCluster(workers=workers).down() if citus_ else Cluster().down()
     emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
@@ -83,7 +83,7 @@ def down(citus_: bool, workers: int, as_json: bool) -> None:
 def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
     """Where the embedded cluster lives and whether it runs."""
     if citus_:
-        from callvault.embedded import CitusCluster
+        from callvault.citus_cluster import CitusCluster
 
         nodes = CitusCluster(workers=workers).status()
         if as_json:
@@ -94,7 +94,7 @@ def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
             state = "running" if node["running"] else "stopped"
             out.print(f"{name:12} {state:8} port {node['port']}  {node['home']}", soft_wrap=True)
         return
-    from callvault.embedded import CitusCluster
+    from callvault.citus_cluster import CitusCluster
 
     st = Cluster().status()
     citus = {n: v for n, v in CitusCluster(workers=workers).status().items() if isinstance(v, dict) and v["running"]}
@@ -113,7 +113,7 @@ def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
 @json_option
 def url(citus_: bool, workers: int, as_json: bool) -> None:
     """Print the embedded cluster's DSN (starting it if needed; with --citus the coordinator's)."""
-    from callvault.embedded import CitusCluster
+    from callvault.citus_cluster import CitusCluster
 
     dsn = CitusCluster(workers=workers).up() if citus_ else Cluster().up()
     emit({"dsn": dsn}) if as_json else click.echo(dsn)
