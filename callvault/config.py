@@ -223,6 +223,30 @@ def redact(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
 
 
+def describe_dsn(dsn: str) -> str:
+    """The DSN as ``key=value`` words without its password, for messages."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        return "<unparsable DSN>"
+    info.pop("password", None)
+    info.pop("sslpassword", None)
+    return " ".join(f"{k}={v}" for k, v in info.items())
+
+
+def conninfo_without_secrets(dsn: str) -> str:
+    """The DSN as a connection string without its password (what the primary records of a target)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    info = conninfo_to_dict(dsn)
+    info.pop("password", None)
+    info.pop("sslpassword", None)
+    return make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
 def default_home() -> Path:
     """Where the embedded cluster lives: ``$CALLVAULT_HOME``, else ``/var/lib/callvault`` for root, else
     ``$XDG_DATA_HOME/callvault`` (default ``~/.local/share/callvault``)."""

@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from psycopg import sql
 
-from callvault import catalog, history, monitor, slot_health
+from callvault import catalog, history, monitor, replication_state
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import InvalidSetting
@@ -275,7 +275,7 @@ def families(snap: Snapshot) -> list[Metric]:
 
     # replication
     gauge("callvault_replication_slot_wal_limit_bytes", "WAL a callvault slot may retain before health fails.",
-          slot_health.slot_wal_limit())  # fmt: skip
+          replication_state.slot_wal_limit())  # fmt: skip
     for s in st.replication_slots:
         slot = str(s["slot"])
         gauge("callvault_replication_slot_active", "1 when the slot's subscriber is connected.",

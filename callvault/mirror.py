@@ -40,31 +40,69 @@ cannot reach the target.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from callvault import bootstrap, catalog, partman
 from callvault.config import Settings
+from callvault.config import conninfo_without_secrets as _without_secrets
+from callvault.config import describe_dsn as _safe
 from callvault.db import Conn, connect, resolve_dsn
 from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting
 from callvault.publication import PublicationSpec, parse_columns, parse_tenants, publish, require_logical
+from callvault.replication_state import (
+    PREFIX as PREFIX,
+)
+from callvault.replication_state import (
+    RECORD_TAG as RECORD_TAG,
+)
+from callvault.replication_state import (
+    SLOTS_SQL as SLOTS_SQL,
+)
+from callvault.replication_state import (
+    SUBSCRIPTION_TABLES_SQL as SUBSCRIPTION_TABLES_SQL,
+)
+from callvault.replication_state import (
+    SYNC_SLOT as SYNC_SLOT,
+)
+from callvault.replication_state import (
+    SYNC_SLOTS_SQL as SYNC_SLOTS_SQL,
+)
+from callvault.replication_state import (
+    SYNC_STATES as SYNC_STATES,
+)
+from callvault.replication_state import (
+    MirrorRecord as MirrorRecord,
+)
+from callvault.replication_state import (
+    SlotState as SlotState,
+)
+from callvault.replication_state import (
+    SyncSlot as SyncSlot,
+)
+from callvault.replication_state import (
+    _identity,
+)
+from callvault.replication_state import (
+    mirror_name as mirror_name,
+)
+from callvault.replication_state import (
+    records as records,
+)
+from callvault.replication_state import (
+    slots as slots,
+)
+from callvault.replication_state import (
+    subscription_tables as subscription_tables,
+)
+from callvault.replication_state import (
+    sync_slots as sync_slots,
+)
 
-PREFIX = "callvault_mirror_"
-# a table's initial copy makes this slot on the primary (PostgreSQL 15: ReplicationSlotNameForTablesync):
-# the subscription's oid, the target table's oid, the target cluster's system identifier
-SYNC_SLOT = re.compile(r"pg_(\d+)_sync_(\d+)_(\d+)")
-RECORD_TAG = "callvault mirror "  # the publication's comment: this, then the record as JSON
-# pg_subscription_rel.srsubstate
-SYNC_STATES = {"i": "waiting for its initial copy", "d": "copying its initial data", "f": "finishing its copy",
-               "s": "catching up after its copy", "r": "ready"}  # fmt: skip
 COUNT_CAP = 1_000_000  # rows counted in a non-empty target table before "more than"
 
 
@@ -73,18 +111,6 @@ class TargetNotEmpty(CallvaultError):
     fail on duplicate keys and retry forever. Nothing was made; ``--truncate-target`` empties it first."""
 
     exit_code = 65  # EX_DATAERR, as a table of another shape
-
-
-def mirror_name(name: str | None, target_dsn: str) -> str:
-    """``callvault_mirror_<name>``; default ``<target database>_<8 hex of the target>``. Lower-case
-    letters, digits and ``_`` only (it names a slot, which allows nothing else)."""
-    if name is None:
-        info = conninfo_to_dict(target_dsn)
-        db = re.sub(r"[^a-z0-9_]", "_", str(info.get("dbname") or "db").lower())[:20]
-        name = f"{db}_{hashlib.sha256(target_dsn.encode()).hexdigest()[:8]}"
-    if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
-        raise InvalidSetting(f"--name {name!r}: use 1 to 40 lower-case letters, digits or _ (it names a slot)")
-    return PREFIX + name
 
 
 def _connect_target(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
@@ -96,31 +122,6 @@ def _connect_target(dsn: str) -> psycopg.Connection[tuple[Any, ...]]:
         ) from exc
     conn.execute("SET timezone TO 'UTC'")
     return conn
-
-
-def _safe(dsn: str) -> str:
-    """The DSN without its password, for messages."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable DSN>"
-    info.pop("password", None)
-    info.pop("sslpassword", None)
-    return " ".join(f"{k}={v}" for k, v in info.items())
-
-
-def _without_secrets(dsn: str) -> str:
-    """The DSN as a connection string without its password (what the primary records of a target)."""
-    info = conninfo_to_dict(dsn)
-    info.pop("password", None)
-    info.pop("sslpassword", None)
-    return make_conninfo(**{k: str(v) for k, v in info.items()})
-
-
-def _identity(conn: Conn) -> tuple[int, str]:
-    row = conn.execute("SELECT system_identifier, current_database() FROM pg_control_system()").fetchone()
-    assert row is not None
-    return int(row[0]), str(row[1])
 
 
 @dataclass
@@ -284,49 +285,6 @@ def _record(prim: Conn, tgt: Conn, full: str, target_dsn: str) -> None:
             sql.Identifier(full), sql.Literal(RECORD_TAG + json.dumps(record, sort_keys=True))
         )
     )
-
-
-@dataclass(frozen=True)
-class MirrorRecord:
-    """What the primary knows of one of its mirrors (its publication's comment; ``None``: not recorded,
-    e.g. a mirror made by an older callvault)."""
-
-    name: str
-    target: str | None = None  # the target's DSN without its password
-    subscription_oid: int | None = None
-    target_system_identifier: int | None = None
-
-    def owns(self, slot: SyncSlot) -> bool:
-        """Whether ``slot`` is a tablesync slot of this mirror's subscription."""
-        return (
-            self.subscription_oid is not None
-            and slot.subscription_oid == self.subscription_oid
-            and self.target_system_identifier in (None, slot.system_identifier)
-        )
-
-
-def records(prim: Conn) -> dict[str, MirrorRecord]:
-    """Every callvault mirror publication on this (primary) database, with its record."""
-    out = {}
-    for name, comment in prim.execute(
-        "SELECT pubname, obj_description(oid, 'pg_publication') FROM pg_publication "
-        "WHERE pubname LIKE 'callvault\\_mirror\\_%' ORDER BY 1"
-    ):
-        data: dict[str, Any] = {}
-        if isinstance(comment, str) and comment.startswith(RECORD_TAG):
-            try:
-                loaded = json.loads(comment[len(RECORD_TAG) :])
-                data = loaded if isinstance(loaded, dict) else {}
-            except ValueError:
-                data = {}
-        oid, sysid = data.get("subscription_oid"), data.get("target_system_identifier")
-        out[str(name)] = MirrorRecord(
-            str(name),
-            str(data["target"]) if isinstance(data.get("target"), str) else None,
-            int(oid) if isinstance(oid, int) else None,
-            int(sysid) if isinstance(sysid, str) and sysid.isdigit() else None,
-        )
-    return out
 
 
 def _require_rights(prim: Conn, tgt: Conn, settings: Settings) -> None:
@@ -528,115 +486,13 @@ def drop(settings: Settings, name: str, *, target_dsn: str | None = None, force:
     return report
 
 
-@dataclass(frozen=True)
-class SyncSlot:
-    """A tablesync slot on the primary (``pg_<suboid>_sync_<relid>_<sysid>``): a subscription's initial copy
-    of one table makes it and drops it once the table is ready; one that stays means a copy not finished
-    (still running, or failing and retrying) or abandoned (its subscription was dropped while copying)."""
-
-    name: str
-    active: bool
-    retained_bytes: int | None
-    subscription_oid: int
-    relid: int
-    system_identifier: int
-    mirror: str | None = None  # the live callvault mirror whose subscription made it, when known
-    # else: the live mirrors that may have (made by an older callvault, which did not record the oid)
-    maybe: tuple[str, ...] = ()
-    orphan: bool = False  # its target was reached and has no such subscription any more
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready."""
-        return {"slot": self.name, "active": self.active, "wal_retained_bytes": self.retained_bytes,
-                "subscription_oid": self.subscription_oid, "target_system_identifier": str(self.system_identifier),
-                "mirror": self.mirror, "maybe_mirrors": list(self.maybe), "orphan": self.orphan}  # fmt: skip
-
-
-SYNC_SLOTS_SQL = """
-SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-FROM pg_replication_slots
-WHERE slot_name LIKE 'pg\\_%\\_sync\\_%' AND slot_type = 'logical' AND database = current_database()
-ORDER BY slot_name
-"""
-
-
-def sync_slots(conn: Conn, known: dict[str, MirrorRecord] | None = None) -> list[SyncSlot]:
-    """The tablesync slots of this (primary) database, each with the mirror that owns it when ``known``
-    (:func:`records`) says so."""
-    out = []
-    unrecorded = tuple(r.name for r in (known or {}).values() if r.subscription_oid is None)
-    for name, active, retained in conn.execute(SYNC_SLOTS_SQL):
-        m = SYNC_SLOT.fullmatch(str(name))
-        if m is None:
-            continue
-        slot = SyncSlot(str(name), bool(active), retained, int(m[1]), int(m[2]), int(m[3]))
-        owner = next((r.name for r in (known or {}).values() if r.owns(slot)), None)
-        out.append(replace(slot, mirror=owner, maybe=() if owner else unrecorded))
-    return out
-
-
-SUBSCRIPTION_TABLES_SQL = """
-SELECT s.subname, r.srrelid::regclass::text, r.srsubstate::text
-FROM pg_subscription s JOIN pg_subscription_rel r ON r.srsubid = s.oid
-WHERE s.subname LIKE 'callvault\\_mirror\\_%'
-  AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-ORDER BY 1, 2
-"""
-
-
-def subscription_tables(conn: Conn) -> list[dict[str, object]]:
-    """The tables of this (target) database's callvault subscriptions and their state in
-    ``pg_subscription_rel`` (``r`` is ready; anything else: its initial copy has not finished)."""
-    return [
-        {"subscription": sub, "table": table, "state": st, "ready": st == "r", "meaning": SYNC_STATES.get(st, st)}
-        for sub, table, st in conn.execute(SUBSCRIPTION_TABLES_SQL)
-    ]
-
-
-@dataclass
-class SlotState:
-    """One callvault replication slot on the primary."""
-
-    name: str
-    active: bool
-    lag_bytes: int | None
-    retained_bytes: int | None
-    lag_seconds: float | None
-    inactive_since: datetime | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready."""
-        return {"slot": self.name, "active": self.active, "lag_bytes": self.lag_bytes,
-                "wal_retained_bytes": self.retained_bytes, "lag_seconds": self.lag_seconds,
-                "inactive_since": self.inactive_since.isoformat() if self.inactive_since else None}  # fmt: skip
-
-
-SLOTS_SQL = """
-SELECT s.slot_name, s.active,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
-       extract(epoch FROM coalesce(r.replay_lag, r.flush_lag, r.write_lag))::float8
-FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
-WHERE s.slot_name LIKE 'callvault\\_mirror\\_%' ORDER BY s.slot_name
-"""
-
-
-def slots(conn: Conn) -> list[SlotState]:
-    """callvault's replication slots on this (primary) server, with lag and WAL retained."""
-    # pg_stat_replication's lag columns are NULL once a subscriber has caught up: 0 s when nothing is pending
-    return [
-        SlotState(str(n), bool(a), lag, ret, 0.0 if secs is None and a and lag == 0 else secs)
-        for n, a, lag, ret, secs in conn.execute(SLOTS_SQL)
-    ]
-
-
 def status(settings: Settings, target_dsn: str | None = None) -> dict[str, object]:
     """Every callvault mirror of this primary (slots, lag, WAL retained; tablesync slots left by initial
     copies) and, with ``target_dsn``, the target's side: subscription state, each table's sync state,
     last message, rows mirrored, rows in its default partition. ``problems`` (``healthy`` when none):
     the verdicts ``health`` gives, plus, with the target, its tables not ready and tablesync slots of
     subscriptions it no longer has."""
-    from callvault.slot_health import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
+    from callvault.replication_state import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
 
     limit = slot_wal_limit()
     with connect(settings, autocommit=True) as prim:

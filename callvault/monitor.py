@@ -16,7 +16,7 @@ from callvault.errors import EmbeddedError, NotInitialised
 from callvault.history import last_run
 from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
-from callvault.slot_health import (
+from callvault.replication_state import (
     mirror_table_problems,
     slot_problems,
     slot_wal_limit,
@@ -248,7 +248,7 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     findings = tenancy.audit(conn, settings).findings
     status.isolation_leaks = [f.problem for f in findings if f.severity == LEAK]
     status.isolation_findings = {sev: sum(1 for f in findings if f.severity == sev) for sev in (LEAK, ERROR, WARNING)}
-    from callvault.mirror import records, slots, subscription_tables, sync_slots
+    from callvault.replication_state import records, slots, subscription_tables, sync_slots
 
     status.replication_slots = [s.to_dict() for s in slots(conn)]
     status.tablesync_slots = [s.to_dict() for s in sync_slots(conn, records(conn))]
