@@ -194,7 +194,7 @@ def _recent(r: _Base, tenant_id: UUID | str, since: datetime | None, until: date
     since, until, who = params["since"], params["until"], params["tenant"]
 
     def after(rows: list[Any], attached: list[Range]) -> Callable[[], Any] | None:
-        from callvault.archive import reader as archive
+        from callvault.archive import tier as archive
 
         gaps = archive.uncovered(since, until, attached)
         if before is not None:  # nothing newer than the cursor can be on this page
@@ -218,7 +218,7 @@ def _get(r: _Base, tenant_id: UUID | str, call_id: UUID | str, started_at: datet
     at = started_at.astimezone(UTC)
 
     def after(rows: list[Any], attached: list[Range]) -> Callable[[], Any] | None:
-        from callvault.archive import reader as archive
+        from callvault.archive import tier as archive
 
         gaps = archive.uncovered(at, at + _US, attached)
         if rows or not gaps:

@@ -297,7 +297,7 @@ def test_tiered_reads_through_pgbouncer_take_turns_on_one_server_connection(worl
 
 
 def test_uncovered_is_the_window_minus_the_attached_ranges() -> None:
-    from callvault.archive.reader import uncovered
+    from callvault.archive.tier import uncovered
 
     d = [datetime(2026, 3, day, tzinfo=UTC) for day in range(1, 31)]
     weeks = [(d[1], d[8]), (d[8], d[15]), (d[22], d[29])]  # a gap: d[15]..d[22]
