@@ -11,6 +11,7 @@ on the database host).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import os
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from psycopg import sql
 
@@ -65,6 +66,8 @@ _SELECT_PARTITION = (
     "SELECT id, tenant_id::text AS tenant_id, call_id::text AS call_id, started_at, ended_at, duration_sec, "
     "transcript, metadata FROM {}"
 )
+P = ParamSpec("P")
+R = TypeVar("R")
 BUFFER_BYTES = 32 * 1024 * 1024  # batches held before they are split by tenant and spilled
 ROW_GROUP_ROWS = 32_768  # rows per Parquet row group (a tenant with fewer has one)
 WRITE_THREADS = 2  # tenants' row groups encoded and compressed at once
@@ -262,34 +265,31 @@ def _lower_priority(steps: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps))
 
 
-def export_partition_parquet(
-    dsn: str,
-    conn: Conn,
-    table: sql.Identifier,
-    dest_dir: Callable[[str], Path],
-    part_rows: int = PART_ROWS,
-    *,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> PartitionExport:
-    """See :func:`_export_partition_parquet`; runs it on a thread of its own at ``NICE`` (its reader,
-    writer and DuckDB threads inherit it; the database server's processes are not affected)."""
-    outcome: dict[str, Any] = {}
-    _start_arrow_pool()
+def _niced(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` run on a thread of its own at ``NICE`` (its reader, writer and DuckDB threads inherit it; the
+    database server's processes are not affected); its result or exception comes back to the caller."""
 
-    def run() -> None:
-        _lower_priority(NICE)
-        try:
-            outcome["done"] = _export_partition_parquet(dsn, conn, table, dest_dir, part_rows, on_batch=on_batch)
-        except BaseException as exc:  # raised again on the caller's thread
-            outcome["error"] = exc
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        outcome: dict[str, Any] = {}
+        _start_arrow_pool()
 
-    worker = threading.Thread(target=run, name="callvault-export", daemon=True)
-    worker.start()
-    worker.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    done: PartitionExport = outcome["done"]
-    return done
+        def run() -> None:
+            _lower_priority(NICE)
+            try:
+                outcome["done"] = fn(*args, **kwargs)
+            except BaseException as exc:  # raised again on the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, name="callvault-export", daemon=True)
+        worker.start()
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        done: R = outcome["done"]
+        return done
+
+    return call
 
 
 def _export_partition_parquet(
@@ -420,6 +420,9 @@ def _export_partition_parquet(
     return PartitionExport(
         files={t: f.files for t, f in tenants.items()}, fingerprints={t: s.fingerprint() for t, s in sums.items()}
     )
+
+
+export_partition_parquet = _niced(_export_partition_parquet)  # the export, on its own niced thread
 
 
 def export_csv(conn: Conn, table: sql.Identifier, tenant: str, dest_dir: Path) -> list[LocalFile]:

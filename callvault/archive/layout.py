@@ -75,9 +75,11 @@ DUCK_FINGERPRINT_BY = (
 )
 
 
-def pg_fingerprint_sql(table: sql.Identifier, where: sql.Composable | None = None) -> sql.Composed:
-    """Postgres' ``md5`` fingerprint per tenant (tenant, rows, digest, min µs, max µs)."""
-    return sql.SQL(PG_FINGERPRINT).format(table, where if where is not None else sql.SQL(""))
+def per_tenant_sql(template: str, table: sql.Identifier, where: sql.Composable | None = None) -> sql.Composed:
+    """A per-tenant query of ``table`` (optionally filtered by ``where``): :data:`PG_FINGERPRINT` gives
+    Postgres' ``md5`` fingerprint (tenant, rows, digest, min µs, max µs), :data:`PG_CHECK` its check sums
+    (tenant, rows, *CHECK_NAMES, min µs, max µs)."""
+    return sql.SQL(template).format(table, where if where is not None else sql.SQL(""))
 
 
 MD5, SUMS_HASH = "md5", "sums+hash"
@@ -127,11 +129,6 @@ DUCK_SUMS_HASH_BY = (
     f"SELECT grp, count(*), {_DUCK_HASH}, {', '.join(_DUCK_CHECK)}, min(epoch_us(started_at)), "
     "max(epoch_us(started_at)) FROM {source} GROUP BY grp"
 )
-
-
-def pg_check_sql(table: sql.Identifier, where: sql.Composable | None = None) -> sql.Composed:
-    """Postgres' check sums per tenant (tenant, rows, *CHECK_NAMES, min µs, max µs)."""
-    return sql.SQL(PG_CHECK).format(table, where if where is not None else sql.SQL(""))
 
 
 @dataclass(frozen=True)
@@ -185,9 +182,12 @@ def pg_fingerprints(
     """Per-tenant fingerprints Postgres computes over ``table`` for ``algo`` (for ``sums+hash``
     without the digest: compare with :meth:`Fingerprint.postgres_part`)."""
     if algo == MD5:
-        rows = conn.execute(pg_fingerprint_sql(table, where)).fetchall()
+        rows = conn.execute(per_tenant_sql(PG_FINGERPRINT, table, where)).fetchall()
         return {str(t): Fingerprint(int(n), str(d), lo, hi) for t, n, d, lo, hi in rows}
-    return {str(r[0]): Fingerprint.from_check_row(tuple(r[1:])) for r in conn.execute(pg_check_sql(table, where))}
+    return {
+        str(r[0]): Fingerprint.from_check_row(tuple(r[1:]))
+        for r in conn.execute(per_tenant_sql(PG_CHECK, table, where))
+    }
 
 
 def _opt_int(v: object) -> int | None:

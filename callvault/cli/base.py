@@ -143,6 +143,18 @@ def at_option(f: F) -> F:
                         help="Reference time, ISO 8601 (naive means UTC). Default: now.")(f)  # fmt: skip
 
 
+def table_command(name: str | None = None, *, at: bool = False) -> Callable[[F], click.Command]:
+    """A ``callvault`` command about one table: --dsn/--schema/--table, --at when ``at``, and --json."""
+
+    def apply(f: F) -> click.Command:
+        f = json_option(f)
+        if at:
+            f = at_option(f)
+        return main.command(name=name)(target_options(f))
+
+    return apply
+
+
 def parse_at(text: str | None, flag: str = "--at") -> datetime | None:
     if text is None:
         return None

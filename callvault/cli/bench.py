@@ -5,16 +5,7 @@ from __future__ import annotations
 import click
 
 from callvault import render
-from callvault.cli.base import (
-    emit,
-    err,
-    json_option,
-    main,
-    out,
-    settings_of,
-    store_option,
-    target_options,
-)
+from callvault.cli.base import emit, err, json_option, main, out, settings_of, store_option, target_options
 from callvault.errors import InvalidSetting
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import click
@@ -10,18 +11,22 @@ from rich.console import Console
 
 from callvault import bootstrap, catalog, db, demo, monitor, render, tenancy
 from callvault import maintain as maintenance
-from callvault.cli.base import (
-    emit,
-    json_option,
-    main,
-    out,
-    settings_of,
-    target_options,
-)
+from callvault.cli.base import F, emit, json_option, main, out, settings_of, target_options
 from callvault.db import connect
 from callvault.embedded import Cluster
 from callvault.errors import InvalidSetting
 from callvault.plan import Interval
+
+
+def citus_options(what: str) -> Callable[[F], F]:
+    """--citus (``what`` it does instead) and --workers, for the dev commands that take both."""
+
+    def apply(f: F) -> F:
+        f = click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+                         help="Citus workers.")(f)  # fmt: skip
+        return click.option("--citus", "citus_", is_flag=True, help=what)(f)
+
+    return apply
 
 
 @main.group()
@@ -40,8 +45,7 @@ def dev(ctx: click.Context) -> None:
 
 @dev.command()
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
-@click.option("--citus", "citus_", is_flag=True, help="A local Citus cluster instead: a coordinator and workers.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@citus_options("A local Citus cluster instead: a coordinator and workers.")
 @json_option
 def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
     """Create (once) and start the embedded cluster (with --citus: a coordinator and workers)."""
@@ -65,8 +69,7 @@ def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
 
 
 @dev.command()
-@click.option("--citus", "citus_", is_flag=True, help="Stop the local Citus cluster instead.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@citus_options("Stop the local Citus cluster instead.")
 @json_option
 def down(citus_: bool, workers: int, as_json: bool) -> None:
     """Stop the embedded cluster."""
@@ -77,8 +80,7 @@ def down(citus_: bool, workers: int, as_json: bool) -> None:
 
 
 @dev.command(name="status")
-@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's nodes instead.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@citus_options("The local Citus cluster's nodes instead.")
 @json_option
 def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
     """Where the embedded cluster lives and whether it runs."""
@@ -108,8 +110,7 @@ def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
 
 
 @dev.command()
-@click.option("--citus", "citus_", is_flag=True, help="The local Citus cluster's coordinator instead.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Citus workers.")
+@citus_options("The local Citus cluster's coordinator instead.")
 @json_option
 def url(citus_: bool, workers: int, as_json: bool) -> None:
     """Print the embedded cluster's DSN (starting it if needed; with --citus the coordinator's)."""

@@ -21,6 +21,7 @@ from callvault.cli.base import (
     parse_at,
     role_option,
     settings_of,
+    table_command,
     target_options,
 )
 from callvault.db import connect
@@ -123,10 +124,7 @@ def maintain(dsn: str | None, schema: str, table: str, at: str | None, wait: boo
     emit(report.to_dict()) if as_json else render.maintenance(out, report)
 
 
-@main.command()
-@target_options
-@at_option
-@json_option
+@table_command(at=True)
 def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
     """Show what maintenance and retention will do (at --at), without changing anything."""
     s = settings_of(dsn, schema, table, start_embedded=False)
@@ -135,10 +133,7 @@ def plan(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool
     emit(p.to_dict()) if as_json else render.plan(out, p)
 
 
-@main.command()
-@target_options
-@at_option
-@json_option
+@table_command(at=True)
 def status(dsn: str | None, schema: str, table: str, at: str | None, as_json: bool) -> None:
     """Partitions, sizes, premake horizon, default rows, retention and last maintenance."""
     s = settings_of(dsn, schema, table)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
-from callvault.cli.base import (
-    emit,
-    json_option,
-    main,
-    out,
-    settings_of,
-    target_options,
-)
+from callvault.cli.base import F, emit, json_option, main, out, settings_of, target_options
+
+
+def rows_options(verb: str, more: str) -> Callable[[F], F]:
+    """--columns and --tenant: which columns and tenants' rows to ``verb`` (mirror, publish)."""
+
+    def apply(f: F) -> F:
+        only = f"{verb.capitalize()} only this tenant's rows (repeatable); default every tenant."
+        f = click.option("--tenant", "--tenant-id", "tenants", multiple=True, metavar="UUID", help=only)(f)
+        return click.option("--columns", default="all", show_default=True, metavar="all|metadata|c1,c2",
+                            help=f"Columns to {verb}; metadata = all but the transcript{more}.")(f)  # fmt: skip
+
+    return apply
 
 
 @main.group(name="mirror")
@@ -25,21 +31,7 @@ def mirror_group() -> None:
 @target_options
 @click.option("--to", "target", required=True, metavar="DSN", help="The target database (another Postgres).")
 @click.option("--name", default=None, help="Mirror name (lower-case letters, digits, _) [default: from the target].")
-@click.option(
-    "--columns",
-    default="all",
-    show_default=True,
-    metavar="all|metadata|c1,c2",
-    help="Columns to mirror; metadata = all but the transcript.",
-)
-@click.option(
-    "--tenant",
-    "--tenant-id",
-    "tenants",
-    multiple=True,
-    metavar="UUID",
-    help="Mirror only this tenant's rows (repeatable); default every tenant.",
-)
+@rows_options("mirror", "")
 @click.option(
     "--truncate-target",
     is_flag=True,
@@ -114,21 +106,7 @@ def mirror_drop(dsn: str | None, schema: str, table: str, name: str, target: str
 @main.command(name="publish")
 @target_options
 @click.option("--name", default=None, help="Publication name [default: callvault_<table>].")
-@click.option(
-    "--columns",
-    default="all",
-    show_default=True,
-    metavar="all|metadata|c1,c2",
-    help="Columns to publish; metadata = all but the transcript; a list must hold the primary key.",
-)
-@click.option(
-    "--tenant",
-    "--tenant-id",
-    "tenants",
-    multiple=True,
-    metavar="UUID",
-    help="Publish only this tenant's rows (repeatable); default every tenant.",
-)
+@rows_options("publish", "; a list must hold the primary key")
 @click.option("--replace", is_flag=True, help="Alter a publication of that name that has other options.")
 @click.option("--sql", "sql_only", is_flag=True, help="Print the statements; change nothing.")
 @json_option

@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -74,6 +74,13 @@ TAGS: dict[str, str] = {
 
 # Contexts: how a row field's own value is judged by validation (nested values are always metadata-like).
 _UUID, _TS, _META, _ANY, _ROOT = "uuid", "timestamp", "metadata", "any", "input"
+# Values with a faithful text form: (type, the field context that takes that text, the tag elsewhere, the
+# text). datetime before date (a datetime is a date).
+_TEXT_FORMS: tuple[tuple[type, str, str, Callable[[Any], str]], ...] = (
+    (UUID, _UUID, "$uuid", UUID.__str__),
+    (datetime, _TS, "$datetime", datetime.isoformat),
+    (date, _TS, "$date", date.isoformat),
+)
 FIELD_CONTEXT: dict[str, str] = {
     "tenant_id": _UUID, "call_id": _UUID, "started_at": _TS, "ended_at": _TS, "metadata": _META,
 }  # fmt: skip
@@ -230,21 +237,12 @@ class _Emitter:
             return _tag("$float", _s("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")))
         if isinstance(v, dict | list | tuple | set | frozenset) or (context == _META and isinstance(v, Mapping)):
             return None
-        if isinstance(v, UUID):
-            if context == _UUID:
-                return _s(UUID.__str__(v))
-            self._mark(path, "$uuid", quiet)
-            return _tag("$uuid", _s(UUID.__str__(v)))
-        if isinstance(v, datetime):
-            if context == _TS:
-                return _s(datetime.isoformat(v))
-            self._mark(path, "$datetime", quiet)
-            return _tag("$datetime", _s(datetime.isoformat(v)))
-        if isinstance(v, date):
-            if context == _TS:
-                return _s(date.isoformat(v))
-            self._mark(path, "$date", quiet)
-            return _tag("$date", _s(date.isoformat(v)))
+        for kind, native, tag, text in _TEXT_FORMS:  # as text where the field takes it, else tagged
+            if isinstance(v, kind):
+                if context == native:
+                    return _s(text(v))
+                self._mark(path, tag, quiet)
+                return _tag(tag, _s(text(v)))
         if isinstance(v, time):
             self._mark(path, "$time", quiet)
             return _tag("$time", _s(time.isoformat(v)))
