@@ -38,7 +38,6 @@ COLUMNS: tuple[Column, ...] = (
 )
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 WRITTEN: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.written)  # what a producer sends
-BY_NAME = {c.name: c for c in COLUMNS}
 
 
 def ddl_lines() -> str:

@@ -459,10 +459,3 @@ def roles_from_env(env: Mapping[str, str], prefix: str | None = None) -> Roles:
         if value:
             names[kind] = value
     return Roles(**names)
-
-
-def _int(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidSetting(f"{name}={text!r} is not an integer") from None

@@ -50,10 +50,6 @@ def pg_interval(interval: Interval) -> PgInterval:
     return PgInterval(days=7 if interval is Interval.WEEKLY else 1)
 
 
-def retention_interval(retention: Retention) -> PgInterval:
-    return PgInterval(months=retention.months, days=retention.days)
-
-
 @dataclass(frozen=True)
 class Child:
     """A ranged (non-default) partition as pg_partman sees it."""
