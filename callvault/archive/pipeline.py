@@ -59,6 +59,7 @@ from callvault.errors import (
     ArchiveVerifyFailed,
     Blocked,
     CallvaultError,
+    DatabaseUnavailable,
     InvalidSetting,
     StoreUnavailable,
 )
@@ -374,7 +375,15 @@ def _archive(
                         log, logging.WARNING, "archive skipped: an earlier detach is blocked", partition=job.partition
                     )
                     report.partitions.append(
-                        PartitionResult(job.partition, job.start, job.end, job.step, job.step, error=err, exit_code=75)
+                        PartitionResult(
+                            job.partition,
+                            job.start,
+                            job.end,
+                            job.step,
+                            job.step,
+                            error=err,
+                            exit_code=Blocked.exit_code,
+                        )
                     )
                     continue
                 try:
@@ -406,7 +415,7 @@ def _log_failure(exc: Exception, job: Job, code: int, msg: str) -> None:
     partition is kept and the next run retries them); anything else is an ERROR."""
     if isinstance(exc, ArchiveVerifyFailed):
         what, level = "archive verify failed, partition kept", logging.WARNING
-    elif code == 75:
+    elif code == Blocked.exit_code:
         what, level = "archive blocked, partition kept", logging.WARNING
     elif isinstance(exc, StoreUnavailable):  # the store or the spool: the run stops and says so itself
         what, level = "archive stopped: store or spool unavailable, partition kept", logging.WARNING
@@ -425,10 +434,10 @@ def _failure(exc: Exception, job: Job) -> tuple[int, str]:
     assert isinstance(exc, psycopg.Error)
     msg = f"{job.partition} at step {job.step!r}: {exc.diag.message_primary or exc}"
     if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
-        return 75, msg
+        return Blocked.exit_code, msg
     if isinstance(exc, psycopg.OperationalError) and (exc.sqlstate is None or exc.sqlstate.startswith(("08", "57"))):
-        return 69, f"{msg} (the database connection was lost; the next run resumes)"
-    return 1, msg
+        return DatabaseUnavailable.exit_code, f"{msg} (the database connection was lost; the next run resumes)"
+    return CallvaultError.exit_code, msg
 
 
 def _sweep_spool(ctx: _Ctx, jobs: list[Job]) -> None:
