@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -16,6 +17,11 @@ from callvault.config import Settings
 from callvault.db import Conn
 from callvault.ingest import Call, Writer
 from callvault.tenancy import tenant
+
+if TYPE_CHECKING:
+    from callvault.maintain import MaintenanceReport
+    from callvault.monitor import Status
+    from callvault.tenancy.audit import AuditReport
 
 TENANTS = 20
 HISTORY = timedelta(weeks=13)
@@ -105,3 +111,57 @@ def isolation(conn: Conn, settings: Settings, tenant_id: uuid.UUID) -> Isolation
         except psycopg.errors.InsufficientPrivilege:
             denied = True
     return IsolationReport(settings.roles.app, total[0], none[0], own[0], own[1], first, denied)
+
+
+@dataclass
+class DemoReport:
+    """What ``callvault demo`` did: init, the seeded calls, maintenance, status, the EXPLAIN of one
+    tenant's last 7 days, reading as the app role, and the audit (``to_dict()`` is ``--json``)."""
+
+    table: str
+    initialised: bool
+    seeded: SeedReport
+    maintained: MaintenanceReport
+    status: Status
+    explain_lines: list[str]
+    scanned: list[str]
+    total: int
+    isolation: IsolationReport
+    audit: AuditReport
+
+    def to_dict(self) -> dict[str, object]:
+        """The report as JSON-ready values."""
+        iso = self.isolation
+        return {"table": self.table, "calls": self.seeded.rows, "tenants": [str(t) for t in self.seeded.tenants],
+                "maintain": self.maintained.to_dict(), "status": self.status.to_dict(),
+                "explain": {"partitions_scanned": self.scanned, "partitions_total": self.total},
+                "isolation": {"role": iso.role, "rows_without_tenant": iso.no_tenant, "rows_own_tenant": iso.own,
+                              "tenants_seen": iso.tenants_seen, "partition_by_name_denied": iso.partition_denied},
+                "audit": self.audit.to_dict()}  # fmt: skip
+
+
+def run(settings: Settings, calls: int) -> DemoReport:
+    """The demo's main job: ``init --roles``, ``calls`` synthetic calls (13 weeks back, 1 ahead),
+    ``maintain``, ``status``, the pruned EXPLAIN of one tenant's last 7 days, reading as the app role,
+    and the audit."""
+    from callvault import bootstrap, db, monitor, tenancy
+    from callvault.lifecycle import Interval
+    from callvault.maintain import maintain
+    from callvault.query import explain_window
+
+    with db.connect(settings) as conn:
+        initialised = bootstrap.init(conn, settings, roles=True).changed
+        seeded = seed(conn, settings, calls)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(settings.schema, settings.table)))
+        conn.commit()
+    maintained = maintain(settings)
+    with db.connect(settings) as conn:
+        status = monitor.collect(conn, settings)
+        now = db.server_now(conn)
+        since = Interval.DAILY.floor(now - timedelta(days=7))
+        lines, scanned = explain_window(conn, settings, seeded.tenants[0], since, now)
+        total = len(catalog.list_partitions(conn, settings))
+    with db.connect(settings) as conn:
+        iso = isolation(conn, settings, seeded.tenants[0])
+        audit = tenancy.audit(conn, settings)
+    return DemoReport(settings.qualified, initialised, seeded, maintained, status, lines, scanned, total, iso, audit)

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 import click
-from psycopg import sql
 from rich.console import Console
 
-from callvault import bootstrap, catalog, db, demo, monitor, render, tenancy
-from callvault import maintain as maintenance
+from callvault import demo, render
 from callvault.cli.base import F, emit, json_option, main, out, settings_of, target_options
-from callvault.db import connect
 from callvault.embedded import Cluster
 from callvault.errors import InvalidSetting
-from callvault.plan import Interval
 
 
 def citus_options(what: str) -> Callable[[F], F]:
@@ -158,47 +153,27 @@ def demo_cmd(dsn: str | None, schema: str, table: str, calls: int, as_json: bool
     """init, write synthetic calls (13 weeks back, 1 ahead), maintain, status and a pruned EXPLAIN."""
     import io
 
-    from callvault.query import explain_window
-
     console = Console(file=io.StringIO()) if as_json else out  # --json: one document at the end
-
     s = settings_of(dsn, schema, table)
-    with connect(s) as conn:
-        report = bootstrap.init(conn, s, roles=True)
-        console.rule("init --roles")
-        console.print("initialised" if report.changed else f"{s.qualified} already initialised")
-        seeded = demo.seed(conn, s, calls)
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(s.schema, s.table)))
-        conn.commit()
-        console.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
+    rep = demo.run(s, calls)
+    console.rule("init --roles")
+    console.print("initialised" if rep.initialised else f"{s.qualified} already initialised")
+    seeded = rep.seeded
+    console.print(f"wrote {seeded.rows:,} calls for {len(seeded.tenants)} tenants, {seeded.first:%Y-%m-%d} .. "
                   f"{seeded.last:%Y-%m-%d}")  # fmt: skip
     console.rule("maintain")
-    maintained = maintenance.maintain(s)
-    render.maintenance(console, maintained)
-    with connect(s) as conn:
-        console.rule("status")
-        status = monitor.collect(conn, s)
-        render.status(console, status)
-        now = db.server_now(conn)
-        since = Interval.DAILY.floor(now - timedelta(days=7))
-        lines, scanned = explain_window(conn, s, seeded.tenants[0], since, now)
-        total = len([r for r in catalog.list_partitions(conn, s)])
+    render.maintenance(console, rep.maintained)
+    console.rule("status")
+    render.status(console, rep.status)
     console.rule("EXPLAIN: one tenant's last 7 days")
-    for line in lines:
+    for line in rep.explain_lines:
         console.print(line, soft_wrap=True)
-    console.print(f"partitions scanned: {len(scanned)} of {total} ({', '.join(scanned)})")
-    with connect(s) as conn:
-        iso = demo.isolation(conn, s, seeded.tenants[0])
-        audit = tenancy.audit(conn, s)
+    console.print(f"partitions scanned: {len(rep.scanned)} of {rep.total} ({', '.join(rep.scanned)})")
+    iso = rep.isolation
     console.rule(f"tenant isolation: reading as {iso.role}")
     console.print(f"no tenant set: {iso.no_tenant} rows (of {iso.total:,}); tenant {seeded.tenants[0]} set: "
                   f"{iso.own:,} rows, {iso.tenants_seen} tenant; partition {iso.partition} by name: "
                   f"{'permission denied' if iso.partition_denied else 'READABLE'}")  # fmt: skip
-    render.audit(console, audit)
+    render.audit(console, rep.audit)
     if as_json:
-        emit({"table": s.qualified, "calls": seeded.rows, "tenants": [str(t) for t in seeded.tenants],
-              "maintain": maintained.to_dict(), "status": status.to_dict(),
-              "explain": {"partitions_scanned": scanned, "partitions_total": total},
-              "isolation": {"role": iso.role, "rows_without_tenant": iso.no_tenant, "rows_own_tenant": iso.own,
-                            "tenants_seen": iso.tenants_seen, "partition_by_name_denied": iso.partition_denied},
-              "audit": audit.to_dict()})  # fmt: skip
+        emit(rep.to_dict())
