@@ -23,7 +23,7 @@ problems, the CLI decides to exit 3 on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
@@ -49,8 +49,8 @@ if TYPE_CHECKING:  # pglast loads only when a query is explained
 __all__ = [
     "ArchiveReport", "AuditReport", "Health", "MaintenanceReport", "Plan", "Policies", "PruneReport",
     "QuarantineListing", "RenameReport", "RestoreReport", "archive", "archive_policy", "audit", "calls", "explain",
-    "health", "init", "init_sql", "list_archived", "maintain", "migrate_names", "plan", "prune", "quarantine_list",
-    "quarantine_replay", "restore", "schedule", "status",
+    "health", "history", "init", "init_sql", "list_archived", "maintain", "migrate_names", "parse_time", "plan",
+    "prune", "quarantine_list", "quarantine_replay", "restore", "schedule", "status",
 ]  # fmt: skip
 
 
@@ -267,6 +267,39 @@ class Policies:
     def to_dict(self) -> dict[str, object]:
         """``{"default", "tenants"}`` (``callvault archive policy --json``)."""
         return {"default": self.default, "tenants": self.tenants}
+
+
+def history(settings: Settings, *, job: str | None = None, outcome: str | None = None, since: str | None = None,
+            limit: int = 50) -> list[JobRun]:  # fmt: skip
+    """``callvault history``: the job runs, newest first. ``since``: an ISO 8601 time, or a period
+    before the server's now (``30m``, ``12h``, ``7d``).
+
+    :raises InvalidSetting: ``since`` is neither (exit code 2)."""
+    from callvault import history as runs_of
+    from callvault.worker import parse_every
+
+    with connect(settings) as conn:
+        when: datetime | None = None
+        if since is not None:
+            t = since.strip().lower()
+            if t[-1:] in ("s", "m", "h", "d") and t[:-1].isdigit():
+                try:
+                    when = db.server_now(conn) - timedelta(seconds=parse_every(t))
+                except InvalidSetting:
+                    raise InvalidSetting(f"--since {since!r} must be a positive period, e.g. 12h or 7d") from None
+            else:
+                when = parse_time(since, "--since")
+        return runs_of.runs(conn, settings, job=job, outcome=outcome, since=when, limit=limit)
+
+
+def parse_time(text: str, flag: str = "--at") -> datetime:
+    """``text`` as an ISO 8601 time in UTC (naive means UTC), or InvalidSetting naming ``flag`` (the CLI's
+    ``--at``, ``--since``, ``--until`` all read times with it)."""
+    try:
+        ts = datetime.fromisoformat(text.strip().replace(" ", "T") if "T" not in text else text.strip())
+    except ValueError:
+        raise InvalidSetting(f"{flag} {text!r} is not an ISO 8601 time; e.g. 2026-12-01T00:00:00Z") from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
 def archive_policy(

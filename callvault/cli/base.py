@@ -9,14 +9,14 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from callvault import config, logs
+from callvault import commands, config, logs
 from callvault.errors import CallvaultError, InvalidSetting
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -156,13 +156,7 @@ def table_command(name: str | None = None, *, at: bool = False) -> Callable[[F],
 
 
 def parse_at(text: str | None, flag: str = "--at") -> datetime | None:
-    if text is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(text.strip().replace(" ", "T") if "T" not in text else text.strip())
-    except ValueError:
-        raise InvalidSetting(f"{flag} {text!r} is not an ISO 8601 time; e.g. 2026-12-01T00:00:00Z") from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return None if text is None else commands.parse_time(text, flag)
 
 
 def parse_uuid(text: str, flag: str) -> str:

@@ -4,12 +4,11 @@ schedule, explain, lint, quarantine."""
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta
 
 import click
 from rich.markup import escape
 
-from callvault import commands, config, db, render, schedule
+from callvault import commands, config, render, schedule
 from callvault import maintain as maintenance
 from callvault.cli.base import (
     at_option,
@@ -24,7 +23,6 @@ from callvault.cli.base import (
     table_command,
     target_options,
 )
-from callvault.db import connect
 from callvault.errors import InvalidSetting, Unhealthy
 
 
@@ -196,31 +194,12 @@ def metrics_cmd(dsn: str | None, schema: str, table: str, textfile: str | None, 
 def history_cmd(dsn: str | None, schema: str, table: str, job: str | None, outcome: str | None, since: str | None,
                 limit: int, as_json: bool) -> None:  # fmt: skip
     """What maintenance, archive and prune did and when (newest first), kept CALLVAULT_HISTORY_DAYS days."""
-    from callvault import history
-
     s = settings_of(dsn, schema, table, start_embedded=True)
-    with connect(s) as conn:
-        when = _since(conn, since)
-        found = history.runs(conn, s, job=job, outcome=outcome, since=when, limit=limit)
+    found = commands.history(s, job=job, outcome=outcome, since=since, limit=limit)
     if as_json:
         emit([r.to_dict() for r in found])
         return
     render.history(out, s.qualified, found)
-
-
-def _since(conn: db.Conn, text: str | None) -> datetime | None:
-    """``--since``: an ISO 8601 time, or a period before the server's now (``30m``, ``12h``, ``7d``)."""
-    if text is None:
-        return None
-    t = text.strip().lower()
-    if t[-1:] in ("s", "m", "h", "d") and t[:-1].isdigit():
-        from callvault.worker import parse_every
-
-        try:
-            return db.server_now(conn) - timedelta(seconds=parse_every(t))
-        except InvalidSetting:
-            raise InvalidSetting(f"--since {text!r} must be a positive period, e.g. 12h or 7d") from None
-    return parse_at(text, "--since")
 
 
 @main.command(name="schedule")
