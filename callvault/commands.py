@@ -44,6 +44,7 @@ from callvault.tenancy.audit import AuditReport
 
 if TYPE_CHECKING:  # pglast loads only when a query is explained
     from callvault.explain import ExplainReport
+    from callvault.history import JobRun
     from callvault.query import Page
 
 __all__ = [
