@@ -27,9 +27,9 @@ from callvault.archive.location import read_store_url
 from callvault.archive.store import open_store
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
-from callvault.errors import InvalidSetting
 from callvault.logs import event, get_logger
 from callvault.plan import Retention
+from callvault.tenancy.session import tenant_value
 
 DEFAULT_KEEP = Retention(months=12, days=0)  # one year in the archive unless a policy says otherwise
 
@@ -54,10 +54,7 @@ class PruneReport:
 
 
 def _tenant(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidSetting(f"tenant {value!r} is not a UUID") from None
+    return tenant_value(value)
 
 
 def set_policy(

@@ -30,6 +30,7 @@ from callvault.archive import layout
 from callvault.archive.location import read_store
 from callvault.config import Settings, from_env
 from callvault.errors import CallvaultError, InvalidSetting
+from callvault.tenancy.session import tenant_value
 
 _PERIODS = tuple(layout.PERIOD_KEY.values())
 _LONGEST_PERIOD = timedelta(days=31)
@@ -219,10 +220,7 @@ def read_calls(
     settings = settings or from_env()
     if start.tzinfo is None or end.tzinfo is None or not start < end:
         raise InvalidSetting("read_calls needs an aware start < end (e.g. datetime(2024, 3, 1, tzinfo=UTC))")
-    try:
-        tenant = str(uuid.UUID(str(tenant_id)))
-    except ValueError:
-        raise InvalidSetting(f"tenant {tenant_id!r} is not a UUID") from None
+    tenant = tenant_value(tenant_id)
     store = read_store(settings, store_url)
     tdir = layout.table_dir(settings.schema, settings.table)
     keys = []

@@ -39,11 +39,12 @@ from callvault.archive.progress import Sink, Tracker
 from callvault.archive.store import Store
 from callvault.config import Settings, check_identifier
 from callvault.db import connect
-from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting, StoreUnavailable
+from callvault.errors import ArchiveVerifyFailed, CallvaultError, StoreUnavailable
 from callvault.logs import event, get_logger
 from callvault.maintain import require_partman
 from callvault.plan import Interval
 from callvault.tenancy.facts import side_mark
+from callvault.tenancy.session import tenant_value
 
 log = get_logger("restore")
 
@@ -142,10 +143,7 @@ def restore(
     tenant = None if given is None else str(given)
     t0 = time.perf_counter()
     if tenant is not None:
-        try:
-            tenant = str(uuid.UUID(tenant))
-        except ValueError:
-            raise InvalidSetting(f"tenant {tenant!r} is not a UUID") from None
+        tenant = tenant_value(tenant)
     with connect(settings) as conn:
         pm = require_partman(conn, settings)
         config = partman.read_config(conn, settings, pm)

@@ -19,6 +19,7 @@ from callvault.archive.reader import _LONGEST_PERIOD, _PERIODS
 from callvault.archive.store import Store
 from callvault.config import Settings, from_env
 from callvault.errors import ArchivePruned, ArchiveVerifyFailed, InvalidSetting, StoreUnavailable
+from callvault.tenancy.session import tenant_value, uuid_text
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # the columns a page or a lookup reads, and the DuckDB type each is normalised to (whatever the file holds)
@@ -136,10 +137,7 @@ def find_call(
     """
     if not isinstance(started_at, datetime) or started_at.tzinfo is None:
         raise InvalidSetting(f"started_at={started_at!r} must be a timezone-aware datetime")
-    try:
-        call = str(uuid.UUID(str(call_id)))
-    except ValueError:
-        raise InvalidSetting(f"call id {call_id!r} is not a UUID") from None
+    call = uuid_text(call_id, "call", "the call_id it was written with")
     settings = settings or from_env()
     at = started_at.astimezone(UTC)
     ranges = uncovered(at, at + timedelta(microseconds=1), exclude)
@@ -157,10 +155,7 @@ def _window(since: datetime, until: datetime) -> Range:
 
 
 def _tenant(tenant_id: str | uuid.UUID) -> str:
-    try:
-        return str(uuid.UUID(str(tenant_id)))
-    except ValueError:
-        raise InvalidSetting(f"tenant {tenant_id!r} is not a UUID") from None
+    return tenant_value(tenant_id)
 
 
 def _manifests(store: Store, settings: Settings, ranges: list[Range]) -> list[layout.Manifest]:
