@@ -335,8 +335,11 @@ def archive_policy(
         raise InvalidSetting("pass either --keep or --clear, not both")
     if keep:
         pr.set_policy(settings, keep, tenant_id)
-    elif clear:
-        pr.clear_policy(settings, tenant_id)
+    elif clear and not pr.clear_policy(settings, tenant_id) and tenant_id is not None:
+        raise InvalidSetting(
+            f"--tenant {tenant_id}: no archive policy of its own to clear (it follows the table's default); "
+            "see `callvault archive policy`"
+        )
     with connect(settings) as conn:
         ensure_tables(conn)
         default, per = pr.policies(conn, settings)

@@ -167,3 +167,12 @@ def test_restore_uses_the_configured_spool(
     done = subprocess.run(args, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert spool.is_dir(), "restore downloads into the configured spool"
+
+
+def test_clearing_a_tenant_policy_that_is_not_there_says_so(dsn: str) -> None:
+    run("init", "--dsn", dsn)
+    tenant = TENANTS[0]
+    result = run("archive", "policy", "--dsn", dsn, "--tenant", tenant, "--clear", ok=False)
+    assert result.exit_code == 2 and tenant in result.stderr and "no archive policy" in result.stderr
+    run("archive", "policy", "--dsn", dsn, "--tenant", tenant, "--keep", "2 years")
+    run("archive", "policy", "--dsn", dsn, "--tenant", tenant, "--clear")  # there: cleared, exit 0

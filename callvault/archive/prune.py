@@ -81,9 +81,9 @@ def set_policy(
           keep=ret.to_pg())  # fmt: skip
 
 
-def clear_policy(settings: Settings, tenant_id: str | uuid.UUID | None = None, *, tenant: str | None = None) -> None:
+def clear_policy(settings: Settings, tenant_id: str | uuid.UUID | None = None, *, tenant: str | None = None) -> bool:
     """Remove the keep period of ``tenant`` (None: the table default, which falls back to
-    :data:`DEFAULT_KEEP`); removing one that is not set does nothing.
+    :data:`DEFAULT_KEEP`); removing one that is not set changes nothing. Returns whether one was set.
 
     :raises InvalidSetting: ``tenant`` is not a UUID (exit code 2).
     """
@@ -91,11 +91,12 @@ def clear_policy(settings: Settings, tenant_id: str | uuid.UUID | None = None, *
     tenant = None if given is None else str(given)
     with connect(settings, autocommit=True) as conn:
         ensure_tables(conn)
-        conn.execute(
+        cur = conn.execute(
             sql.SQL("DELETE FROM {} WHERE parent_table = %s AND tenant_id IS NOT DISTINCT FROM %s").format(_POLICY),
             (settings.qualified, _tenant(tenant) if tenant else None),
         )
     event(log, logging.INFO, "archive policy cleared", table=settings.qualified, tenant=tenant or "default")
+    return cur.rowcount > 0
 
 
 def policies(conn: Conn, settings: Settings) -> tuple[Retention, dict[str, Retention]]:
