@@ -3,8 +3,8 @@
 Every lock is session level and two-key: ``(LOCK_NAMESPACE, hashtext('<schema.table>[#purpose]'))``.
 Purposes: none = the table's partitions (``maintain`` for its run; ``archive`` for detach and drop, see
 :func:`callvault.maintain.table_lock`), ``archive`` = one archive run per table, ``worker`` = one
-worker per table. pg_partman's own keys (single bigint ``hashtext(...)``) are in
-:data:`callvault.maintain.PARTMAN_LOCKS`.
+worker per table. pg_partman's own keys (single bigint ``hashtext(...)``) are :data:`PARTMAN_LOCKS`:
+:func:`take_partition_locks` holds both kinds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from callvault.db import Conn
 from callvault.errors import AlreadyRunning
 
 LOCK_NAMESPACE = 0x6376  # "cv": first key of callvault's two-key advisory locks
+# pg_partman 4.7/5.x take these transaction-level advisory locks (single bigint key, hashtext of the text)
+# in run_maintenance() and drop_partition_time(); holding them makes both skip with a notice.
+PARTMAN_LOCKS = ("pg_partman run_maintenance", "pg_partman drop_partition_time")
+CALLVAULT = "callvault"  # the name take_partition_locks records for callvault's own table lock
 
 
 def key(conn: Conn, settings: Settings, purpose: str = "") -> int:
@@ -43,3 +47,29 @@ def release(conn: Conn, k: int) -> None:
     failed connection has lost its session locks anyway)."""
     if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, k))
+
+
+def take_partition_locks(conn: Conn, k: int, held: list[str]) -> None:
+    """Take callvault's table lock (key ``k``) and pg_partman's locks, waiting (``lock_timeout``
+    applies), recording each in ``held`` as it is taken; on an error the ones taken are released (when
+    the connection can still say so) and the error is raised."""
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, k))
+        held.append(CALLVAULT)
+        for name in PARTMAN_LOCKS:
+            conn.execute("SELECT pg_advisory_lock(hashtext(%s)::bigint)", (name,))
+            held.append(name)
+    except psycopg.Error:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            release_partition_locks(conn, k, held)
+        raise
+
+
+def release_partition_locks(conn: Conn, k: int, held: list[str]) -> None:
+    """Release what :func:`take_partition_locks` recorded in ``held``, newest first."""
+    while held:
+        name = held.pop()
+        if name == CALLVAULT:
+            conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, k))
+        else:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s)::bigint)", (name,))

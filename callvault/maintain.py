@@ -37,7 +37,8 @@ from callvault import catalog, citus, db, history, locks, naming, partman, tenan
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
-from callvault.locks import LOCK_NAMESPACE
+from callvault.locks import LOCK_NAMESPACE as LOCK_NAMESPACE  # re-exported
+from callvault.locks import PARTMAN_LOCKS as PARTMAN_LOCKS  # re-exported
 from callvault.logs import event, get_logger
 from callvault.partman import PartmanInfo
 from callvault.plan import Plan, build_plan
@@ -45,9 +46,6 @@ from callvault.plan import Plan, build_plan
 RETRIES = 5  # lock_timeout hits before giving up
 BACKOFF_S = 0.2  # first retry delay, doubled each time (0.2 + 0.4 + ... = ~6 s over 5 tries)
 PARTMAN_BUSY = "already running"
-# pg_partman 4.7/5.x take these transaction-level advisory locks (single bigint key, hashtext of the
-# text) in run_maintenance() and drop_partition_time(); holding them makes both skip with a notice.
-PARTMAN_LOCKS = ("pg_partman run_maintenance", "pg_partman drop_partition_time")
 
 log = get_logger("maintain")
 
@@ -213,25 +211,8 @@ def table_lock(conn: Conn, settings: Settings, what: str, *, logger: logging.Log
     key = locks.key(conn, settings)
     held: list[str] = []
 
-    def release() -> None:
-        while held:
-            name = held.pop()
-            if name == "callvault":
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LOCK_NAMESPACE, key))
-            else:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s)::bigint)", (name,))
-
     def take() -> None:
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_NAMESPACE, key))
-            held.append("callvault")
-            for name in PARTMAN_LOCKS:
-                conn.execute("SELECT pg_advisory_lock(hashtext(%s)::bigint)", (name,))
-                held.append(name)
-        except psycopg.Error:
-            if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                release()
-            raise
+        locks.take_partition_locks(conn, key, held)
 
     t0 = time.perf_counter()
     tries = retry_locks(take, f"{what} (waiting for maintenance of {settings.qualified} to finish)", logger=logger)
@@ -241,7 +222,7 @@ def table_lock(conn: Conn, settings: Settings, what: str, *, logger: logging.Log
         yield
     finally:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            release()
+            locks.release_partition_locks(conn, key, held)
 
 
 def _run(conn: Conn, stmt: sql.Composed) -> None:
