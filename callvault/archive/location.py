@@ -8,9 +8,11 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from callvault.archive.store import LocalStore, Store, open_store
-from callvault.config import Settings, default_home
+from callvault.config import META_SCHEMA, Settings, default_home
+from callvault.db import connect
 from callvault.errors import CallvaultError, InvalidSetting
 
 ARCHIVE_URL_ENV = "CALLVAULT_ARCHIVE_URL"
@@ -33,11 +35,6 @@ def default_store_url(settings: Settings) -> str:
 def recorded_stores(settings: Settings, period: datetime | None = None) -> dict[str, int] | None:
     """The stores the archive journal says this table's periods went to (``period``: that one only),
     with how many periods each; None when the journal cannot be read (no database, no rights)."""
-    from psycopg import sql
-
-    from callvault.config import META_SCHEMA
-    from callvault.db import connect
-
     query = sql.SQL(
         "SELECT store_url, count(*) FROM {} WHERE parent_table = %s AND (%s::timestamptz IS NULL OR range_start = %s) "
         "AND step IN ('uploaded', 'verified', 'dropped') GROUP BY store_url ORDER BY max(updated_at) DESC"
@@ -53,8 +50,9 @@ def recorded_stores(settings: Settings, period: datetime | None = None) -> dict[
     return {str(url): int(n) for url, n in rows}
 
 
-def _configured(settings: Settings) -> str | None:
-    return settings.archive_url  # the loader's: flag > CALLVAULT_ARCHIVE_URL > callvault.toml
+def _periods(recorded: dict[str, int]) -> str:
+    """``url (n periods), ...`` for messages."""
+    return ", ".join(f"{url} ({n} period{'s' if n != 1 else ''})" for url, n in recorded.items())
 
 
 def read_store_url(settings: Settings, store_url: str | None = None, period: datetime | None = None) -> str:
@@ -72,10 +70,9 @@ def read_store_url(settings: Settings, store_url: str | None = None, period: dat
     if len(recorded) == 1:
         return next(iter(recorded))
     if len(recorded) > 1:
-        where = ", ".join(f"{url} ({n} period{'s' if n != 1 else ''})" for url, n in recorded.items())
         raise InvalidSetting(
-            f"the archive of {settings.qualified} is split across stores: {where}; name the one to read with "
-            "--to URL (store_url=)"
+            f"the archive of {settings.qualified} is split across stores: {_periods(recorded)}; name the one to "
+            "read with --to URL (store_url=)"
         )
     return default_store_url(settings)
 
@@ -101,13 +98,12 @@ def require_write_store(settings: Settings, store: Store, *, explicit: bool, new
     recorded = recorded_stores(settings) or {}
     others = {url: n for url, n in recorded.items() if url != store.url}
     if others and store.url not in recorded:
-        where = ", ".join(f"{url} ({n} period{'s' if n != 1 else ''})" for url, n in others.items())
         raise InvalidSetting(
-            f"archive to {store.url}: earlier periods of {settings.qualified} went to {where}; archiving here "
-            "would split the archive across stores. Archive there (--to it), or pass --new-store to start "
+            f"archive to {store.url}: earlier periods of {settings.qualified} went to {_periods(others)}; archiving "
+            "here would split the archive across stores. Archive there (--to it), or pass --new-store to start "
             f"{store.url} on purpose"
         )
-    is_default = not explicit and not _configured(settings)
+    is_default = not explicit and not settings.archive_url  # the embedded home's, never typed
     if isinstance(store, LocalStore) and not store.root.is_dir() and not is_default:
         raise InvalidSetting(
             f"archive directory {store.root} does not exist: check the URL for a typo; to start a new archive "
