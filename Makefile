@@ -35,7 +35,7 @@ docs: $(STAMP)
 
 # The sync twins are generated from their asyncio sources (tests/test_twins.py checks they are current).
 sync-twins: $(STAMP)
-	$(BIN)/python scripts/async_to_sync.py callvault/ingest/_async_io.py > callvault/ingest/_sync_io.py
+	$(BIN)/python scripts/async_to_sync.py
 
 system-deps:
 	@scripts/install-system-deps.sh

@@ -45,7 +45,9 @@ from callvault.config import Settings, from_env
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
 from callvault.plans import walk
-from callvault.tenancy.session import atenant, tenant, tenant_value
+from callvault.tenancy._async_session import atenant
+from callvault.tenancy._sync_session import tenant
+from callvault.tenancy.ids import tenant_value
 
 if TYPE_CHECKING:  # the archive tier loads only when a read reaches it
     from callvault.archive.store import Store

@@ -19,7 +19,7 @@ from callvault import columns
 from callvault.config import DEFAULT_RETENTION, Settings
 from callvault.db import Conn
 from callvault.errors import InvalidSetting
-from callvault.tenancy.session import tenant_value, uuid_text
+from callvault.tenancy.ids import tenant_value, uuid_text
 
 if TYPE_CHECKING:  # the archive tier loads only when a read reaches it
     pass

@@ -5,6 +5,7 @@ inputs, expecting the same results and the same callvault exception types."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import subprocess
 import sys
@@ -28,13 +29,23 @@ from tests.test_tenancy import Env, env  # noqa: F401 - the fixture
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_sync_io_twin_is_generated_from_the_async_source() -> None:
+def _twins() -> list[Any]:
+    spec = importlib.util.spec_from_file_location("async_to_sync", ROOT / "scripts/async_to_sync.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return list(module.TWINS)
+
+
+@pytest.mark.parametrize("twin", _twins(), ids=lambda t: t.target)
+def test_every_sync_twin_is_generated_from_its_async_source(twin: Any) -> None:
     made = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/async_to_sync.py"), str(ROOT / "callvault/ingest/_async_io.py")],
+        [sys.executable, str(ROOT / "scripts/async_to_sync.py"), str(ROOT / twin.source)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert made.stdout == (ROOT / "callvault/ingest/_sync_io.py").read_text(), (
-        "callvault/ingest/_sync_io.py is out of date: edit _async_io.py and run `make sync-twins`"
+    assert made.stdout == (ROOT / twin.target).read_text(), (
+        f"{twin.target} is out of date: edit {twin.source} and run `make sync-twins`"
     )
 
 

@@ -29,7 +29,7 @@ from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
 from callvault.logs import event, get_logger
 from callvault.plan import Retention
-from callvault.tenancy.session import tenant_value
+from callvault.tenancy.ids import tenant_value
 
 DEFAULT_KEEP = Retention(months=12, days=0)  # one year in the archive unless a policy says otherwise
 

@@ -30,7 +30,7 @@ from callvault.archive import layout
 from callvault.archive.location import read_store
 from callvault.config import Settings, from_env
 from callvault.errors import CallvaultError, InvalidSetting
-from callvault.tenancy.session import tenant_value
+from callvault.tenancy.ids import tenant_value
 
 _PERIODS = tuple(layout.PERIOD_KEY.values())
 _LONGEST_PERIOD = timedelta(days=31)

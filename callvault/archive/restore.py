@@ -44,7 +44,7 @@ from callvault.logs import event, get_logger
 from callvault.maintain import require_partman
 from callvault.plan import Interval
 from callvault.tenancy.facts import side_mark
-from callvault.tenancy.session import tenant_value
+from callvault.tenancy.ids import tenant_value
 
 log = get_logger("restore")
 

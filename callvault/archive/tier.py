@@ -19,7 +19,7 @@ from callvault.archive.reader import _LONGEST_PERIOD, _PERIODS
 from callvault.archive.store import Store
 from callvault.config import Settings, from_env
 from callvault.errors import ArchivePruned, ArchiveVerifyFailed, InvalidSetting, StoreUnavailable
-from callvault.tenancy.session import tenant_value, uuid_text
+from callvault.tenancy.ids import tenant_value, uuid_text
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # the columns a page or a lookup reads, and the DuckDB type each is normalised to (whatever the file holds)

@@ -1,74 +1,8 @@
-"""``with tenant(conn, tenant_id):`` -- run a block as one tenant.
+"""The tenant of a transaction: ``with tenant(conn, tenant_id):`` / ``async with atenant(conn, tenant_id):``
+(generated twins, see :mod:`callvault.tenancy._async_session`) and the tenant id check."""
 
-The tenant is set with ``SET LOCAL app.tenant_id`` (after ``SET LOCAL citus.propagate_set_commands
-TO 'local'``, so Citus sends it to the workers too): transaction-local, so it ends
-with the block's transaction and a pooled connection (or a PgBouncer server connection in
-transaction mode) handed to the next request carries nothing over. No session-level ``SET``.
-The tenant statement is never prepared server-side (``prepare=False``): PgBouncer 1.18 in transaction
-mode does not carry prepared statements between server connections. The block's own statements are
-the caller's: on a connection behind PgBouncer, open it with ``prepare_threshold=None``.
+from callvault.tenancy._async_session import atenant
+from callvault.tenancy._sync_session import tenant
+from callvault.tenancy.ids import tenant_value, uuid_text
 
-* On an idle connection the block is its own transaction (committed at the end, rolled back on an
-  exception).
-* Inside a transaction the caller already opened, the block is a savepoint and the tenant is reset
-  to ``''`` (no rows) when it ends, so code after the block in the same transaction sees nothing.
-"""
-
-from __future__ import annotations
-
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext
-from typing import Any
-from uuid import UUID
-
-import psycopg
-from psycopg.pq import TransactionStatus
-
-from callvault.errors import InvalidSetting
-from callvault.tenancy.policy import PROPAGATE_SQL, set_tenant_sql
-
-
-def uuid_text(value: UUID | str, what: str, example: str) -> str:
-    """``value`` as canonical UUID text, or InvalidSetting naming ``what`` and the bad value (pure)."""
-    if isinstance(value, UUID):
-        return str(value)
-    try:
-        return str(UUID(str(value)))
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidSetting(f"{what} id {value!r} is not a UUID; pass the {what}'s UUID ({example})") from None
-
-
-def tenant_value(tenant_id: UUID | str) -> str:
-    """The tenant as the canonical UUID text, or InvalidSetting naming the bad value (pure)."""
-    return uuid_text(tenant_id, "tenant", "e.g. uuid.UUID('...')")
-
-
-@contextmanager
-def tenant(
-    conn: psycopg.Connection[Any], tenant_id: UUID | str, *, pipeline: bool = False
-) -> Iterator[psycopg.Connection[Any]]:
-    """``pipeline``: send BEGIN, the tenant and the block's first statement in one round trip
-    (psycopg pipeline mode; the block must not use COPY). The reads in :mod:`callvault.query` do."""
-    value = tenant_value(tenant_id)
-    nested = conn.info.transaction_status != TransactionStatus.IDLE
-    with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        conn.execute(PROPAGATE_SQL, prepare=False)
-        conn.execute(set_tenant_sql(value), prepare=False)
-        yield conn
-        if nested:
-            conn.execute(set_tenant_sql(""), prepare=False)
-
-
-@asynccontextmanager
-async def atenant(
-    conn: psycopg.AsyncConnection[Any], tenant_id: UUID | str, *, pipeline: bool = False
-) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The asyncio twin of :func:`tenant`."""
-    value = tenant_value(tenant_id)
-    nested = conn.info.transaction_status != TransactionStatus.IDLE
-    async with conn.pipeline() if pipeline else nullcontext(), conn.transaction():
-        await conn.execute(PROPAGATE_SQL, prepare=False)
-        await conn.execute(set_tenant_sql(value), prepare=False)
-        yield conn
-        if nested:
-            await conn.execute(set_tenant_sql(""), prepare=False)
+__all__ = ["atenant", "tenant", "tenant_value", "uuid_text"]

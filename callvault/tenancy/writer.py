@@ -25,7 +25,8 @@ from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import merge_rows
 from callvault.ingest.call import Call
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Row, Rules, validate
-from callvault.tenancy.session import tenant, tenant_value
+from callvault.tenancy._sync_session import tenant
+from callvault.tenancy.ids import tenant_value
 
 
 @dataclass
