@@ -19,8 +19,8 @@ engines: $(STAMP)
 	@$(BIN)/python -m callvault.engines
 
 lint: $(STAMP)
-	$(BIN)/ruff check callvault tests
-	$(BIN)/ruff format --check callvault tests
+	$(BIN)/ruff check callvault tests scripts
+	$(BIN)/ruff format --check callvault tests scripts
 	$(BIN)/mypy
 
 unit: $(STAMP)

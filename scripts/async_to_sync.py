@@ -36,12 +36,29 @@ class Twin:
 
 
 _CONN = [("AConn", "Conn"), ("AsyncConnection", "Connection")]
+_READER_DOC = (
+    " for asyncio (the sync twin, :class:`callvault.query.Reader`,\n    is the same class without the awaiting)",
+    " (sync; generated from its asyncio\n    twin, :mod:`callvault._async_reader`)",
+)
 TWINS = [
     Twin("callvault/ingest/_async_io.py", "callvault/ingest/_sync_io.py", _CONN),
     Twin(
-        "callvault/tenancy/_async_session.py", "callvault/tenancy/_sync_session.py",
+        "callvault/tenancy/_async_session.py",
+        "callvault/tenancy/_sync_session.py",
         [("atenant", "tenant"), ("asynccontextmanager", "contextmanager"), ("AsyncIterator", "Iterator"), *_CONN],
-    ),  # fmt: skip
+    ),
+    Twin(
+        "callvault/_async_reader.py",
+        "callvault/_sync_reader.py",
+        [
+            ("AsyncReader", "Reader"),
+            ("atenant", "tenant"),
+            ("_async_session", "_sync_session"),
+            ("AsyncConnectionPool", "ConnectionPool"),
+            *_CONN,
+        ],
+        text=[("await asyncio.to_thread(fetch)", "fetch()"), _READER_DOC],
+    ),
 ]
 
 _SYNC = re.compile(r"^(\s*).*?#\s*sync:\s*(.*)$")
@@ -92,7 +109,8 @@ def convert(twin: Twin, source: str) -> str:
         body = body[body.index('"""', 3) + 3 :].lstrip("\n")
     module = twin.source.removesuffix(".py").replace("/", ".")
     banner = (
-        f'"""GENERATED from {Path(twin.source).name} by scripts/async_to_sync.py: do not edit; edit the async source and run\n'
+        f'"""GENERATED from {Path(twin.source).name} by scripts/async_to_sync.py: do not edit; edit the async '
+        "source and run\n"
         f"``make sync-twins``. The synchronous twin of :mod:`{module}` (see there for the why).\n" + '"""\n'
     )
     for old, new in twin.text:

@@ -35,7 +35,8 @@ from callvault.archive.restore import list_archived
 from callvault.config import Roles, Settings
 from callvault.embedded import Cluster
 from callvault.errors import ArchivePruned, StoreUnavailable
-from callvault.query import AsyncReader, CallRecord, Page, Reader, _recent
+from callvault.query import AsyncReader, CallRecord, Page, Reader
+from callvault.query_plan import recent
 from tests.conftest import _template_for
 from tests.helpers import new_dir, run, run_json
 from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401  (the `pgbouncer` fixture)
@@ -354,7 +355,7 @@ def test_without_a_store_reads_stay_hot_only(world: World) -> None:
     with psycopg.connect(world.app()) as conn:
         r = Reader(conn, world.settings)  # Settings without archive_url, no store_url
         assert r.store_url is None
-        plan = _recent(r, TENANTS[0], world.since, world.until, 100, None)
+        plan = recent(r, TENANTS[0], world.since, world.until, 100, None)
         assert plan.tiers is None, "the same single statement as before tiers existed"
         page = r.recent_calls(TENANTS[0], since=world.since, until=world.until, limit=10_000)
         hot = [x.id for x in world.expected(TENANTS[0]) if not world.is_archived(x.started_at)]
