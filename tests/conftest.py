@@ -24,6 +24,12 @@ from callvault.config import Settings
 from callvault.embedded import Cluster
 from callvault.engines import citus_available, citus_missing_reason, partman5_missing_reason, partman_latest, summary
 from tests.clock import FakeClock
+from tests.faketime_site import sitecustomize
+
+# libfaketime 0.9.10 breaks time.sleep (see tests/faketime_site/sitecustomize.py): importing it mended this
+# process; every Python process the tests start imports it from PYTHONPATH.
+_FAKETIME_SITE = str(Path(sitecustomize.__file__).parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_FAKETIME_SITE, os.environ.get("PYTHONPATH")) if p)
 
 # Property tests draw the same examples on every run (a suite that passes Monday and fails Thursday is
 # broken); `pytest --hypothesis-seed=random`-style exploration is for a session hunting bugs, not CI.
