@@ -120,9 +120,12 @@ def _run_detach(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
 
 
 def _size(ctx: _Ctx, job: Job) -> tuple[int | None, int]:
-    """The partition's estimated rows (the planner's statistics) and its size on disk (heap + TOAST)."""
+    """The partition's estimated rows and its size on disk (heap + TOAST). The estimate is the larger of
+    the planner's (``reltuples``: -1 before the first ANALYZE, stale when rows came after it) and the
+    statistics system's live-row count (kept by every insert; reset by a crash); None when neither knows."""
     row = ctx.conn.execute(
-        "SELECT nullif(c.reltuples, -1)::bigint, pg_table_size(c.oid) FROM pg_class c WHERE c.oid = %s::regclass",
+        "SELECT nullif(greatest(nullif(c.reltuples, -1), pg_stat_get_live_tuples(c.oid)), 0)::bigint, "
+        "pg_table_size(c.oid) FROM pg_class c WHERE c.oid = %s::regclass",
         (ctx.child(job).as_string(ctx.conn),),
     ).fetchone()
     return (None, 0) if row is None else (row[0], int(row[1]))
