@@ -24,6 +24,8 @@ from callvault.config import Settings, lifecycle_from
 from callvault.db import connect
 from callvault.errors import InvalidSetting
 from callvault.ingest import Writer
+from callvault.lifecycle import Interval
+from callvault.maintain import maintain
 
 SCHEMA = "callvault_bench"
 TABLE = "m_part"
@@ -41,11 +43,17 @@ def _time(fn: Callable[[], object], samples: int) -> list[float]:
     return out
 
 
+def _data_end() -> datetime:
+    """The end of the bench's two days of calls: three days into the current week, so that every row falls
+    in the week's partition whatever the weekday (two days back from a Monday would be last week: no
+    partition, every row quarantined)."""
+    return Interval.WEEKLY.floor(datetime.now(UTC)) + timedelta(days=3)
+
+
 def _ingest(s: Settings, seconds: float, seed: int) -> list[float]:
     """Per-batch latency of a Writer flushing 1,000-row batches for ``seconds``."""
     lat = []
-    now = datetime.now(UTC)
-    rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=now)
+    rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=_data_end())
     with Writer(s, metrics=False, batch_rows=1_000) as w:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -70,8 +78,14 @@ def run(
         _tables.forget(conn, s, TABLE)
         conn.commit()
         bootstrap.init(conn, s)
+        made = len(catalog.list_partitions(conn, s))
+    if made < partitions:  # how many pg_partman makes from "now" depends on the weekday: top up to the number asked
+        s = s.with_(lifecycle=lifecycle_from("weekly", partitions - 3 + partitions - made, "none"))
+        with connect(settings) as conn:
+            bootstrap.init(conn, s)  # the new premake into pg_partman's config
+        maintain(s)
     with Writer(s, metrics=False) as w:
-        w.write_many(data.calls(ROWS, tenants=50, span=timedelta(days=2)))
+        w.write_many(data.calls(ROWS, tenants=50, span=timedelta(days=2), now=_data_end()))
     with connect(s, autocommit=True) as conn:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, TABLE)))
         snap = metrics.snapshot(conn, s)
