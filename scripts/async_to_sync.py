@@ -36,6 +36,12 @@ class Twin:
 
 
 _CONN = [("AConn", "Conn"), ("AsyncConnection", "Connection")]
+_WRITER_DOC = (
+    "``async with AsyncWriter(...) as w`` (the sync\n    twin, :class:`callvault.ingest.Writer`, "
+    "is ready when constructed and thread-safe: ``with Writer(...)``).",
+    "``with Writer(...) as w``; ready when constructed,\n    thread-safe (generated from its asyncio twin, "
+    ":mod:`callvault.ingest.aio`).",
+)
 _READER_DOC = (
     " for asyncio (the sync twin, :class:`callvault.query.Reader`,\n    is the same class without the awaiting)",
     " (sync; generated from its asyncio\n    twin, :mod:`callvault._async_reader`)",
@@ -58,6 +64,23 @@ TWINS = [
             *_CONN,
         ],
         text=[("await asyncio.to_thread(fetch)", "fetch()"), _READER_DOC],
+    ),
+    Twin(
+        "callvault/ingest/aio.py",
+        "callvault/ingest/writer.py",
+        [
+            ("AsyncWriter", "Writer"),
+            ("AsyncConnectionPool", "ConnectionPool"),
+            ("_async_io", "_sync_io"),
+            ("__aenter__", "__enter__"),
+            ("__aexit__", "__exit__"),
+            ("aclose", "close"),
+            ("asyncio.Queue", "queue.Queue"),
+            ("asyncio.QueueEmpty", "queue.Empty"),
+            ("asyncio.Event", "threading.Event"),
+            *_CONN,
+        ],
+        text=[("await asyncio.sleep(", "time.sleep("), _WRITER_DOC],
     ),
 ]
 
@@ -132,9 +155,9 @@ def convert(twin: Twin, source: str) -> str:
 
 
 def _tidy(text: str, name: str) -> str:
-    """Sort imports, drop unused ones and format, with the project's ruff settings."""
+    """Apply ruff's safe fixes (imports sorted, unused ones dropped, nested `with`s joined) and format."""
     ruff = str(Path(sys.executable).parent / "ruff")
-    for args in (["check", "--select", "I,F401", "--fix", "--quiet"], ["format", "--quiet"]):
+    for args in (["check", "--fix", "--quiet"], ["format", "--quiet"]):
         done = subprocess.run([ruff, *args, "--stdin-filename", name, "-"], input=text, capture_output=True, text=True)
         if done.returncode not in (0, 1) or not done.stdout:
             raise SystemExit(f"ruff {args[0]} failed: {done.stderr}")

@@ -36,8 +36,8 @@ from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import AsyncWriter, Writer
 from callvault.ingest.call import Call
+from callvault.ingest.common import DEFAULT_BATCH_ROWS
 from callvault.ingest.validate import COLUMNS
-from callvault.ingest.writer import DEFAULT_BATCH_ROWS
 
 SCHEMA = "callvault_bench"
 PER_ROW_SAMPLE = 20_000  # the seed's pattern is ~100x slower: a sample is enough for its rate

@@ -307,6 +307,15 @@ def is_row_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.DataError | psycopg.IntegrityError) and not isinstance(exc, pgerr.UniqueViolation)
 
 
+def refused_row(exc: psycopg.Error, rows: list[Row], start: int) -> list[tuple[int, str]] | None:
+    """Bisection's verdict on a slice of ``rows`` (at index ``start``) the database refused (pure):
+    ``exc`` again when no row caused it, the one row's refusal when the slice is one row, None when the
+    slice must be split in halves and each retried."""
+    if not is_row_error(exc):
+        raise exc
+    return [(start, db_reason(exc))] if len(rows) == 1 else None
+
+
 def needs_fallback(exc: BaseException) -> bool:
     msg = _citus_message(exc)
     return isinstance(exc, pgerr.UniqueViolation) or (msg is not None and _CITUS_UNIQUE in msg) or is_row_error(exc)

@@ -48,10 +48,8 @@ def merge_indexed(conn: Conn, settings: Settings, rows: list[Row], start: int = 
             _copy(conn, b.STAGE_COPY, rows)
             return conn.execute(b.merge_sql(settings)).rowcount, []
     except psycopg.Error as exc:
-        if not b.is_row_error(exc):
-            raise
-        if len(rows) == 1:
-            return 0, [(start, b.db_reason(exc))]
+        if (refused := b.refused_row(exc, rows, start)) is not None:
+            return 0, refused
     mid = len(rows) // 2
     left = merge_indexed(conn, settings, rows[:mid], start)
     right = merge_indexed(conn, settings, rows[mid:], start + mid)

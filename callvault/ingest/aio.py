@@ -1,18 +1,35 @@
-"""The asyncio batching writer: same contract as :class:`callvault.ingest.writer.Writer`.
+"""The batching writer. Producers call ``write``; a sender (a task here, a thread in the sync twin) COPYs batches.
 
-``await write(call)`` validates and buffers; a background task COPYs batches (full, older than
-``flush_interval``, on ``flush()``/``aclose()``). A bounded queue makes ``write`` wait when the
-database is behind. Connection failures are retried through the idempotent path.
+THE SOURCE of both twins: :class:`AsyncWriter` is edited here, and :class:`callvault.ingest.Writer`
+(``writer.py``) is generated from it by ``scripts/async_to_sync.py`` (``make sync-twins``);
+``tests/test_twins.py`` checks it is current. Where the two must differ, ``if True:  # ASYNC`` ...
+``else:`` blocks and ``# sync:`` lines say what the sync twin does instead.
+
+Rows are validated in the caller (bad ones are set aside with a reason), buffered, and sent as one
+binary COPY per batch: when the batch is full, when its oldest row is ``flush_interval`` old, on
+``flush()`` and on ``close()``. At most ``max_pending`` sealed batches wait for the database; past that
+``write`` waits (back-pressure) instead of growing memory. A lost connection or a restarted server is
+retried with backoff for ``retry_for`` seconds, re-sending through the idempotent path, so nothing is
+lost and nothing doubled. If it still fails, the rows are kept and every later call raises
+:class:`~callvault.errors.WriterError` carrying them.
+
+The sync :class:`~callvault.ingest.Writer` opens when constructed and is thread-safe (its state is
+guarded by a lock; ``self._lock`` is a no-op context here, where one event loop runs everything).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from types import TracebackType
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from callvault import catalog
@@ -20,10 +37,8 @@ from callvault.config import Settings
 from callvault.db import probe, resolve_dsn
 from callvault.errors import WriterError
 from callvault.ingest import _batch as b
-from callvault.ingest._async_io import AConn, write_batch
-from callvault.ingest.instrument import MetricsArg, WriterMetrics
-from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
-from callvault.ingest.writer import (
+from callvault.ingest._async_io import write_batch
+from callvault.ingest.common import (
     BACKOFF_MAX_S,
     BACKOFF_START_S,
     CONNECT_KWARGS,
@@ -41,25 +56,43 @@ from callvault.ingest.writer import (
     decide_role,
     ready_params,
 )
+from callvault.ingest.instrument import MetricsArg, WriterMetrics
+from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
+
+AConn = psycopg.AsyncConnection[Any]  # sync: from callvault.db import Conn
+POOL_NAME = "callvault-async-writer"  # sync: POOL_NAME = "callvault-writer"
+
+
+class _Marker:
+    """Queued by flush(): when the sender reaches it, every batch queued before it is done."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
 
 _STOP = object()
 
 
 async def configure_connection(conn: AConn) -> None:
     await conn.execute("SET timezone TO 'UTC'")
-    await conn.execute("SET synchronous_commit TO on")
+    await conn.execute("SET synchronous_commit TO on")  # flush() means durable
     await conn.commit()
     b.prepare_connection(conn)
 
 
 class AsyncWriter:
-    """Batching, idempotent, quarantining writer for asyncio. ``async with AsyncWriter(...) as w``.
+    """Batching, idempotent, quarantining call-log writer: ``async with AsyncWriter(...) as w`` (the sync
+    twin, :class:`callvault.ingest.Writer`, is ready when constructed and thread-safe: ``with Writer(...)``).
 
-    Its own pool connects with ``prepare_threshold=None`` (PgBouncer-safe, see ``CONNECT_KWARGS``);
-    a ``pool`` you pass in needs ``kwargs={"prepare_threshold": None}`` behind PgBouncer.
+    ``pool``: your own ``psycopg_pool`` pool instead of the writer's one-connection pool. Behind PgBouncer
+    in transaction mode create it with ``kwargs={"prepare_threshold": None}`` (the writer's own pool does
+    that, see ``CONNECT_KWARGS``); the writer does not change a pool it was given.
 
-    ``metrics``: the Prometheus registry it counts on, as :class:`~callvault.ingest.writer.Writer`'s
-    (default ``prometheus_client.REGISTRY``, ``False`` for none; :mod:`callvault.ingest.instrument`)."""
+    ``metrics``: the Prometheus registry the writer counts on (rows written, duplicates, quarantined by
+    reason, batches, flush latency, queue depth, retries, connection failures; see
+    :mod:`callvault.ingest.instrument`); default ``prometheus_client.REGISTRY``, ``False`` for none."""
+
+    _pool: AsyncConnectionPool[Any]
 
     def __init__(
         self,
@@ -83,24 +116,32 @@ class AsyncWriter:
         self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
         self._rules = self._base_rules
         self._range_at = 0.0
+        self._lock = nullcontext()  # sync: self._lock = threading.Lock()
         self._current = b.Batch()
         self._started: float | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_pending)
         self._total, self._reported = b.FlushResult(), b.FlushResult()
         self._error: BaseException | None = None
         self._unwritten: list[b.Batch] = []
-        self._task: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None  # sync: self._sender: threading.Thread | None = None
         self._closed = False
+        if True:  # ASYNC
+            pass  # opened by `async with AsyncWriter(...)` or `await writer.open()`
+        else:
+            self.open()  # the sync writer is ready when constructed
 
     async def open(self) -> AsyncWriter:
-        """Connect (probing once: a wrong password or closed port raises at once), check the table is
-        initialised and the role may COPY, start the sender task. ``async with AsyncWriter(...)`` calls
-        it. Raises AuthenticationFailed / DatabaseUnavailable / NotInitialised / WriterError."""
+        """Connect (probing once: a wrong password or closed port raises at once, not after 30 s), check
+        the table is initialised and the role may COPY, start the sender. Entering the ``with`` block
+        calls it; opening an open writer does nothing. Raises AuthenticationFailed /
+        DatabaseUnavailable / NotInitialised / WriterError."""
+        if self._sender is not None:
+            return self
         pool = self._pool_arg
         if pool is None:
-            await asyncio.to_thread(probe, resolve_dsn(self.settings))  # wrong password: now, not after 30 s
+            await asyncio.to_thread(probe, resolve_dsn(self.settings))  # sync: probe(resolve_dsn(self.settings))
             pool = AsyncConnectionPool(
-                resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name="callvault-async-writer",
+                resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name=POOL_NAME,
                 configure=configure_connection, check=AsyncConnectionPool.check_connection,
                 kwargs=CONNECT_KWARGS,
             )  # fmt: skip
@@ -109,15 +150,21 @@ class AsyncWriter:
         try:
             async with self._pool.connection() as conn:
                 params = ready_params(self.settings)
-                row = await (await conn.execute(READY_SQL, params)).fetchone()
+                cur = await conn.execute(READY_SQL, params)
+                row = await cur.fetchone()
                 decide_role(row, self.settings)
-                decide_ready(row, await (await conn.execute(QUARANTINE_SQL, params)).fetchone(), self.settings)
+                cur = await conn.execute(QUARANTINE_SQL, params)
+                decide_ready(row, await cur.fetchone(), self.settings)
                 await self._load_range(conn)
         except BaseException:
             if self._own_pool:
                 await self._pool.close()
             raise
-        self._task = asyncio.create_task(self._run(), name="callvault-async-writer")
+        if True:  # ASYNC
+            self._sender = asyncio.create_task(self._run(), name=POOL_NAME)
+        else:
+            self._sender = threading.Thread(target=self._run, name=POOL_NAME, daemon=True)
+            self._sender.start()
         return self
 
     async def __aenter__(self) -> AsyncWriter:
@@ -128,26 +175,28 @@ class AsyncWriter:
     ) -> None:
         await self.aclose()
 
+    # -- producer side -----------------------------------------------------------------------
     async def write(self, call: CallLike) -> None:
         """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
-        waits when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
+        waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
         writer has failed or is closed."""
-        self._check()
         out = validate(call, self._rules)
         await self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
     async def write_many(self, calls: Iterable[CallLike]) -> None:
-        """:meth:`write` for many calls."""
-        self._check()
+        """:meth:`write` for many calls (faster than a loop of ``write``)."""
+        with self._lock:
+            self._check()
+        rules, limit = self._rules, self._batch_rows
         rows: list[Any] = []
         rejected: list[Rejected] = []
         for call in calls:
-            out = validate(call, self._rules)
+            out = validate(call, rules)
             if type(out) is Rejected:
                 rejected.append(out)
             else:
                 rows.append(out)
-            if len(rows) + len(rejected) >= self._batch_rows:
+            if len(rows) + len(rejected) >= limit:
                 await self._add(rows, rejected)
                 rows, rejected = [], []
         if rows or rejected:
@@ -156,66 +205,106 @@ class AsyncWriter:
     async def flush(self) -> b.FlushResult:
         """Send what is buffered and wait until every batch so far is durable; the counts since the
         last flush (written, duplicates, quarantined...). Raises WriterError (with ``unwritten``)."""
-        self._check()
-        sealed = self._seal()
+        with self._lock:
+            self._check()
+            sealed = self._seal()
         if sealed is not None:
             await self._put(sealed)
-        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        marker = _Marker()
         await self._put(marker)
-        assert self._task is not None
-        await asyncio.wait({marker, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        self._check()
-        return self._delta()
+        await self._wait(marker)
+        with self._lock:
+            self._check()
+            return self._delta()
 
     @property
     def stats(self) -> b.FlushResult:
         """Counts since the writer opened (a copy)."""
-        return self._total.copy()
+        with self._lock:
+            return self._total.copy()
 
+    # begin async-only
     async def close(self) -> b.FlushResult:
         """Same as :meth:`aclose` (the name the sync :class:`callvault.ingest.Writer` uses)."""
         return await self.aclose()
 
+    # end async-only
     async def aclose(self) -> b.FlushResult:
-        """Send what is buffered, stop the sender task, close the pool; raise WriterError on failure."""
-        if self._closed:
-            return b.FlushResult()
-        self._closed = True
-        sealed = self._seal()
+        """Send what is buffered, stop the sender, close the pool (if the writer made it).
+
+        Idempotent. Raises WriterError (with every row not committed) if the writer had failed."""
+        with self._lock:
+            if self._closed:
+                return b.FlushResult()
+            self._closed = True  # from here on, write() refuses: nothing can slip in after the last batch
+            sealed = self._seal()
         if sealed is not None:
             await self._put(sealed)
-        if self._task is not None:
+        if self._sender is not None:
             await self._put(_STOP)
-            await self._task  # it drains the queue up to the stop marker, then returns
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, b.Batch):
-                if self._metrics:
-                    self._metrics.queued(-1)
-                await self._send(item)
+            await self._join()  # it drains the queue up to the stop marker, then returns
+        while True:  # batches a waiting producer enqueued after the stop marker
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            await self._handle(item)
         if self._own_pool and hasattr(self, "_pool"):
             await self._pool.close()
-        if self._error is not None:
-            raise b.failure(self._error, self._unwritten)
-        return self._delta()
+        with self._lock:
+            if self._error is not None:
+                raise self._failure()
+            return self._delta()
 
     # -- internals -----------------------------------------------------------------------------
     async def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
-        cur = self._current
-        cur.rows += rows
-        cur.rejected += rejected
-        if self._started is None:
-            self._started = time.monotonic()
-        if len(cur) >= self._batch_rows:
-            sealed = self._seal()
-            if sealed is not None:
-                await self._put(sealed)  # waits while max_pending batches are queued
+        with self._lock:
+            self._check()
+            cur = self._current
+            cur.rows += rows
+            cur.rejected += rejected
+            if self._started is None:
+                self._started = time.monotonic()
+            sealed = self._seal() if len(cur) >= self._batch_rows else None
+        if sealed is not None:
+            await self._put(sealed)  # waits while max_pending batches are queued: back-pressure
 
-    async def _put(self, item: b.Batch | object) -> None:
-        # shield: a caller's timeout/cancellation must not drop a batch already taken from the buffer
+    async def _put(self, item: object) -> None:
+        """Queue for the sender (waiting for room: back-pressure)."""
         if self._metrics and isinstance(item, b.Batch):
-            self._metrics.queued(1)
-        await asyncio.shield(self._queue.put(item))
+            self._metrics.queued(1)  # waiting from now on, in the queue or for room in it (_handle takes it off)
+        if True:  # ASYNC
+            # shield: a caller's timeout/cancellation must not drop a batch already taken from the buffer
+            await asyncio.shield(self._queue.put(item))
+        else:
+            while True:
+                try:
+                    self._queue.put(item, timeout=0.5)
+                    return
+                except queue.Full:
+                    if self._sender is None or not self._sender.is_alive():
+                        self._handle(item)  # the sender is gone (closed meanwhile): handle it here
+                        return
+
+    async def _wait(self, marker: _Marker) -> None:
+        """Until the sender reaches ``marker`` or stops."""
+        assert self._sender is not None
+        if True:  # ASYNC
+            done = asyncio.ensure_future(marker.done.wait())
+            try:
+                await asyncio.wait({done, self._sender}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                done.cancel()
+        else:
+            while not marker.done.wait(0.5) and self._sender.is_alive():
+                pass
+
+    async def _join(self) -> None:
+        assert self._sender is not None
+        if True:  # ASYNC
+            await self._sender
+        else:
+            self._sender.join()
 
     def _seal(self) -> b.Batch | None:
         if not len(self._current):
@@ -229,14 +318,18 @@ class AsyncWriter:
         return delta
 
     def _check(self) -> None:
+        """WriterError when the writer failed, is closed, was never opened or lost its sender (under the lock)."""
         if self._error is not None:
-            raise b.failure(self._error, self._unwritten)
+            raise self._failure()
         if self._closed:
             raise WriterError("the writer is closed")
-        if self._task is None:
+        if self._sender is None:
             raise WriterError("the writer is not open: use `async with AsyncWriter(...)` or `await writer.open()`")
-        if self._task.done():
-            raise WriterError("the writer's sender task stopped; close it and open a new one")
+        if self._sender.done():  # sync: if not self._sender.is_alive():
+            raise WriterError("the writer's sender stopped unexpectedly; close it and open a new one")
+
+    def _failure(self) -> WriterError:
+        return b.failure(self._error, self._unwritten)
 
     async def _load_range(self, conn: AConn) -> LiveRange:
         cur = await conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
@@ -249,21 +342,35 @@ class AsyncWriter:
     async def _run(self) -> None:
         while True:
             try:
-                item = await asyncio.wait_for(self._queue.get(), timeout=self._flush_interval / 4)
-            except TimeoutError:
-                old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
-                sealed = self._seal() if old else None
-                if sealed is not None:
-                    await self._send(sealed)
+                if True:  # ASYNC
+                    item = await asyncio.wait_for(self._queue.get(), timeout=self._flush_interval / 4)
+                else:
+                    item = self._queue.get(timeout=self._flush_interval / 4)
+            except (TimeoutError, queue.Empty):
+                await self._idle()
                 continue
             if item is _STOP:
                 return
-            if isinstance(item, b.Batch):
-                if self._metrics:
-                    self._metrics.queued(-1)
-                await self._send(item)
-            elif isinstance(item, asyncio.Future) and not item.done():
-                item.set_result(None)
+            await self._handle(item)
+
+    async def _handle(self, item: object) -> None:
+        if isinstance(item, _Marker):
+            item.done.set()
+        elif isinstance(item, b.Batch):
+            if self._metrics:
+                self._metrics.queued(-1)
+            await self._send(item)
+
+    async def _idle(self) -> None:
+        with self._lock:
+            old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
+            sealed = self._seal() if old else None
+        if sealed is not None:
+            await self._send(sealed)
+        elif time.monotonic() - self._range_at > RANGE_REFRESH_S and self._error is None:
+            with contextlib.suppress(Exception):
+                async with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
+                    await self._load_range(conn)  # new partitions are accepted before the next batch arrives
 
     async def _send(self, batch: b.Batch) -> None:
         if self._error is not None:
@@ -287,7 +394,7 @@ class AsyncWriter:
                     return
                 if self._metrics:
                     self._metrics.retry()
-                batch.idempotent = True
+                batch.idempotent = True  # the last attempt may have committed: re-send without doubling
                 retries += 1
                 b.log_retry(exc, retries, delay)
                 await asyncio.sleep(delay)
@@ -296,4 +403,5 @@ class AsyncWriter:
         if self._metrics:
             self._metrics.batch_done(result, time.monotonic() - sent_at)
         b.after_batch(result, self._on_quarantine)
-        self._total.add(result)
+        with self._lock:
+            self._total.add(result)

@@ -15,7 +15,8 @@ from typing import Any
 
 from callvault.config import Settings
 from callvault.ingest._batch import FlushResult
-from callvault.ingest.writer import CallLike, Writer
+from callvault.ingest.common import CallLike
+from callvault.ingest.writer import Writer
 
 _lock = threading.Lock()
 _writer: Writer | None = None

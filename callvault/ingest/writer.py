@@ -1,12 +1,5 @@
-"""The batching writer (threads). Producers call ``write``; a flusher thread COPYs batches.
-
-Rows are validated in the caller's thread (bad ones are set aside with a reason), buffered, and
-sent as one binary COPY per batch: when the batch is full, when its oldest row is
-``flush_interval`` old, on ``flush()`` and on ``close()``. At most ``max_pending`` sealed batches
-wait for the database; past that ``write`` blocks (back-pressure) instead of growing memory.
-A lost connection or a restarted server is retried with backoff for ``retry_for`` seconds, re-sending
-through the idempotent path, so nothing is lost and nothing doubled. If it still fails, the rows
-are kept and every later call raises :class:`~callvault.errors.WriterError` carrying them.
+"""GENERATED from aio.py by scripts/async_to_sync.py: do not edit; edit the async source and run
+``make sync-twins``. The synchronous twin of :mod:`callvault.ingest.aio` (see there for the why).
 """
 
 from __future__ import annotations
@@ -15,47 +8,44 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 from callvault import catalog
-from callvault.config import META_SCHEMA, Settings
+from callvault.config import Settings
 from callvault.db import Conn, probe, resolve_dsn
-from callvault.errors import NotInitialised, WriterError
+from callvault.errors import WriterError
 from callvault.ingest import _batch as b
 from callvault.ingest._sync_io import write_batch
-from callvault.ingest.call import Call
+from callvault.ingest.common import (
+    BACKOFF_MAX_S,
+    BACKOFF_START_S,
+    CONNECT_KWARGS,
+    CONNECT_WAIT_S,
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_RETRY_FOR,
+    QUARANTINE_SQL,
+    RANGE_REFRESH_S,
+    READY_SQL,
+    CallLike,
+    as_settings,
+    decide_ready,
+    decide_role,
+    ready_params,
+)
 from callvault.ingest.instrument import MetricsArg, WriterMetrics
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 
-# ~6 MB of 1.2 KB rows: amortises COPY start-up and the commit's WAL flush, while a batch still
-# commits in well under 100 ms at COPY speed.
-DEFAULT_BATCH_ROWS = 5_000
-DEFAULT_FLUSH_INTERVAL = 0.2  # seconds a buffered row may wait before it is sent
-DEFAULT_MAX_PENDING = 4  # sealed batches queued for the flusher before write() blocks
-DEFAULT_RETRY_FOR = 60.0  # seconds a batch is re-sent after connection failures before giving up
-RANGE_REFRESH_S = 30.0  # how stale the live partition range may get (maintenance runs every 15 min)
-BACKOFF_START_S, BACKOFF_MAX_S = 0.1, 5.0
-CONNECT_WAIT_S = 5.0  # per attempt, waiting for the pool to hand out a (re)connected connection
-
-APPLICATION_NAME = "callvault-writer"  # visible in pg_stat_activity
-
-# Bound every wait on the network, so retry_for really bounds a dead or half-open connection.
-# prepare_threshold=None: no server-side prepared statements, which PgBouncer 1.18 in transaction mode
-# would leave on a server connection the next transaction does not get ("_pg3_0" already exists).
-CONNECT_KWARGS: dict[str, Any] = {
-    "application_name": APPLICATION_NAME, "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-    "keepalives_interval": 10, "keepalives_count": 3, "tcp_user_timeout": 60_000, "prepare_threshold": None,
-}  # fmt: skip
-
-CallLike = Call | Mapping[str, Any]
+POOL_NAME = "callvault-writer"
 
 
 class _Marker:
-    """Queued by flush(): when the flusher reaches it, every batch queued before it is done."""
+    """Queued by flush(): when the sender reaches it, every batch queued before it is done."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -71,61 +61,19 @@ def configure_connection(conn: Conn) -> None:
     b.prepare_connection(conn)
 
 
-# The statements both writers run at start-up, in order; the decisions are shared (pure) code. The role
-# check comes first: a role bound by row-level security may not even see callvault's schema.
-READY_SQL = "SELECT row_security_active(to_regclass(%(parent)s)), current_user, to_regclass(%(parent)s) IS NOT NULL"
-QUARANTINE_SQL = "SELECT to_regclass(%(quarantine)s) IS NOT NULL"
-
-
-def ready_params(settings: Settings) -> dict[str, str]:
-    return {"parent": catalog.parent_regclass(settings), "quarantine": f"{META_SCHEMA}.quarantine"}
-
-
-def decide_role(row: tuple[Any, ...] | None, settings: Settings) -> None:
-    """WriterError when row-level security binds the writer's role (Postgres refuses COPY for it)."""
-    if row and row[0]:
-        raise WriterError(
-            f"role {row[1]} is subject to row-level security on {settings.qualified}, and Postgres refuses COPY for "
-            f"such roles: connect the writer as the trusted ingest role ({settings.roles.ingest}, made by "
-            "`callvault init --roles`), or write one tenant's calls with callvault.tenancy.TenantWriter"
-        )
-
-
-def decide_ready(row: tuple[Any, ...] | None, quarantine: tuple[Any, ...] | None, settings: Settings) -> None:
-    """NotInitialised (exit 66) when the table or its quarantine is missing: at start-up, not at the
-    first batch. Pure; both writers call it."""
-    if row is None or not row[2] or quarantine is None or not quarantine[0]:
-        raise NotInitialised(f"{settings.qualified} or its quarantine table is missing: run `callvault init` first")
-
-
-def check_ready(conn: Conn, settings: Settings) -> LiveRange:
-    params = ready_params(settings)
-    row = conn.execute(READY_SQL, params).fetchone()
-    decide_role(row, settings)
-    decide_ready(row, conn.execute(QUARANTINE_SQL, params).fetchone(), settings)
-    live = LiveRange(catalog.partition_bounds(conn, settings))
-    conn.commit()
-    return live
-
-
-def as_settings(target: Settings | str | None) -> Settings:
-    if isinstance(target, Settings):
-        return target
-    from callvault.config import from_env
-
-    return from_env(dsn=target)
-
-
 class Writer:
-    """Batching, idempotent, quarantining call-log writer. Thread-safe; use as a context manager.
+    """Batching, idempotent, quarantining call-log writer: ``with Writer(...) as w``; ready when constructed,
+    thread-safe (generated from its asyncio twin, :mod:`callvault.ingest.aio`).
 
-    ``pool``: your own ``psycopg_pool.ConnectionPool`` instead of the writer's one-connection pool.
-    Behind PgBouncer in transaction mode create it with ``kwargs={"prepare_threshold": None}`` (the
-    writer's own pool does that); the writer does not change a pool it was given.
+    ``pool``: your own ``psycopg_pool`` pool instead of the writer's one-connection pool. Behind PgBouncer
+    in transaction mode create it with ``kwargs={"prepare_threshold": None}`` (the writer's own pool does
+    that, see ``CONNECT_KWARGS``); the writer does not change a pool it was given.
 
     ``metrics``: the Prometheus registry the writer counts on (rows written, duplicates, quarantined by
     reason, batches, flush latency, queue depth, retries, connection failures; see
     :mod:`callvault.ingest.instrument`); default ``prometheus_client.REGISTRY``, ``False`` for none."""
+
+    _pool: ConnectionPool[Any]
 
     def __init__(
         self,
@@ -145,22 +93,10 @@ class Writer:
         self._metrics = WriterMetrics.of(metrics, self.settings.qualified)  # callvault.ingest.instrument
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
-        self._own_pool = pool is None
-        if pool is None:
-            probe(resolve_dsn(self.settings))  # a wrong password or closed port: say so now, not after 30 s
-        self._pool: ConnectionPool[Any] = pool or ConnectionPool(
-            resolve_dsn(self.settings), min_size=1, max_size=1, open=True, name="callvault-writer",
-            configure=configure_connection, check=ConnectionPool.check_connection,
-            kwargs=CONNECT_KWARGS,
-        )  # fmt: skip
+        self._pool_arg, self._own_pool = pool, pool is None
         self._base_rules = Rules(max_transcript_bytes=max_transcript_bytes, assume_utc=assume_utc)
-        try:
-            with self._pool.connection() as conn:
-                self._set_range(check_ready(conn, self.settings))
-        except BaseException:
-            if self._own_pool:
-                self._pool.close()
-            raise
+        self._rules = self._base_rules
+        self._range_at = 0.0
         self._lock = threading.Lock()
         self._current = b.Batch()
         self._started: float | None = None
@@ -168,20 +104,62 @@ class Writer:
         self._total, self._reported = b.FlushResult(), b.FlushResult()
         self._error: BaseException | None = None
         self._unwritten: list[b.Batch] = []
+        self._sender: threading.Thread | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="callvault-writer", daemon=True)
-        self._thread.start()
+        self.open()  # the sync writer is ready when constructed
+
+    def open(self) -> Writer:
+        """Connect (probing once: a wrong password or closed port raises at once, not after 30 s), check
+        the table is initialised and the role may COPY, start the sender. Entering the ``with`` block
+        calls it; opening an open writer does nothing. Raises AuthenticationFailed /
+        DatabaseUnavailable / NotInitialised / WriterError."""
+        if self._sender is not None:
+            return self
+        pool = self._pool_arg
+        if pool is None:
+            probe(resolve_dsn(self.settings))
+            pool = ConnectionPool(
+                resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name=POOL_NAME,
+                configure=configure_connection, check=ConnectionPool.check_connection,
+                kwargs=CONNECT_KWARGS,
+            )  # fmt: skip
+            pool.open()
+        self._pool = pool
+        try:
+            with self._pool.connection() as conn:
+                params = ready_params(self.settings)
+                cur = conn.execute(READY_SQL, params)
+                row = cur.fetchone()
+                decide_role(row, self.settings)
+                cur = conn.execute(QUARANTINE_SQL, params)
+                decide_ready(row, cur.fetchone(), self.settings)
+                self._load_range(conn)
+        except BaseException:
+            if self._own_pool:
+                self._pool.close()
+            raise
+        self._sender = threading.Thread(target=self._run, name=POOL_NAME, daemon=True)
+        self._sender.start()
+        return self
+
+    def __enter__(self) -> Writer:
+        return self.open()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     # -- producer side -----------------------------------------------------------------------
     def write(self, call: CallLike) -> None:
-        """Validate and buffer one call. Blocks only when the database is behind (back-pressure)."""
+        """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
+        waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
+        writer has failed or is closed."""
         out = validate(call, self._rules)
         self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
     def write_many(self, calls: Iterable[CallLike]) -> None:
-        """Validate and buffer many calls (faster than a loop of ``write``)."""
+        """:meth:`write` for many calls (faster than a loop of ``write``)."""
         with self._lock:
-            self._check_locked()
+            self._check()
         rules, limit = self._rules, self._batch_rows
         rows: list[Any] = []
         rejected: list[Rejected] = []
@@ -198,76 +176,68 @@ class Writer:
             self._add(rows, rejected)
 
     def flush(self) -> b.FlushResult:
-        """Send everything buffered; return once it is committed. Counts are since the last flush."""
+        """Send what is buffered and wait until every batch so far is durable; the counts since the
+        last flush (written, duplicates, quarantined...). Raises WriterError (with ``unwritten``)."""
         with self._lock:
-            self._check_locked()
-            sealed = self._seal_locked()
+            self._check()
+            sealed = self._seal()
         if sealed is not None:
             self._put(sealed)
         marker = _Marker()
         self._put(marker)
-        while not marker.done.wait(0.5):
-            if not self._thread.is_alive() and not marker.done.is_set():
-                with self._lock:
-                    self._check_locked()
-                raise WriterError("the writer's flusher stopped unexpectedly; close it and check the logs")
+        self._wait(marker)
         with self._lock:
-            self._check_locked()
-            return self._delta_locked()
+            self._check()
+            return self._delta()
 
     @property
     def stats(self) -> b.FlushResult:
-        """Cumulative counts since the writer opened."""
+        """Counts since the writer opened (a copy)."""
         with self._lock:
             return self._total.copy()
 
     def close(self) -> b.FlushResult:
-        """Send what is buffered, stop the flusher, close the pool (if the writer made it).
+        """Send what is buffered, stop the sender, close the pool (if the writer made it).
 
         Idempotent. Raises WriterError (with every row not committed) if the writer had failed."""
         with self._lock:
             if self._closed:
                 return b.FlushResult()
             self._closed = True  # from here on, write() refuses: nothing can slip in after the last batch
-            sealed = self._seal_locked()
+            sealed = self._seal()
         if sealed is not None:
             self._put(sealed)
-        self._put(_STOP)
-        self._thread.join()
-        while True:  # batches a blocked producer enqueued after the stop marker
+        if self._sender is not None:
+            self._put(_STOP)
+            self._join()  # it drains the queue up to the stop marker, then returns
+        while True:  # batches a waiting producer enqueued after the stop marker
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             self._handle(item)
-        if self._own_pool:
+        if self._own_pool and hasattr(self, "_pool"):
             self._pool.close()
         with self._lock:
             if self._error is not None:
                 raise self._failure()
-            return self._delta_locked()
-
-    def __enter__(self) -> Writer:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+            return self._delta()
 
     # -- internals -----------------------------------------------------------------------------
     def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
         with self._lock:
-            self._check_locked()
+            self._check()
             cur = self._current
             cur.rows += rows
             cur.rejected += rejected
             if self._started is None:
                 self._started = time.monotonic()
-            sealed = self._seal_locked() if len(cur) >= self._batch_rows else None
+            sealed = self._seal() if len(cur) >= self._batch_rows else None
         if sealed is not None:
-            self._put(sealed)  # blocks while max_pending batches wait: back-pressure
+            self._put(sealed)  # waits while max_pending batches are queued: back-pressure
 
     def _put(self, item: object) -> None:
-        """Queue for the flusher; if the flusher is gone (closed meanwhile), handle it here."""
+        """Queue for the sender (waiting for room: back-pressure)."""
         if self._metrics and isinstance(item, b.Batch):
             self._metrics.queued(1)  # waiting from now on, in the queue or for room in it (_handle takes it off)
         while True:
@@ -275,45 +245,58 @@ class Writer:
                 self._queue.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if not self._thread.is_alive():
-                    self._handle(item)
+                if self._sender is None or not self._sender.is_alive():
+                    self._handle(item)  # the sender is gone (closed meanwhile): handle it here
                     return
 
-    def _seal_locked(self) -> b.Batch | None:
+    def _wait(self, marker: _Marker) -> None:
+        """Until the sender reaches ``marker`` or stops."""
+        assert self._sender is not None
+        while not marker.done.wait(0.5) and self._sender.is_alive():
+            pass
+
+    def _join(self) -> None:
+        assert self._sender is not None
+        self._sender.join()
+
+    def _seal(self) -> b.Batch | None:
         if not len(self._current):
             return None
         sealed, self._current, self._started = self._current, b.Batch(), None
         return sealed
 
-    def _delta_locked(self) -> b.FlushResult:
+    def _delta(self) -> b.FlushResult:
         delta = self._total.minus(self._reported)
         self._reported = self._total.copy()
         return delta
 
-    def _check_locked(self) -> None:
+    def _check(self) -> None:
+        """WriterError when the writer failed, is closed, was never opened or lost its sender (under the lock)."""
         if self._error is not None:
             raise self._failure()
         if self._closed:
             raise WriterError("the writer is closed")
+        if self._sender is None:
+            raise WriterError("the writer is not open: use `with Writer(...)` or `writer.open()`")
+        if not self._sender.is_alive():
+            raise WriterError("the writer's sender stopped unexpectedly; close it and open a new one")
 
     def _failure(self) -> WriterError:
         return b.failure(self._error, self._unwritten)
 
-    def _set_range(self, live: LiveRange) -> None:
+    def _load_range(self, conn: Conn) -> LiveRange:
+        cur = conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
+        live = LiveRange(catalog.bounds_from_rows(cur.fetchall()))
+        conn.commit()
         self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
         self._range_at = time.monotonic()
-
-    def _load_range(self, conn: Conn) -> LiveRange:
-        live = LiveRange(catalog.partition_bounds(conn, self.settings))
-        conn.commit()
-        self._set_range(live)
         return live
 
     def _run(self) -> None:
         while True:
             try:
                 item = self._queue.get(timeout=self._flush_interval / 4)
-            except queue.Empty:
+            except (TimeoutError, queue.Empty):
                 self._idle()
                 continue
             if item is _STOP:
@@ -331,7 +314,7 @@ class Writer:
     def _idle(self) -> None:
         with self._lock:
             old = self._started is not None and time.monotonic() - self._started >= self._flush_interval
-            sealed = self._seal_locked() if old else None
+            sealed = self._seal() if old else None
         if sealed is not None:
             self._send(sealed)
         elif time.monotonic() - self._range_at > RANGE_REFRESH_S and self._error is None:
