@@ -2,7 +2,7 @@
 
 THE SOURCE of both twins: :class:`callvault.query.Reader` (``_sync_reader.py``) is generated from this
 module by ``scripts/async_to_sync.py`` (``make sync-twins``); ``tests/test_twins.py`` checks it is current.
-What a read does is decided once in :mod:`callvault.query_plan`; the twins only run the plan.
+What a read does is decided once in :mod:`callvault.query_base`; the twins only run the qb.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from callvault import query_plan as plan
+from callvault import query_base as qb
 from callvault.config import Settings
 from callvault.errors import InvalidSetting
 from callvault.query_base import ATTACHED_SQL, BOUNDS_SQL, DEFAULT_LIMIT, CallRecord, DayStat, Page
@@ -24,7 +24,7 @@ from callvault.tenancy._async_session import atenant
 Source = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
 
 
-class AsyncReader(plan.ReaderBase):
+class AsyncReader(qb.ReaderBase):
     """Tenant-scoped, time-pinned reads for asyncio (the sync twin, :class:`callvault.query.Reader`,
     is the same class without the awaiting).
 
@@ -72,7 +72,7 @@ class AsyncReader(plan.ReaderBase):
             return self.source
         raise InvalidSetting("this AsyncReader reads through a pool: it has no single connection")
 
-    async def _run(self, read: plan.Read) -> Any:
+    async def _run(self, read: qb.Read) -> Any:
         if isinstance(self.source, psycopg.AsyncConnection):
             got = await self._on(self.source, read)
         else:
@@ -85,7 +85,7 @@ class AsyncReader(plan.ReaderBase):
         # the archive tier is blocking I/O: the async twin runs it on a thread, off the event loop
         return read.tiers.result(rows, await asyncio.to_thread(fetch) if fetch is not None else None)
 
-    async def _on(self, conn: psycopg.AsyncConnection[Any], read: plan.Read) -> Any:
+    async def _on(self, conn: psycopg.AsyncConnection[Any], read: qb.Read) -> Any:
         if read.tiers is not None:
             return await self._tiered(conn, read, read.tiers)
         async with atenant(conn, read.tenant, pipeline=self.pipeline):
@@ -94,7 +94,7 @@ class AsyncReader(plan.ReaderBase):
         return read.result(rows)
 
     async def _tiered(
-        self, conn: psycopg.AsyncConnection[Any], read: plan.Read, tiers: plan.Tiers
+        self, conn: psycopg.AsyncConnection[Any], read: qb.Read, tiers: qb.Tiers
     ) -> tuple[list[Any], list[Any]]:
         async with atenant(conn, read.tenant, pipeline=self.pipeline):
             async with conn.pipeline():  # the attached partitions ride along with the query: no extra round trip
@@ -123,7 +123,7 @@ class AsyncReader(plan.ReaderBase):
         :raises InvalidSetting: a bad tenant id, cursor or limit.
         :raises StoreUnavailable: the read reaches the archive and the store cannot be read (exit code 69).
         """
-        return await self._run(plan.recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
+        return await self._run(qb.recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
 
     async def get_call(
         self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None
@@ -140,16 +140,16 @@ class AsyncReader(plan.ReaderBase):
             deleted by archive retention: the call, if it existed, is gone.
         :raises StoreUnavailable: the lookup reaches the archive and the store cannot be read.
         """
-        return await self._run(plan.get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
+        return await self._run(qb.get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
 
     async def count_calls(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
         """How many calls the tenant has in ``[since, until)``."""
-        return await self._run(plan.count(self, tenant_id, since, until))  # type: ignore[no-any-return]
+        return await self._run(qb.count(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
     async def daily_stats(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         """Calls and talk time per UTC day in ``[since, until)``, oldest day first."""
-        return await self._run(plan.daily(self, tenant_id, since, until))  # type: ignore[no-any-return]
+        return await self._run(qb.daily(self, tenant_id, since, until))  # type: ignore[no-any-return]

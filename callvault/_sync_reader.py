@@ -11,7 +11,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from callvault import query_plan as plan
+from callvault import query_base as qb
 from callvault.config import Settings
 from callvault.errors import InvalidSetting
 from callvault.query_base import ATTACHED_SQL, BOUNDS_SQL, DEFAULT_LIMIT, CallRecord, DayStat, Page
@@ -20,7 +20,7 @@ from callvault.tenancy._sync_session import tenant
 Source = psycopg.Connection[Any] | ConnectionPool[Any]
 
 
-class Reader(plan.ReaderBase):
+class Reader(qb.ReaderBase):
     """Tenant-scoped, time-pinned reads (sync; generated from its asyncio
     twin, :mod:`callvault._async_reader`).
 
@@ -68,7 +68,7 @@ class Reader(plan.ReaderBase):
             return self.source
         raise InvalidSetting("this Reader reads through a pool: it has no single connection")
 
-    def _run(self, read: plan.Read) -> Any:
+    def _run(self, read: qb.Read) -> Any:
         if isinstance(self.source, psycopg.Connection):
             got = self._on(self.source, read)
         else:
@@ -81,7 +81,7 @@ class Reader(plan.ReaderBase):
         # the archive tier is blocking I/O: the async twin runs it on a thread, off the event loop
         return read.tiers.result(rows, fetch() if fetch is not None else None)
 
-    def _on(self, conn: psycopg.Connection[Any], read: plan.Read) -> Any:
+    def _on(self, conn: psycopg.Connection[Any], read: qb.Read) -> Any:
         if read.tiers is not None:
             return self._tiered(conn, read, read.tiers)
         with tenant(conn, read.tenant, pipeline=self.pipeline):
@@ -89,7 +89,7 @@ class Reader(plan.ReaderBase):
             rows = cur.fetchall()
         return read.result(rows)
 
-    def _tiered(self, conn: psycopg.Connection[Any], read: plan.Read, tiers: plan.Tiers) -> tuple[list[Any], list[Any]]:
+    def _tiered(self, conn: psycopg.Connection[Any], read: qb.Read, tiers: qb.Tiers) -> tuple[list[Any], list[Any]]:
         with tenant(conn, read.tenant, pipeline=self.pipeline):
             with conn.pipeline():  # the attached partitions ride along with the query: no extra round trip
                 hot = conn.execute(read.statement, read.params, prepare=False)
@@ -117,7 +117,7 @@ class Reader(plan.ReaderBase):
         :raises InvalidSetting: a bad tenant id, cursor or limit.
         :raises StoreUnavailable: the read reaches the archive and the store cannot be read (exit code 69).
         """
-        return self._run(plan.recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
+        return self._run(qb.recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
 
     def get_call(
         self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None
@@ -134,16 +134,16 @@ class Reader(plan.ReaderBase):
             deleted by archive retention: the call, if it existed, is gone.
         :raises StoreUnavailable: the lookup reaches the archive and the store cannot be read.
         """
-        return self._run(plan.get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
+        return self._run(qb.get(self, tenant_id, call_id, started_at))  # type: ignore[no-any-return]
 
     def count_calls(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> int:
         """How many calls the tenant has in ``[since, until)``."""
-        return self._run(plan.count(self, tenant_id, since, until))  # type: ignore[no-any-return]
+        return self._run(qb.count(self, tenant_id, since, until))  # type: ignore[no-any-return]
 
     def daily_stats(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[DayStat]:
         """Calls and talk time per UTC day in ``[since, until)``, oldest day first."""
-        return self._run(plan.daily(self, tenant_id, since, until))  # type: ignore[no-any-return]
+        return self._run(qb.daily(self, tenant_id, since, until))  # type: ignore[no-any-return]

@@ -36,7 +36,7 @@ from callvault.config import Roles, Settings
 from callvault.embedded import Cluster
 from callvault.errors import ArchivePruned, StoreUnavailable
 from callvault.query import AsyncReader, CallRecord, Page, Reader
-from callvault.query_plan import recent
+from callvault.query_base import recent
 from tests.conftest import _template_for
 from tests.helpers import new_dir, run, run_json
 from tests.pgbouncer import PgBouncer, pgbouncer_fixture  # noqa: F401  (the `pgbouncer` fixture)

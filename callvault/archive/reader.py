@@ -31,6 +31,7 @@ from callvault.archive.location import read_store
 from callvault.config import Settings, from_env
 from callvault.errors import CallvaultError, InvalidSetting
 from callvault.tenancy.ids import tenant_value
+from callvault.window import aware_window
 
 _PERIODS = tuple(layout.PERIOD_KEY.values())
 _LONGEST_PERIOD = timedelta(days=31)
@@ -218,8 +219,7 @@ def read_calls(
         raise InvalidSetting("read_calls needs since= and until= (timezone-aware datetimes)")
 
     settings = settings or from_env()
-    if start.tzinfo is None or end.tzinfo is None or not start < end:
-        raise InvalidSetting("read_calls needs an aware start < end (e.g. datetime(2024, 3, 1, tzinfo=UTC))")
+    start, end = aware_window(start, end)
     tenant = tenant_value(tenant_id)
     store = read_store(settings, store_url)
     tdir = layout.table_dir(settings.schema, settings.table)

@@ -20,6 +20,7 @@ from callvault.archive.store import Store
 from callvault.config import Settings, from_env
 from callvault.errors import ArchivePruned, ArchiveVerifyFailed, InvalidSetting, StoreUnavailable
 from callvault.tenancy.ids import tenant_value, uuid_text
+from callvault.window import aware_window
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # the columns a page or a lookup reads, and the DuckDB type each is normalised to (whatever the file holds)
@@ -145,13 +146,7 @@ def find_call(
 
 
 def _window(since: datetime, until: datetime) -> Range:
-    for name, ts in (("since", since), ("until", until)):
-        if not isinstance(ts, datetime) or ts.tzinfo is None:
-            raise InvalidSetting(f"{name}={ts!r} must be a timezone-aware datetime, e.g. datetime.now(UTC)")
-    lo, hi = since.astimezone(UTC), until.astimezone(UTC)
-    if not lo < hi:
-        raise InvalidSetting(f"empty window: since {lo.isoformat()} is not before until {hi.isoformat()}")
-    return lo, hi
+    return aware_window(since, until)
 
 
 def _tenant(tenant_id: str | uuid.UUID) -> str:
