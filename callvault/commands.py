@@ -293,6 +293,14 @@ def history(settings: Settings, *, job: str | None = None, outcome: str | None =
         return runs_of.runs(conn, settings, job=job, outcome=outcome, since=when, limit=limit)
 
 
+def parse_uuid(text: str, flag: str) -> str:
+    """``text`` as canonical UUID text, or InvalidSetting naming the option, the value and the form
+    (:func:`callvault.tenancy.ids.as_uuid`, the one UUID parser)."""
+    from callvault.tenancy.ids import as_uuid
+
+    return as_uuid(text, flag, f": pass the tenant's UUID, e.g. {flag} 6f1c2a4e-0b7d-4c3e-9a51-2d8e4f6a7b90")
+
+
 def parse_time(text: str, flag: str = "--at") -> datetime:
     """``text`` as an ISO 8601 time in UTC (naive means UTC), or InvalidSetting naming ``flag`` (the CLI's
     ``--at``, ``--since``, ``--until`` all read times with it)."""

@@ -69,13 +69,9 @@ def parse_columns(text: str | None) -> tuple[str, ...]:
 
 def parse_tenants(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Each a UUID (InvalidSetting naming the bad one), deduplicated, sorted."""
-    out = []
-    for v in values:
-        try:
-            out.append(str(uuid.UUID(str(v))))
-        except ValueError:
-            raise InvalidSetting(f"--tenant {v!r} is not a UUID") from None
-    return tuple(sorted(set(out)))
+    from callvault.tenancy.ids import as_uuid
+
+    return tuple(sorted({as_uuid(v, "--tenant", "") for v in values}))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from callvault import commands, config, logs
-from callvault.errors import CallvaultError, InvalidSetting
+from callvault.errors import CallvaultError
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output (make, CI, logs) gets a wide fixed width instead of rich's 80-column default.
@@ -161,14 +161,7 @@ def parse_at(text: str | None, flag: str = "--at") -> datetime | None:
 
 def parse_uuid(text: str, flag: str) -> str:
     """``text`` as canonical UUID text, or InvalidSetting naming the option, the value and the form."""
-    import uuid
-
-    try:
-        return str(uuid.UUID(text.strip()))
-    except ValueError:
-        raise InvalidSetting(
-            f"{flag} {text!r} is not a UUID: pass the tenant's UUID, e.g. {flag} 6f1c2a4e-0b7d-4c3e-9a51-2d8e4f6a7b90"
-        ) from None
+    return commands.parse_uuid(text, flag)
 
 
 def settings_of(dsn: str | None, schema: str | None, table: str | None, **more: Any) -> config.Settings:
