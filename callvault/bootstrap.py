@@ -294,10 +294,10 @@ def _schema_exists(conn: Conn, name: str) -> bool:
 def _meta_steps(conn: Conn | None, pm: PartmanInfo) -> list[Step]:
     if conn is not None:  # an older install (no job history, or a pg_cron procedure that does not record it)
         row = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL "
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regprocedure(%s) IS NOT NULL "
             "AND to_regprocedure(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL "
             "AND position('job_history' in pg_get_functiondef(to_regprocedure(%s))) > 0",
-            (f"{META_SCHEMA}.maintenance_log", f"{META_SCHEMA}.quarantine", f"{META_SCHEMA}.run_maintenance(text)",
+            (f"{META_SCHEMA}.quarantine", f"{META_SCHEMA}.run_maintenance(text)",
              f"{META_SCHEMA}.quarantine_once(text,text,text)", f"{META_SCHEMA}.job_history",
              f"{META_SCHEMA}.run_maintenance(text)"),
         ).fetchone()  # fmt: skip

@@ -34,7 +34,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from callvault import catalog, citus, db, history, locks, naming, partman, tenancy
-from callvault.config import META_SCHEMA, Settings
+from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
 from callvault.locks import LOCK_NAMESPACE as LOCK_NAMESPACE  # re-exported
@@ -290,16 +290,6 @@ def _secure(conn: Conn, settings: Settings, report: MaintenanceReport) -> None:
     report.secured, report.unsecured = result.done, result.failed
 
 
-def _log(conn: Conn, report: MaintenanceReport, started: datetime) -> None:
-    conn.execute(
-        sql.SQL(
-            "INSERT INTO {} (parent_table, started_at, source, created, detached, dropped) "
-            "VALUES (%s, %s, %s, %s, %s, %s)"
-        ).format(sql.Identifier(META_SCHEMA, "maintenance_log")),
-        (report.table, started, "callvault", report.created, report.detached, report.dropped),
-    )
-
-
 def _log_result(report: MaintenanceReport) -> None:
     event(log, logging.INFO, "maintenance done", table=report.table, at=report.at, created=report.created,
           detached=report.detached, dropped=report.dropped, finalized=report.finalized,
@@ -345,7 +335,6 @@ def _maintain(settings: Settings, at: datetime | None, wait: bool) -> Maintenanc
     t0 = time.perf_counter()
     busy: list[str] = []
     with connect(settings, autocommit=True) as conn:
-        started = db.server_now(conn)
         pm = require_partman(conn, settings)
         require_supported_naming(conn, settings, pm)
         key = locks.acquire(
@@ -380,7 +369,6 @@ def _maintain(settings: Settings, at: datetime | None, wait: bool) -> Maintenanc
             report.dropped = sorted(gone - after_detached)
             _secure(conn, settings, report)
             report.seconds = time.perf_counter() - t0
-            _log(conn, report, started)
         finally:
             locks.release(conn, key)
     _log_result(report)

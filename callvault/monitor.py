@@ -181,11 +181,12 @@ def classify(info: PartitionInfo, now: datetime) -> str:
 
 
 def _last_maintenance(conn: Conn, settings: Settings) -> datetime | None:
-    if not catalog.meta_table_exists(conn, "maintenance_log"):
+    """When maintenance last ran (ok, or blocked: it premade partitions), from the one run history."""
+    if not catalog.meta_table_exists(conn, "job_history"):
         return None
-    query = sql.SQL("SELECT max(finished_at) FROM {} WHERE parent_table = %s").format(
-        sql.Identifier(META_SCHEMA, "maintenance_log")
-    )
+    query = sql.SQL(
+        "SELECT max(finished_at) FROM {} WHERE parent_table = %s AND job = 'maintain' AND outcome <> 'failed'"
+    ).format(sql.Identifier(META_SCHEMA, "job_history"))
     row = conn.execute(query, (settings.qualified,)).fetchone()
     return row[0] if row else None
 

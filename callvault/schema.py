@@ -86,25 +86,10 @@ def drop_default_partition_sql(s: Settings) -> sql.Composed:
 
 
 def meta_schema_sql() -> list[sql.Composed]:
-    """callvault's own bookkeeping: one row per maintenance run (shown by ``status``)."""
-    meta = sql.Identifier(META_SCHEMA)
+    """callvault's own bookkeeping: the quarantine, the archive journal and the one run history
+    (``job_history``: every job's runs, maintenance included; ``status`` shows the last maintenance)."""
     return [
         create_schema_sql(META_SCHEMA),
-        sql.SQL(
-            """CREATE TABLE IF NOT EXISTS {}.maintenance_log (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    parent_table text NOT NULL,
-    started_at   timestamptz NOT NULL,
-    finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-    source       text NOT NULL,
-    created      text[] NOT NULL DEFAULT '{{}}',
-    detached     text[] NOT NULL DEFAULT '{{}}',
-    dropped      text[] NOT NULL DEFAULT '{{}}'
-)"""
-        ).format(meta),
-        sql.SQL(
-            "CREATE INDEX IF NOT EXISTS maintenance_log_parent_idx ON {}.maintenance_log (parent_table, id)"
-        ).format(meta),
         *quarantine_sql(),
         *archive_sql(),
         *history_sql(),
@@ -259,7 +244,6 @@ BEGIN
     ELSE
         PERFORM {partman}.run_maintenance(p_parent_table => p_parent_table, p_analyze => false, p_jobmon => false);
     END IF;
-    INSERT INTO {meta}.maintenance_log (parent_table, started_at, source) VALUES (p_parent_table, t0, 'pg_cron');
     IF to_regclass('{meta_text}.job_history') IS NOT NULL AND to_regclass('{meta_text}.job_totals') IS NOT NULL THEN
         INSERT INTO {meta}.job_history (parent_table, job, started_at, finished_at, outcome, counts, error, host)
         VALUES (p_parent_table, 'maintain', t0, clock_timestamp(),

@@ -132,7 +132,7 @@ def test_existing_table_with_another_shape_is_refused(dsn: str, conn: psycopg.Co
         bootstrap.init(c, Settings(dsn=dsn))
     msg = str(info.value)
     assert "tenant_id is text, expected uuid" in msg and "PARTITION BY RANGE" in msg and "Nothing was changed" in msg
-    assert conn.execute("SELECT to_regclass('callvault.maintenance_log')").fetchone() == (None,)
+    assert conn.execute("SELECT to_regclass('callvault.job_history')").fetchone() == (None,)
     res = run("init", "--dsn", dsn, ok=False)
     assert res.exit_code == SchemaMismatch.exit_code
 
