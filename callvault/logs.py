@@ -66,25 +66,26 @@ TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _RESERVED = ("ts", "event", "level", "logger", "message")
 
 
+def json_line(event: str, at: datetime | None = None, /, **fields: object) -> str:
+    """One JSON line as callvault writes them all (the worker's events, log records under ``worker``):
+    ``ts`` (UTC, milliseconds; default now), ``event``, then ``fields`` (non-JSON values as their ``str``)."""
+    line = {"ts": (at or datetime.now(UTC)).isoformat(timespec="milliseconds"), "event": event, **fields}
+    return json.dumps(line, default=str)
+
+
 class JsonLineFormatter(logging.Formatter):
     """One JSON object per record, shaped like the worker's own lines: ``ts``, ``event: "log"``,
     ``level``, ``logger``, ``message`` and the record's fields (never overriding those five)."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON (non-JSON values as their ``str``)."""
-        line: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "event": "log",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
+        line: dict[str, object] = {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update({k: v for k, v in fields.items() if k not in _RESERVED})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return json_line("log", datetime.fromtimestamp(record.created, UTC), **line)
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

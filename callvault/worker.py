@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -22,14 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 from psycopg import sql
 
-from callvault import locks
+from callvault import locks, logs
 from callvault.archive.journal import ensure_tables
 from callvault.archive.pipeline import archive
 from callvault.archive.progress import ProgressUpdate, Sink
@@ -75,8 +73,7 @@ class Log:
         self.stream = stream
 
     def __call__(self, event: str, **fields: Any) -> None:
-        line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
-        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.write(logs.json_line(event, **fields) + "\n")
         self.stream.flush()
 
 
