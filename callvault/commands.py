@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from callvault import bootstrap, db, monitor, tenancy
@@ -419,3 +419,73 @@ def calls(
 
 # re-exported so ``commands`` is the one place to look
 _ = (archive, list_archived, maintain, migrate_names, prune, restore, schedule)
+
+
+# -- privacy: the subject, legal holds, erasure (callvault.privacy) ---------------------------------------
+def privacy_subject(settings: Settings, metadata_key: str | None = None) -> dict[str, object]:
+    """Show the table's subject, or set it (``metadata_key``: ``caller`` or ``caller.number``) and build
+    its index; ``{"table", "subject", "index"}``."""
+    from callvault.privacy import subject as subjects
+
+    with connect(settings, autocommit=True) as conn:
+        if metadata_key is not None:
+            chosen = subjects.Subject.parse(metadata_key)
+            index = subjects.set_subject(conn, settings, chosen)
+            return {"table": settings.qualified, "subject": chosen.name, "index": index}
+        found = subjects.load(conn, settings)
+    return {"table": settings.qualified, "subject": found.name if found else None,
+            "index": found.index_name(settings) if found else None}  # fmt: skip
+
+
+def hold_place(settings: Settings, tenant_id: str, reason: str, subject: str | None = None) -> Any:
+    """Place a legal hold (:func:`callvault.privacy.holds.place`)."""
+    from callvault.privacy import holds
+
+    with connect(settings, autocommit=True) as conn:
+        return holds.place(conn, settings, parse_uuid(tenant_id, "--tenant-id"), reason, subject)
+
+
+def hold_release(settings: Settings, hold_id: int) -> Any:
+    from callvault.privacy import holds
+
+    with connect(settings, autocommit=True) as conn:
+        return holds.release(conn, settings, hold_id)
+
+
+def hold_list(settings: Settings, *, released: bool = False) -> list[Any]:
+    from callvault.privacy import holds
+
+    with connect(settings, autocommit=True) as conn:
+        return holds.holds(conn, settings, active_only=not released)
+
+
+def erase(settings: Settings, tenant_id: str, *, subject: str | None = None, call_ids: tuple[str, ...] = (),
+          all_calls: bool = False, yes: bool = False, store_url: str | None = None) -> Any:  # fmt: skip
+    """``callvault erase``: :func:`callvault.privacy.erase.erase`; a whole tenant needs ``yes``."""
+    from callvault.privacy import erase as eraser
+
+    if all_calls and not yes:
+        raise InvalidSetting(
+            f"--all-calls erases every call of tenant {tenant_id} from every tier and cannot be undone: add --yes"
+        )
+    tenant = parse_uuid(tenant_id, "--tenant-id")
+    return eraser.erase(settings, tenant, subject=subject, call_ids=list(call_ids) or None, all_calls=all_calls,
+                        store_url=store_url)  # fmt: skip
+
+
+def erase_status(settings: Settings, request: str) -> Any:
+    from callvault.privacy import erase as eraser
+
+    return eraser.status(settings, request)
+
+
+def erase_resume(settings: Settings, request: str | None = None, store_url: str | None = None) -> list[Any]:
+    from callvault.privacy import erase as eraser
+
+    return eraser.resume(settings, request, store_url=store_url)
+
+
+def erase_list(settings: Settings) -> list[Any]:
+    from callvault.privacy import erase as eraser
+
+    return eraser.requests(settings)

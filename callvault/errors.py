@@ -104,3 +104,9 @@ class ArchivePruned(CallvaultError):
     archive retention (``callvault archive prune``): the calls are gone, not merely not found."""
 
     exit_code = 1
+
+
+class HoldRefused(CallvaultError):
+    """A legal hold covers data the command would remove (``callvault hold list`` shows it)."""
+
+    exit_code = 77  # EX_NOPERM: release the hold first (`callvault hold release ID`)

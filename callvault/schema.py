@@ -22,6 +22,7 @@ from psycopg import sql
 
 from callvault import columns
 from callvault.config import META_SCHEMA, Settings
+from callvault.privacy.schema import privacy_sql
 
 # The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
 COLUMNS: dict[str, str] = {c.name: c.pg for c in columns.COLUMNS}
@@ -93,6 +94,7 @@ def meta_schema_sql() -> list[sql.Composed]:
         *quarantine_sql(),
         *archive_sql(),
         *history_sql(),
+        *privacy_sql(),
     ]
 
 

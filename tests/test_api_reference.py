@@ -48,6 +48,9 @@ PUBLIC_MODULES = [
     "callvault.query",
     "callvault.ingest",
     "callvault.tenancy",
+    "callvault.privacy.subject",
+    "callvault.privacy.holds",
+    "callvault.privacy.erase",
 ]
 
 

@@ -160,14 +160,22 @@ def _prune(settings: Settings, store_url: str | None, at: datetime | None, dry_r
         report = PruneReport(store=store.url, at=now, dry_run=dry_run)
         ensure_tables(conn)
         default, per = policies(conn, settings)
+        from callvault.privacy import holds
+
+        held = {h.tenant_id: h for h in holds.holds(conn, settings)}
     event(log, logging.DEBUG, "archive policies", table=settings.qualified, at=now, default=default.to_pg(),
           overrides=len(per), dry_run=dry_run)  # fmt: skip
     tdir = layout.table_dir(settings.schema, settings.table)
+    keys = [o.key for o in list(store.iter_objects(layout.manifests_prefix(tdir))) if o.key.endswith(".json")]
+    manifests = [(k, Manifest.from_json(store.get_bytes(k))) for k in keys]
+    if held and not dry_run:  # a legal hold: refuse before anything is deleted
+        for _, manifest in manifests:
+            for tenant, entry in manifest.tenants.items():
+                if tenant in held and not entry.pruned_at and expires(per.get(tenant, default), manifest.end) <= now:
+                    with connect(settings, autocommit=True) as conn:
+                        holds.refuse_if_held(conn, settings, tenant, f"archive prune of {manifest.period}")
     objects = 0
-    for obj in list(store.iter_objects(layout.manifests_prefix(tdir))):
-        if not obj.key.endswith(".json"):
-            continue
-        manifest = Manifest.from_json(store.get_bytes(obj.key))
+    for key, manifest in manifests:
         changed = dict(manifest.tenants)
         for tenant, entry in manifest.tenants.items():
             if entry.pruned_at or expires(per.get(tenant, default), manifest.end) > now:
@@ -191,8 +199,8 @@ def _prune(settings: Settings, store_url: str | None, at: datetime | None, dry_r
             changed[tenant] = TenantEntry(entry.fingerprint, entry.objects, pruned_at=now.isoformat())
         if changed != manifest.tenants and not dry_run:
             updated = dataclasses.replace(manifest, tenants=changed)
-            store.put_bytes(obj.key, updated.to_json())
-            event(log, logging.DEBUG, "manifest updated", key=obj.key)
+            store.put_bytes(key, updated.to_json())
+            event(log, logging.DEBUG, "manifest updated", key=key)
     event(log, logging.INFO, "prune done", table=settings.qualified, store=store.url, dry_run=dry_run,
           tenant_periods=len(report.deleted), objects=objects)  # fmt: skip
     return report

@@ -48,6 +48,15 @@ log = get_logger("archive")
 # ---------------------------------------------------------------- the steps
 
 
+def table_spool(conn: Conn, settings: Settings, spool: Path) -> Path:
+    """Where the table's partitions are exported before upload. The spool is shared by every database
+    archived from this machine: each gets its own subtree, or two databases with the same table name would
+    export into (and sweep) each other's files."""
+    ident = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    tag = f"{re.sub(r'[^A-Za-z0-9_]', '_', conn.info.dbname)[:40]}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+    return spool / tag / layout.table_dir(settings.schema, settings.table)
+
+
 class _Ctx:
     def __init__(self, conn: Conn, settings: Settings, store: Store, spool: Path, interval: Interval) -> None:
         self.conn = conn
@@ -57,13 +66,7 @@ class _Ctx:
         self.interval = interval
         self.tdir = layout.table_dir(settings.schema, settings.table)
         self.dsn = resolve_dsn(settings)  # the exporter's own (ADBC) connection
-        # The spool is shared by every database archived from this machine: each gets its own subtree,
-        # or two databases with the same table name would export into (and sweep) each other's files.
-        ident = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
-        tag = (
-            f"{re.sub(r'[^A-Za-z0-9_]', '_', conn.info.dbname)[:40]}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-        )
-        self.table_spool = spool / tag / self.tdir
+        self.table_spool = table_spool(conn, settings, spool)
         self.progress: Tracker | None = None  # the partition being archived, when someone watches
         self.sink: Sink | None = None
         # Citus refuses DETACH ... CONCURRENTLY on distributed tables: a plain DETACH in a transaction

@@ -56,6 +56,7 @@ class Store(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def iter_objects(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, keys: list[str]) -> None: ...
+    def purge(self, keys: list[str]) -> None: ...
     def sweep(self, prefix: str, keep: set[str]) -> list[str]: ...
     def arrow_filesystem(self) -> tuple[Any, str]: ...
     def local_path(self, key: str) -> Path | None: ...
@@ -226,6 +227,10 @@ class LocalStore:
                 parent.rmdir()
                 parent = parent.parent
 
+    def purge(self, keys: list[str]) -> None:
+        """Delete ``keys`` for good (a directory keeps no older versions: :meth:`delete`)."""
+        self.delete(keys)
+
     def sweep(self, prefix: str, keep: set[str]) -> list[str]:
         """Delete every file under ``prefix`` that is not in ``keep``, temporary leftovers included."""
         base = self._path(prefix)
@@ -370,6 +375,28 @@ class S3Store:
             if resp.get("Errors"):
                 first = resp["Errors"][0]
                 raise StoreUnavailable(f"S3 refused to delete {first.get('Key')}: {first.get('Message')}")
+
+    def purge(self, keys: list[str]) -> None:
+        """Delete ``keys`` and, in a versioned bucket, every older version and delete marker of them (an
+        erasure must not leave a copy behind a delete marker); an unversioned bucket: :meth:`delete`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.delete(keys)
+        for key in keys:
+            full = self._key(key)
+            try:
+                pages = self.client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full)
+                versions = [
+                    {"Key": v["Key"], "VersionId": v["VersionId"]}
+                    for page in pages for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
+                    if v["Key"] == full and v.get("VersionId") not in (None, "null")
+                ]  # fmt: skip
+                for i in range(0, len(versions), 1000):
+                    self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": versions[i : i + 1000], "Quiet": True}
+                    )
+            except (BotoCoreError, ClientError) as exc:
+                raise self._fail("delete the versions of", exc) from exc
 
     def sweep(self, prefix: str, keep: set[str]) -> list[str]:
         """Delete every object under ``prefix`` not in ``keep`` and abort unfinished multipart uploads
