@@ -489,3 +489,30 @@ def erase_list(settings: Settings) -> list[Any]:
     from callvault.privacy import erase as eraser
 
     return eraser.requests(settings)
+
+
+def transcript_policy(settings: Settings, *, keep: str | None = None, clear: bool = False,
+                      tenant_id: str | None = None) -> dict[str, object]:  # fmt: skip
+    """Show, set or clear how long transcripts are kept (a table default and per tenant);
+    ``{"table", "default", "tenants"}``."""
+    from callvault.privacy import transcripts
+
+    if keep is not None and clear:
+        raise InvalidSetting("--keep and --clear cannot be used together")
+    tenant = parse_uuid(tenant_id, "--tenant-id") if tenant_id else None
+    with connect(settings, autocommit=True) as conn:
+        if keep is not None:
+            transcripts.set_policy(conn, settings, keep, tenant)
+        elif clear:
+            transcripts.clear_policy(conn, settings, tenant)
+        default, per = transcripts.policies(conn, settings)
+    return {"table": settings.qualified, "default": default.to_pg() if default else None,
+            "tenants": {t: r.to_pg() for t, r in sorted(per.items())}}  # fmt: skip
+
+
+def expire_transcripts(settings: Settings, *, at: datetime | None = None, batch_rows: int = 5_000,
+                       max_rows: int | None = None, store_url: str | None = None) -> Any:  # fmt: skip
+    """``callvault privacy expire``: :func:`callvault.privacy.transcripts.expire`."""
+    from callvault.privacy import transcripts
+
+    return transcripts.expire(settings, at=at, batch_rows=batch_rows, max_rows=max_rows, store_url=store_url)

@@ -100,6 +100,7 @@ def _beat(conn: Conn, settings: Settings, every_s: int, **cols: Any) -> None:
     )
 
 
+EXPIRE_ROWS_PER_CYCLE = 200_000  # transcripts emptied per worker cycle at most: WAL and bloat stay bounded
 PROGRESS_EVERY_S = 10.0  # a progress line per partition and step at most this often (and at its end)
 
 
@@ -145,6 +146,17 @@ def cycle(settings: Settings, opts: WorkerOptions, log: Log, stop: Callable[[], 
             log("prune", deleted=pr.deleted)
         except (CallvaultError, psycopg.Error) as exc:
             log("error", step="prune", error=str(exc))
+            ok = False
+    if not stop():
+        from callvault.privacy.transcripts import expire
+
+        try:  # transcripts past their own time (callvault privacy transcripts); bounded per cycle
+            ex = expire(settings, store_url=opts.store_url, max_rows=EXPIRE_ROWS_PER_CYCLE)
+            if ex.hot_rows or ex.archive_periods or ex.more:
+                log("transcripts", hot_rows=ex.hot_rows, batches=ex.batches, wal_bytes=ex.wal_bytes,
+                    archive_periods=ex.archive_periods, more=ex.more)  # fmt: skip
+        except (CallvaultError, psycopg.Error) as exc:
+            log("error", step="transcripts", error=str(exc))
             ok = False
     log("cycle", ok=ok, seconds=round(time.perf_counter() - t0, 3), stopped=stop())
     return ok

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +252,90 @@ def test_erase_without_a_subject_set_says_how(dsn: str, conn: psycopg.Connection
     assert res.exit_code == 2 and "callvault privacy subject --metadata-key" in res.stderr
     bad = run("privacy", "subject", "--dsn", dsn, "--metadata-key", "caller; drop", ok=False)
     assert bad.exit_code == 2 and "not a metadata key path" in bad.stderr
+
+
+# ---------------------------------------------------------------- transcripts shorter-lived than calls
+
+
+def transcripts_by_age(conn: psycopg.Connection, cutoff: str, tenant: str | None = None) -> tuple[int, int]:
+    """(old calls still with a transcript, newer calls without one that had one)."""
+    who = "AND tenant_id = %(t)s" if tenant else ""
+    old = conn.execute(
+        f"SELECT count(*) FROM call_logs WHERE started_at < %(c)s AND transcript IS NOT NULL {who}",
+        {"c": cutoff, "t": tenant},
+    ).fetchone()[0]
+    return int(old), 0
+
+
+def test_transcripts_expire_before_their_calls_hot_and_archived(dsn: str, conn: psycopg.Connection,
+                                                                 tmp_path: Path) -> None:  # fmt: skip
+    from callvault.config import Settings
+    from callvault.query import Reader
+
+    run("init", "--dsn", dsn)
+    seed(conn)
+    store = new_dir(tmp_path / "store")
+    run("archive", "--dsn", dsn, "--to", store.as_uri(), "--at", AT)
+    at = datetime.fromisoformat(AT)
+    cutoff = (at - timedelta(days=30)).isoformat()
+    with_transcript = conn.execute(
+        "SELECT count(*) FILTER (WHERE transcript IS NOT NULL AND started_at >= %s), count(*) FROM call_logs",
+        (cutoff,),
+    ).fetchone()
+    metadata_before = conn.execute("SELECT id, metadata FROM call_logs ORDER BY id").fetchall()
+    got = run_json("privacy", "transcripts", "--dsn", dsn, "--keep", "30 days")
+    assert got["default"] == "30 days"
+
+    rep = run_json("privacy", "expire", "--dsn", dsn, "--to", store.as_uri(), "--at", AT, "--batch-rows", "200")
+    assert rep["hot_rows"] > 0 and rep["batches"] >= rep["hot_rows"] // 200 and rep["wal_bytes"] > 0
+    assert transcripts_by_age(conn, cutoff)[0] == 0, "no transcript older than 30 days is left in Postgres"
+    assert (
+        conn.execute(
+            "SELECT count(*) FILTER (WHERE transcript IS NOT NULL AND started_at >= %s), count(*) FROM call_logs",
+            (cutoff,),
+        ).fetchone()
+        == with_transcript
+    ), "newer transcripts and every call stay"
+    assert conn.execute("SELECT id, metadata FROM call_logs ORDER BY id").fetchall() == metadata_before
+    # archived weeks are older than 30 days: their objects lose the transcripts, keep everything else
+    assert rep["archive_periods"] > 0 and rep["archive_objects_deleted"] > 0
+    files = [str(p) for p in store.rglob("*.parquet")]
+    con = duckdb.connect()
+    assert con.execute("SELECT count(transcript), count(*) FROM read_parquet(?)", [files]).fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()[0] > 0
+    assert not marker_in_files(store)
+    # the Reader: an old call's metadata, no transcript
+    old = conn.execute(
+        "SELECT tenant_id, call_id, started_at FROM call_logs WHERE started_at < %s ORDER BY started_at LIMIT 1",
+        (cutoff,),
+    ).fetchone()
+    with psycopg.connect(dsn) as rc:
+        record = Reader(rc, Settings(dsn=dsn)).get_call(old[0], old[1], old[2])
+    assert record is not None and record.transcript is None and record.metadata and "caller" in record.metadata
+    # an archived week still restores and verifies; running again has nothing to do
+    oldest = min(m["period"] for m in run_json("archive", "list", "--dsn", dsn, "--to", store.as_uri()))
+    run("restore", "--dsn", dsn, "--to", store.as_uri(), "--week", oldest, "--into", "restored_side")
+    assert conn.execute("SELECT count(transcript) FROM restored_side").fetchone() == (0,)
+    again = run_json("privacy", "expire", "--dsn", dsn, "--to", store.as_uri(), "--at", AT)
+    assert again["hot_rows"] == 0 and again["archive_periods"] == 0
+
+
+def test_transcript_expiry_is_bounded_and_per_tenant(dsn: str, conn: psycopg.Connection) -> None:
+    run("init", "--dsn", dsn)
+    seed(conn)
+    at = datetime.fromisoformat(AT) - timedelta(weeks=3)  # the real now, give or take: nothing archived
+    cutoff = (at - timedelta(days=7)).isoformat()
+    others_before = conn.execute("SELECT count(transcript) FROM call_logs WHERE tenant_id <> %s", (TENANT,)).fetchone()
+    run("privacy", "transcripts", "--dsn", dsn, "--tenant-id", TENANT, "--keep", "7 days")
+    first = run_json("privacy", "expire", "--dsn", dsn, "--at", at.isoformat(), "--batch-rows", "50",
+                     "--max-rows", "120")  # fmt: skip
+    assert first["hot_rows"] == 120 and first["batches"] >= 3 and first["more"]  # at most 50 rows a batch
+    rest = run_json("privacy", "expire", "--dsn", dsn, "--at", at.isoformat())
+    assert not rest["more"] and transcripts_by_age(conn, cutoff, TENANT)[0] == 0
+    assert conn.execute("SELECT count(transcript) FROM call_logs WHERE tenant_id <> %s", (TENANT,)).fetchone() == (
+        others_before
+    ), "other tenants (no policy of theirs, no default) keep theirs"
+    bad = run("privacy", "transcripts", "--dsn", dsn, "--keep", "thirty days", ok=False)
+    assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
+    cleared = run("privacy", "transcripts", "--dsn", dsn, "--clear", ok=False)
+    assert cleared.exit_code == 2 and "no transcript policy" in cleared.stderr

@@ -7,7 +7,17 @@ from typing import Any
 import click
 
 from callvault import commands
-from callvault.cli.base import emit, json_option, main, out, settings_of, store_option, target_options
+from callvault.cli.base import (
+    at_option,
+    emit,
+    json_option,
+    main,
+    out,
+    parse_at,
+    settings_of,
+    store_option,
+    target_options,
+)
 
 
 def _hold_line(h: Any) -> str:
@@ -42,6 +52,46 @@ def privacy_subject(dsn: str | None, schema: str, table: str, metadata_key: str 
         out.print(f"{got['table']}: no subject set (callvault privacy subject --metadata-key caller)")
     else:
         out.print(f"{got['table']}: subject {got['subject']} (index {got['index']})")
+
+
+@privacy_group.command(name="transcripts")
+@target_options
+@click.option("--tenant-id", "--tenant", "tenant", default=None, metavar="UUID",
+              help="This tenant's policy (default: the table's).")  # fmt: skip
+@click.option("--keep", default=None, help="How long transcripts live, e.g. '30 days' (metadata stays).")
+@click.option("--clear", is_flag=True, help="Remove the policy (transcripts live as long as their call).")
+@json_option
+def privacy_transcripts(dsn: str | None, schema: str, table: str, tenant: str | None, keep: str | None, clear: bool,
+                        as_json: bool) -> None:  # fmt: skip
+    """Show or set how long transcripts are kept, shorter than the calls (per tenant like archive policy)."""
+    got = commands.transcript_policy(settings_of(dsn, schema, table), keep=keep, clear=clear, tenant_id=tenant)
+    if as_json:
+        emit(got)
+        return
+    out.print(f"default: transcripts kept {got['default'] or 'as long as their call'}")
+    for t, k in dict(got["tenants"]).items():  # type: ignore[call-overload]
+        out.print(f"{t}: transcripts kept {k}")
+
+
+@privacy_group.command(name="expire")
+@target_options
+@store_option
+@at_option
+@click.option("--batch-rows", default=5_000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Rows per short transaction.")  # fmt: skip
+@click.option("--max-rows", default=None, type=click.IntRange(1), help="Stop after this many rows (run again later).")
+@json_option
+def privacy_expire(dsn: str | None, schema: str, table: str, store_url: str | None, at: str | None, batch_rows: int,
+                   max_rows: int | None, as_json: bool) -> None:  # fmt: skip
+    """Empty transcripts past their time: hot partitions in short batches, archived objects rewritten."""
+    rep = commands.expire_transcripts(settings_of(dsn, schema, table), at=parse_at(at), batch_rows=batch_rows,
+                                      max_rows=max_rows, store_url=store_url)  # fmt: skip
+    if as_json:
+        emit(rep.to_dict())
+        return
+    more = "; more to do: run again" if rep.more else ""
+    out.print(f"transcripts emptied: {rep.hot_rows:,} hot rows in {rep.batches} batches ({rep.wal_bytes:,} bytes "
+              f"of WAL), {rep.archive_periods} archived tenant-periods rewritten{more}")  # fmt: skip
 
 
 @main.group(name="hold")

@@ -7,7 +7,7 @@ from psycopg import sql
 
 from callvault.config import META_SCHEMA
 
-TABLES = ("privacy_subject", "holds", "erasures")
+TABLES = ("privacy_subject", "holds", "erasures", "transcript_policy", "purge_queue")
 
 
 def privacy_sql() -> list[sql.Composed]:
@@ -53,6 +53,23 @@ def privacy_sql() -> list[sql.Composed]:
     updated_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
     error        text
+)"""
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.transcript_policy (
+    parent_table text NOT NULL,
+    tenant_id    uuid,  -- NULL: the table's default
+    keep         interval NOT NULL CHECK (keep > interval '0'),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (parent_table, tenant_id)
+)"""
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.purge_queue (
+    store_url text NOT NULL,
+    key       text NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (store_url, key)
 )"""
         ).format(meta),
     ]
