@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from callvault.ingest import reasons
 from callvault.ingest._batch import FlushResult
+from callvault.ingest.redact import KINDS
 
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MetricsArg = CollectorRegistry | Literal[False] | None
@@ -58,6 +59,9 @@ class _Families:
             "callvault_writer_connection_failures", "Sends that met a lost connection or a restarting server."
         )
         self.failures = counter("callvault_writer_failures", "Times a writer gave up; its rows are in WriterError.")
+        self.redactions = counter(
+            "callvault_writer_redactions", "Values the writer's redaction replaced before writing, by kind.", "kind"
+        )
         self.flush = Histogram(
             "callvault_writer_flush_seconds", "Seconds from a batch's first send to its commit.", ["table"],
             buckets=FLUSH_BUCKETS, registry=registry,
@@ -95,6 +99,8 @@ class WriterMetrics:
             f.batches.labels(table, path)  # present at 0 from the start: rate() needs the first sample
         for code in reasons.CODES:
             f.quarantined.labels(table, code)
+        for kind in (*KINDS, "custom"):
+            f.redactions.labels(table, kind)
 
     @classmethod
     def of(cls, metrics: MetricsArg, table: str) -> WriterMetrics | None:
@@ -115,6 +121,11 @@ class WriterMetrics:
         for r in result.rejected:
             self._f.quarantined.labels(self.table, reasons.code(r.reason)).inc()
         self._flush.observe(seconds)
+
+    def redacted(self, counts: dict[str, int]) -> None:
+        """A call's redaction replaced ``counts`` values by kind (email, phone, card, national_id, custom)."""
+        for kind, n in counts.items():
+            self._f.redactions.labels(self.table, kind).inc(n)
 
     def retry(self) -> None:
         """A send met a connection failure and the batch will be sent again."""

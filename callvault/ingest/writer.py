@@ -39,6 +39,7 @@ from callvault.ingest.common import (
     ready_params,
 )
 from callvault.ingest.instrument import MetricsArg, WriterMetrics
+from callvault.ingest.redact import Redaction, as_redaction
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 
 POOL_NAME = "callvault-writer"
@@ -70,8 +71,12 @@ class Writer:
     that, see ``CONNECT_KWARGS``); the writer does not change a pool it was given.
 
     ``metrics``: the Prometheus registry the writer counts on (rows written, duplicates, quarantined by
-    reason, batches, flush latency, queue depth, retries, connection failures; see
-    :mod:`callvault.ingest.instrument`); default ``prometheus_client.REGISTRY``, ``False`` for none."""
+    reason, batches, flush latency, queue depth, retries, connection failures, redactions; see
+    :mod:`callvault.ingest.instrument`); default ``prometheus_client.REGISTRY``, ``False`` for none.
+
+    ``redact``: rewrite each call's transcript (and chosen metadata keys) before anything is written or
+    quarantined: ``True`` for the built-in redactors (e-mail, phone, card, national id), a list of metadata
+    keys to redact too, or a :class:`callvault.ingest.redact.Redaction`."""
 
     _pool: ConnectionPool[Any]
 
@@ -88,8 +93,10 @@ class Writer:
         retry_for: float = DEFAULT_RETRY_FOR,
         on_quarantine: Callable[[list[b.QuarantineEvent]], None] | None = None,
         metrics: MetricsArg = None,
+        redact: Redaction | bool | Iterable[str] | None = None,
     ) -> None:
         self.settings = as_settings(target)
+        self._redact = as_redaction(redact)  # callvault.ingest.redact: applied before validation and quarantine
         self._metrics = WriterMetrics.of(metrics, self.settings.qualified)  # callvault.ingest.instrument
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
@@ -153,6 +160,8 @@ class Writer:
         """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
         waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
         writer has failed or is closed."""
+        if self._redact is not None:
+            call = self._redacted(call)
         out = validate(call, self._rules)
         self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
@@ -164,7 +173,7 @@ class Writer:
         rows: list[Any] = []
         rejected: list[Rejected] = []
         for call in calls:
-            out = validate(call, rules)
+            out = validate(self._redacted(call) if self._redact is not None else call, rules)
             if type(out) is Rejected:
                 rejected.append(out)
             else:
@@ -224,6 +233,14 @@ class Writer:
             return self._delta()
 
     # -- internals -----------------------------------------------------------------------------
+    def _redacted(self, call: CallLike) -> CallLike:
+        assert self._redact is not None
+        counts: dict[str, int] = {}
+        out: CallLike = self._redact.call(call, counts)
+        if counts and self._metrics:
+            self._metrics.redacted(counts)
+        return out
+
     def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
         with self._lock:
             self._check()
