@@ -71,9 +71,11 @@ def counts(conn: psycopg.Connection, start: datetime, end: datetime) -> dict[str
     return dict(rows)
 
 
-def expected_archive(conn: psycopg.Connection, settings: Settings) -> dict[str, dict[str, dict[str, tuple]]]:
-    """For each partition the archive will take at AT: per-tenant fingerprints computed by Postgres now."""
-    plan = run_json("plan", "--dsn", settings.dsn or "", "--at", AT)
+def expected_archive(
+    conn: psycopg.Connection, settings: Settings, at: str = AT
+) -> dict[str, dict[str, dict[str, tuple]]]:
+    """For each partition the archive will take at ``at``: per-tenant fingerprints computed by Postgres now."""
+    plan = run_json("plan", "--dsn", settings.dsn or "", "--at", at)
     return {p["name"]: pg_fingerprints(conn, p["name"]) for p in plan["retire"]}
 
 

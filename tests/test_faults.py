@@ -15,7 +15,7 @@ import json
 import os
 import stat
 import subprocess
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -131,13 +131,16 @@ def test_reader_holding_locks_then_maintain_premakes_and_finishes_the_detach(rea
     with psycopg.connect(dsn, autocommit=True) as conn:
         fill(conn, per_tenant_week=10)
         settings = Settings(dsn=dsn, lock_timeout_ms=FAST_LOCKS)
-        expected = expected_archive(conn, settings)
+        # this server keeps the real clock (lock timeouts must fire) while the suite may run under `faketime`:
+        # the archive's instant is three weeks past *its* now, as AT is for the suite's own cluster
+        at = (conn.execute("SELECT now()").fetchone()[0] + timedelta(weeks=3)).isoformat()
+        expected = expected_archive(conn, settings, at)
         total = conn.execute("SELECT tenant_id::text, count(*) FROM call_logs GROUP BY 1").fetchall()
         store = new_dir(tmp_path / "store").as_uri()
         with psycopg.connect(dsn) as reader:
             reader.execute("SELECT count(*) FROM call_logs")  # idle in transaction, holding its locks
             pid = reader.info.backend_pid
-            rep = archive(settings, store_url=store, at=datetime.fromisoformat(AT), spool=tmp_path / "spool")
+            rep = archive(settings, store_url=store, at=datetime.fromisoformat(at), spool=tmp_path / "spool")
             assert rep.failed and rep.failed[0].exit_code == 75, rep.to_dict()
             assert f"pid {pid}" in (rep.failed[0].error or ""), "the message names the session in the way"
             assert all(p.exit_code == 75 for p in rep.failed), "no raw 'already pending detach' error"
@@ -146,16 +149,16 @@ def test_reader_holding_locks_then_maintain_premakes_and_finishes_the_detach(rea
 
             # maintenance while the detach cannot finish: it still premakes, then says why it exits 75
             with pytest.raises(Blocked, match=f"pid {pid}") as blocked:
-                maintain(settings, at=datetime.fromisoformat(AT))
+                maintain(settings, at=datetime.fromisoformat(at))
             assert "created" in str(blocked.value)
-            plan = run_json("plan", "--dsn", dsn, "--at", AT)
+            plan = run_json("plan", "--dsn", dsn, "--at", at)
             assert plan["create"] == [], "every partition planned at AT was premade despite the pending detach"
             reader.rollback()
 
-        done = maintain(settings, at=datetime.fromisoformat(AT))  # the session is gone: finished now
+        done = maintain(settings, at=datetime.fromisoformat(at))  # the session is gone: finished now
         assert len(done.finalized) == 1 and done.blocked is None
         assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhdetachpending").fetchone() == (0,)
-        rep = archive(settings, store_url=store, at=datetime.fromisoformat(AT), spool=tmp_path / "spool")
+        rep = archive(settings, store_url=store, at=datetime.fromisoformat(at), spool=tmp_path / "spool")
         assert not rep.failed, rep.to_dict()
         assert not any(exists(conn, n) for n in expected)
         archived = {

@@ -128,6 +128,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         pytest.fail("pyspark is missing: it is pinned in the dev extra; run `make venv` (pip install -e '.[dev]')")
     saved = os.environ.get("SPARK_LOCAL_IP")
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    # The JVM starts without libfaketime (CI runs the suite under `faketime`): under it the JVM's timed waits
+    # spin at ~170% CPU for the rest of the session. What Spark reads here does not depend on the clock.
+    faked = {k: os.environ.pop(k) for k in list(os.environ) if k == "LD_PRELOAD" or k.startswith("FAKETIME")}
     try:
         session = (
             SparkSession.builder.master("local[1]")
@@ -149,9 +152,22 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
     except Exception as exc:
         pytest.fail(f"Spark did not start (java: {_java()}): {exc}", pytrace=False)
+    finally:
+        os.environ.update(faked)
     session.sparkContext.setLogLevel("OFF")
     yield session
     session.stop()
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is not None:  # the JVM would otherwise live until pytest exits
+        proc = getattr(gateway, "proc", None)
+        gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=60)
     if saved is None:
         os.environ.pop("SPARK_LOCAL_IP", None)
     else:

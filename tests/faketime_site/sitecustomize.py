@@ -10,14 +10,19 @@ import os
 
 if "faketime" in os.environ.get("LD_PRELOAD", ""):
     import select
+    import sys
     import time
 
     _sleep = time.sleep
 
-    def _sleep_despite_libfaketime(seconds: float) -> None:
+    def _sleep_despite_libfaketime(seconds: float, _original=_sleep) -> None:  # type: ignore[no-untyped-def]
         try:
-            _sleep(seconds)
+            _original(seconds)
         except OSError:
             select.select([], [], [], max(seconds, 0.0))
 
     time.sleep = _sleep_despite_libfaketime
+    for _module in list(sys.modules.values()):  # modules that took `sleep = time.sleep` before (psycopg_pool)
+        for _name, _value in list(vars(_module).items()) if hasattr(_module, "__dict__") else ():
+            if _value is _sleep and _name != "_sleep":
+                setattr(_module, _name, _sleep_despite_libfaketime)
