@@ -339,3 +339,28 @@ def test_transcript_expiry_is_bounded_and_per_tenant(dsn: str, conn: psycopg.Con
     assert bad.exit_code == 2 and len(bad.stderr.strip().splitlines()) == 1
     cleared = run("privacy", "transcripts", "--dsn", dsn, "--clear", ok=False)
     assert cleared.exit_code == 2 and "no transcript policy" in cleared.stderr
+
+
+def test_erase_waits_for_mirrors_to_confirm_the_deletes(world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's subscription that has not confirmed the WAL past the deletes (a target down) leaves the
+    request open, exit 75 in one line; once it confirms, `erase resume` finishes and counts it."""
+    from callvault.privacy import erase as eraser
+
+    monkeypatch.setattr(eraser, "MIRROR_WAIT_S", 1.0)
+    dsn, store = world["dsn"], world["store"]
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("CREATE PUBLICATION callvault_mirror_t FOR TABLE call_logs WITH (publish_via_partition_root)")
+        admin.execute("SELECT pg_create_logical_replication_slot('callvault_mirror_t', 'pgoutput')")
+        try:
+            res = run("erase", "--dsn", dsn, "--to", store.as_uri(), "--tenant-id", TENANT, "--subject", SUBJECT,
+                      ok=False)  # fmt: skip
+            assert res.exit_code == 75 and "callvault_mirror_t" in res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1 and SUBJECT not in res.stderr
+            assert subject_rows(admin) == 0, "this database's tiers are erased meanwhile"
+            assert admin.execute("SELECT step FROM callvault.erasures").fetchone() == ("archive",)
+            admin.execute("SELECT pg_replication_slot_advance('callvault_mirror_t', pg_current_wal_lsn())")
+            done = run_json("erase", "resume", "--dsn", dsn, "--to", store.as_uri())
+            assert [r["done"] for r in done] == [True] and done[0]["removed"]["mirrors_confirmed"] == 1
+        finally:
+            admin.execute("SELECT pg_drop_replication_slot('callvault_mirror_t')")
+            admin.execute("DROP PUBLICATION callvault_mirror_t")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ from callvault.archive.store import Store, open_store, sha256_file
 from callvault.archive.verify import _fetch, duck_fingerprints
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect
-from callvault.errors import ArchiveVerifyFailed, CallvaultError, InvalidSetting
+from callvault.errors import ArchiveVerifyFailed, Blocked, CallvaultError, InvalidSetting
 from callvault.logs import event, get_logger
 from callvault.privacy import holds
 from callvault.privacy import subject as subjects
@@ -60,6 +61,7 @@ log = get_logger(__name__)
 ERASURES = sql.Identifier(META_SCHEMA, "erasures")
 QUARANTINE = sql.Identifier(META_SCHEMA, "quarantine")
 STEPS = ("hot", "detached", "quarantine", "archive", "done")
+MIRROR_WAIT_S = 30.0  # how long the last step waits for mirrors to confirm the deletes
 _COLUMNS = (
     "id, parent_table, tenant_id::text, kind, step, counts, requested_by, created_at, updated_at, finished_at, error"
 )
@@ -353,6 +355,9 @@ def _hot(conn: Conn, settings: Settings, req: _Request) -> None:
         gone = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(_parent(settings), match), params).rowcount
         req.counts["hot_rows"] = req.counts.get("hot_rows", 0) + gone
         _save(conn, req, "detached")
+    # where the deletes end in the WAL: each mirror has them once its subscription confirms this far
+    req.state["delete_lsn"] = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])  # type: ignore[index]
+    _save(conn, req, "detached")
 
 
 def _detached(conn: Conn, settings: Settings, req: _Request) -> None:
@@ -410,8 +415,42 @@ def _archive(conn: Conn, settings: Settings, req: _Request, store_url: str | Non
             _erase_period(conn, settings, store, manifest, entry, req, predicate, args)
             _purge_pending(conn, store, req)
     req.state.pop("purge", None)
+    _mirrors_confirm(conn, settings, req)
     with conn.transaction():
         _save(conn, req, "done", done=True)
+
+
+def _lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def _mirrors_confirm(conn: Conn, settings: Settings, req: _Request) -> None:
+    """Wait (up to MIRROR_WAIT_S) until every callvault mirror's subscription has confirmed the WAL past the
+    hot deletes: the targets applied them. A mirror that does not (down, or lagging) leaves the request
+    open (exit 75): ``erase resume`` checks again; nothing is undone meanwhile."""
+    lsn = req.state.get("delete_lsn")
+    if not lsn:
+        return
+    deadline = time.monotonic() + MIRROR_WAIT_S
+    ours = (
+        "SELECT slot_name, confirmed_flush_lsn FROM pg_replication_slots WHERE slot_type = 'logical' "
+        "AND database = current_database() AND slot_name IN (SELECT pubname FROM pg_publication_tables "
+        "WHERE pubname LIKE 'callvault\\_mirror\\_%%' AND schemaname = %s AND tablename = %s) ORDER BY 1"
+    )
+    while True:
+        found = conn.execute(ours, (settings.schema, settings.table)).fetchall()
+        behind = [str(name) for name, flushed in found if flushed is None or _lsn(str(flushed)) < _lsn(lsn)]
+        if not behind:
+            req.counts["mirrors_confirmed"] = len(found)
+            return
+        if time.monotonic() >= deadline:
+            raise Blocked(
+                f"erase request {req.id}: every tier of this database is erased, but mirror slot(s) "
+                f"{', '.join(behind)} have not confirmed the deletes after {MIRROR_WAIT_S:.0f} s (a target down "
+                f"or lagging: see `callvault mirror status`); run `callvault erase resume {req.id}` when it is back"
+            )
+        time.sleep(0.5)
 
 
 def _purge_pending(conn: Conn, store: Store, req: _Request) -> None:
