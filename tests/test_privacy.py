@@ -364,3 +364,35 @@ def test_erase_waits_for_mirrors_to_confirm_the_deletes(world: dict[str, Any], m
         finally:
             admin.execute("SELECT pg_drop_replication_slot('callvault_mirror_t')")
             admin.execute("DROP PUBLICATION callvault_mirror_t")
+
+
+def test_erase_reads_only_the_archived_periods_whose_filter_may_hold_the_subject(
+    dsn: str, conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    from callvault.config import Settings
+    from tests.test_archive import expected_archive
+
+    run("init", "--dsn", dsn)
+    seed(conn)
+    run("privacy", "subject", "--dsn", dsn, "--metadata-key", "caller")  # before archiving: filters are written
+    weeks = sorted(expected_archive(conn, Settings(dsn=dsn)))
+    assert len(weeks) >= 3
+    rare = "+19990000001"  # one call, in one archived week
+    conn.execute(
+        f"UPDATE {weeks[1]} SET metadata = metadata || jsonb_build_object('caller', %s::text) "
+        f"WHERE id = (SELECT min(id) FROM {weeks[1]} WHERE tenant_id = %s)",
+        (rare, TENANT),
+    )
+    conn.commit()
+    store = new_dir(tmp_path / "store")
+    run("archive", "--dsn", dsn, "--to", store.as_uri(), "--at", AT)
+    filters = sorted(store.rglob("*.bloom"))
+    assert len(filters) == sum(1 for _ in weeks for _ in TENANTS) and all("_subject_index" in str(f) for f in filters)
+    assert not any(rare.encode() in f.read_bytes() for f in filters), "a filter holds no subject"
+
+    receipt = run_json("erase", "--dsn", dsn, "--to", store.as_uri(), "--tenant-id", TENANT, "--subject", rare)
+    removed = receipt["removed"]
+    assert removed["archive_rows"] == 1 and removed["archive_objects_rewritten"] == 1
+    assert removed["archive_objects_read"] == 1, "only the week whose filter may hold the subject was read"
+    assert removed["archive_periods_skipped"] == len(weeks) - 1
+    assert (TENANT, rare) not in archive_rows(store)

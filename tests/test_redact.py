@@ -89,3 +89,24 @@ def test_writers_redact_before_writing_and_quarantining(dsn: str, kind: str) -> 
     got = {s.labels["kind"]: s.value for m in registry.collect() if m.name == "callvault_writer_redactions"
            for s in m.samples if s.name.endswith("_total")}  # fmt: skip
     assert got["email"] == 2 and got["phone"] == 1 and got["card"] == 1 and got["national_id"] == 0
+
+
+# ---------------------------------------------------------------- the archive's subject filter (pure)
+
+
+def test_subject_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    from callvault.privacy.index import build, may_contain
+
+    secret = b"k" * 32
+    members = [f"+1555{i:07d}" for i in range(5_000)]
+    blob = build(members, secret)
+    assert all(may_contain(blob, m, secret) for m in members)
+    others = [f"+1666{i:07d}" for i in range(20_000)]
+    rate = sum(may_contain(blob, o, secret) for o in others) / len(others)
+    assert rate < 0.02, rate  # built for 1 %
+    assert len(blob) < 8_000, "about 9.6 bits a subject"
+    assert not all(may_contain(blob, m, b"x" * 32) for m in members[:50]), "another key reads another filter"
+    assert b"+1555" not in blob
+    assert may_contain(b"garbage", "anything", secret), "an unreadable filter says maybe"
+    empty = build([], secret)
+    assert not may_contain(empty, members[0], secret)

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from callvault import catalog, citus, private
@@ -331,6 +332,23 @@ def step_verify(ctx: _Ctx, job: Job) -> None:
                 event(log, logging.INFO, "swept store objects no manifest lists", partition=job.partition,
                       tenant=tenant, objects=len(gone))  # fmt: skip
                 event(log, logging.DEBUG, "swept store objects", partition=job.partition, keys=gone)
+    _subject_filters(ctx, job)
+
+
+def _subject_filters(ctx: _Ctx, job: Job) -> None:
+    """The period's subject filters (callvault.privacy.index), while its table still exists. Best effort:
+    an erase reads a period that has none, so a failure here only costs a later erase a read."""
+    from callvault.privacy import index
+
+    try:
+        with ctx.conn.transaction():
+            written = index.write_for_partition(ctx.conn, ctx.settings, ctx.store, ctx.child(job), ctx.interval,
+                                                job.start)  # fmt: skip
+        if written:
+            event(log, logging.DEBUG, "subject filters written", partition=job.partition, tenants=written)
+    except (psycopg.Error, CallvaultError, OSError) as exc:
+        event(log, logging.WARNING, "subject filters not written; an erase will read this period",
+              partition=job.partition, reason=type(exc).__name__)  # fmt: skip
 
 
 def step_drop(ctx: _Ctx, job: Job) -> None:

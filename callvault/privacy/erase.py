@@ -405,12 +405,20 @@ def _manifests(store: Store, settings: Settings) -> Iterator[Manifest]:
 
 
 def _archive(conn: Conn, settings: Settings, req: _Request, store_url: str | None) -> None:
+    from callvault.privacy import index
+
     predicate, args = _duck_match(conn, settings, req)
+    secret = index.key(conn, settings) if req.kind == "subject" else None
     for store in _stores(settings, store_url):
         _purge_pending(conn, store, req)
         for manifest in _manifests(store, settings):
             entry = manifest.tenants.get(req.tenant)
             if entry is None or entry.pruned_at:
+                continue
+            if req.kind == "subject" and not index.may_hold(
+                store, settings, secret, manifest.interval, manifest.start, req.tenant, req.selector["subject"]
+            ):  # its filter says the subject is certainly not there: not read
+                req.counts["archive_periods_skipped"] = req.counts.get("archive_periods_skipped", 0) + 1
                 continue
             _erase_period(conn, settings, store, manifest, entry, req, predicate, args)
             _purge_pending(conn, store, req)

@@ -18,9 +18,11 @@ def privacy_sql() -> list[sql.Composed]:
     parent_table text PRIMARY KEY,
     path         text[] NOT NULL,  -- the subject's key path in metadata, e.g. {{caller}}
     index_name   text,
+    bloom_key    bytea,  -- keys the archive's subject filters (callvault.privacy.index)
     set_at       timestamptz NOT NULL DEFAULT now()
 )"""
         ).format(meta),
+        sql.SQL("ALTER TABLE {}.privacy_subject ADD COLUMN IF NOT EXISTS bloom_key bytea").format(meta),
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {}.holds (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
