@@ -65,6 +65,18 @@ def test_bench_replication_reports_both_mirrors(dsn: str) -> None:
         assert m["ingested_rows"] > 0 and m["samples"] > 0 and m["catch_up_s"] >= 0
 
 
+def test_bench_erase_reads_fewer_objects_with_the_subject_filters(dsn: str) -> None:
+    result = run_json("bench", "erase", "--dsn", dsn, "--weeks", "8", "--tenants", "3", "--calls", "20")
+    with_f, without = result["with_filters"], result["without_filters"]
+    assert with_f["rows_erased"] == without["rows_erased"] == 4, "the caller's four calls, from either archive"
+    assert with_f["objects_rewritten"] == without["objects_rewritten"] == 4
+    assert without["objects_read"] >= 8 and without["periods_skipped"] == 0
+    # each period the filter rules out is not read (a 1 % false positive may still be read: not exact)
+    assert with_f["objects_read"] + with_f["periods_skipped"] == without["objects_read"]
+    assert with_f["objects_read"] >= 4 and with_f["periods_skipped"] >= 2
+    assert result["objects_read_ratio"] == round(with_f["objects_read"] / without["objects_read"], 3)
+
+
 def test_bench_metrics_reports_every_field(dsn: str) -> None:
     result = run_json("bench", "metrics", "--dsn", dsn, "--partitions", "30", "--samples", "5", "--seconds", "0.5")
     assert result["partitions"] >= 29

@@ -42,6 +42,32 @@ def bench_ingest(dsn: str | None, schema: str, table: str, rows: int, row_bytes:
     render.bench_ingest(out, result)
 
 
+@bench.command(name="erase")
+@target_options
+@click.option("--weeks", default=52, show_default=True, help="Archived weeks (a year: 52).")
+@click.option("--tenants", default=20, show_default=True, help="Tenants.")
+@click.option("--calls", default=500, show_default=True, help="Calls a tenant-week.")
+@json_option
+def bench_erase(dsn: str | None, schema: str, table: str, weeks: int, tenants: int, calls: int,
+                as_json: bool) -> None:  # fmt: skip
+    """Erasing one caller from a year of archived weeks: with the subject filters vs without."""
+    from callvault.bench import erase as eb
+
+    result = eb.run(settings_of(dsn, schema, table), weeks=weeks, tenants=tenants, calls=calls)
+    if as_json:
+        emit(result)
+        return
+    for label in ("with_filters", "without_filters"):
+        r = result[label]
+        out.print(
+            f"{label:16} erase {r['erase_seconds']:>7.3f} s  objects read {r['objects_read']:>4}  rewritten "
+            f"{r['objects_rewritten']}  periods skipped {r['periods_skipped']}  rows {r['rows_erased']}"
+        )
+    out.print(
+        f"objects read with/without filters: {result['objects_read_ratio']}; seconds: {result['erase_seconds_ratio']}"
+    )
+
+
 @bench.command(name="query")
 @target_options
 @click.option("--rows", default=2_000_000, show_default=True, help="Rows to load (ignored with --sizes).")
