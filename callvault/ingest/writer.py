@@ -172,8 +172,9 @@ class Writer:
         rules, limit = self._rules, self._batch_rows
         rows: list[Any] = []
         rejected: list[Rejected] = []
+        redaction, counts = self._redact, dict[str, int]()  # redactions counted once for the call, not per row
         for call in calls:
-            out = validate(self._redacted(call) if self._redact is not None else call, rules)
+            out = validate(redaction.call(call, counts) if redaction is not None else call, rules)
             if type(out) is Rejected:
                 rejected.append(out)
             else:
@@ -183,6 +184,8 @@ class Writer:
                 rows, rejected = [], []
         if rows or rejected:
             self._add(rows, rejected)
+        if counts and self._metrics:
+            self._metrics.redacted(counts)
 
     def flush(self) -> b.FlushResult:
         """Send what is buffered and wait until every batch so far is durable; the counts since the
