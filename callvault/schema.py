@@ -22,7 +22,6 @@ from psycopg import sql
 
 from callvault import columns
 from callvault.config import META_SCHEMA, Settings
-from callvault.privacy.schema import privacy_sql
 
 # The seed's columns, as format_type() prints them: name -> type (from the one spec, callvault.columns).
 COLUMNS: dict[str, str] = {c.name: c.pg for c in columns.COLUMNS}
@@ -171,15 +170,7 @@ def archive_sql() -> list[sql.Composed]:
     detail       text
 )"""
         ).format(meta),
-        sql.SQL(
-            """CREATE TABLE IF NOT EXISTS {}.archive_policy (
-    parent_table text NOT NULL,
-    tenant_id    uuid,
-    keep         interval NOT NULL CHECK (keep > interval '0'),
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    UNIQUE NULLS NOT DISTINCT (parent_table, tenant_id)
-)"""
-        ).format(meta),
+        keep_policy_sql("archive_policy"),
         sql.SQL(
             """CREATE TABLE IF NOT EXISTS {}.worker_status (
     parent_table  text PRIMARY KEY,
@@ -286,6 +277,20 @@ def describe_shape_problems(actual: dict[str, tuple[str, bool]], partition_key: 
     return problems
 
 
+def keep_policy_sql(name: str) -> sql.Composed:
+    """A table of "keep for" policies: the table's default (``tenant_id`` NULL) and per-tenant overrides
+    (``archive_policy``, ``transcript_policy``)."""
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+    parent_table text NOT NULL,
+    tenant_id    uuid,
+    keep         interval NOT NULL CHECK (keep > interval '0'),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (parent_table, tenant_id)
+)"""
+    ).format(sql.Identifier(META_SCHEMA, name))
+
+
 def history_sql() -> list[sql.Composed]:
     """``callvault.job_history`` (one row per run, bounded) and ``callvault.job_totals`` (runs per outcome)."""
     meta = sql.Identifier(META_SCHEMA)
@@ -318,6 +323,69 @@ def history_sql() -> list[sql.Composed]:
     runs         bigint NOT NULL DEFAULT 0,
     counts       jsonb NOT NULL DEFAULT '{{}}',
     PRIMARY KEY (parent_table, job, outcome)
+)"""
+        ).format(meta),
+    ]
+
+
+# -- privacy: the subject, legal holds, erasures, transcript policies (callvault.privacy) --------------
+PRIVACY_TABLES = ("privacy_subject", "holds", "erasures", "transcript_policy", "purge_queue")
+
+
+def privacy_sql() -> list[sql.Composed]:
+    meta = sql.Identifier(META_SCHEMA)
+    return [
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.privacy_subject (
+    parent_table text PRIMARY KEY,
+    path         text[] NOT NULL,  -- the subject's key path in metadata, e.g. {{caller}}
+    index_name   text,
+    bloom_key    bytea,  -- keys the archive's subject filters (callvault.privacy.index)
+    set_at       timestamptz NOT NULL DEFAULT now()
+)"""
+        ).format(meta),
+        sql.SQL("ALTER TABLE {}.privacy_subject ADD COLUMN IF NOT EXISTS bloom_key bytea").format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.holds (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parent_table text NOT NULL,
+    tenant_id    uuid NOT NULL,
+    subject      text,  -- NULL: the whole tenant
+    reason       text NOT NULL,
+    placed_by    text NOT NULL,
+    placed_at    timestamptz NOT NULL DEFAULT now(),
+    released_by  text,
+    released_at  timestamptz
+)"""
+        ).format(meta),
+        sql.SQL(
+            "CREATE INDEX IF NOT EXISTS holds_active_idx ON {}.holds (parent_table, tenant_id) "
+            "WHERE released_at IS NULL"
+        ).format(meta),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.erasures (
+    id           uuid PRIMARY KEY,
+    parent_table text NOT NULL,
+    tenant_id    uuid NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('tenant', 'subject', 'calls')),
+    selector     jsonb,  -- the subject or call ids while the request runs; NULL once done (the receipt keeps none)
+    step         text NOT NULL CHECK (step IN ('hot', 'detached', 'quarantine', 'archive', 'done')),
+    counts       jsonb NOT NULL DEFAULT '{{}}',
+    state        jsonb NOT NULL DEFAULT '{{}}',
+    requested_by text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    error        text
+)"""
+        ).format(meta),
+        keep_policy_sql("transcript_policy"),
+        sql.SQL(
+            """CREATE TABLE IF NOT EXISTS {}.purge_queue (
+    store_url text NOT NULL,
+    key       text NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (store_url, key)
 )"""
         ).format(meta),
     ]

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from callvault import catalog
+from callvault import catalog, schema
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import InvalidSetting, NotInitialised
-from callvault.privacy import schema
 
 _PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 
@@ -60,7 +59,7 @@ class Subject:
 
 def ensure(conn: Conn) -> None:
     """Create the privacy tables where an older install lacks them (autocommit connection)."""
-    catalog.ensure_meta(conn, schema.TABLES, schema.privacy_sql())
+    catalog.ensure_meta(conn, schema.PRIVACY_TABLES, schema.privacy_sql())
 
 
 def load(conn: Conn, settings: Settings) -> Subject | None:
