@@ -187,9 +187,9 @@ class AsyncWriter:
         """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
         waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
         writer has failed or is closed."""
-        if self._redact is not None:
-            call = self._redacted(call)
         out = validate(call, self._rules)
+        if self._redact is not None:
+            out = self._redacted(out)
         await self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
 
     async def write_many(self, calls: Iterable[CallLike]) -> None:
@@ -201,7 +201,9 @@ class AsyncWriter:
         rejected: list[Rejected] = []
         redaction, counts = self._redact, dict[str, int]()  # redactions counted once for the call, not per row
         for call in calls:
-            out = validate(redaction.call(call, counts) if redaction is not None else call, rules)
+            out = validate(call, rules)
+            if redaction is not None:  # after validation: the row itself, no copy of the call
+                out = redaction.result(out, counts)
             if type(out) is Rejected:
                 rejected.append(out)
             else:
@@ -269,10 +271,10 @@ class AsyncWriter:
             return self._delta()
 
     # -- internals -----------------------------------------------------------------------------
-    def _redacted(self, call: CallLike) -> CallLike:
+    def _redacted(self, out: Any) -> Any:
         assert self._redact is not None
         counts: dict[str, int] = {}
-        out: CallLike = self._redact.call(call, counts)
+        out = self._redact.result(out, counts)
         if counts and self._metrics:
             self._metrics.redacted(counts)
         return out

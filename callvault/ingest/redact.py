@@ -22,14 +22,18 @@ What the writer stores is the redacted text: the original is never written, quar
 
 from __future__ import annotations
 
+import json
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from callvault.ingest.validate import Rejected, Row
+
 Extra = Callable[[str], tuple[str, int]]
 
-_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_LOCAL_MASK = bytes(ord("a") if chr(i) in string.ascii_letters + string.digits + "._%+-" else 32 for i in range(256))
 _DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # Numbers are found on a mask of the text (one byte a character: digits -> "0", separators -> "-", "+"
 # kept, anything else -> " "), where a literal-led expression runs at C speed; the text itself is only
@@ -58,34 +62,38 @@ def luhn(digits: str) -> bool:
 
 
 def _emails(text: str) -> tuple[str, int]:
-    """E-mail addresses replaced, found from each ``@`` outwards (a regex tried at every word is slow)."""
+    """E-mail addresses replaced, found from each ``@``: the local part by a C-speed scan back over a
+    mask of the text (a regex tried at every word, or anchored before each ``@``, is several times slower)."""
     out, n, start, at = [], 0, 0, text.find("@")
+    local_mask = b""
     while at != -1:
-        left = at
-        while left > start and text[left - 1] in _LOCAL:
-            left -= 1
         domain = _DOMAIN.match(text, at + 1)
-        if left < at and domain is not None:
-            out += [text[start:left], TOKENS["email"]]
-            n += 1
-            start = domain.end()
+        if domain is not None:
+            if not local_mask:
+                local_mask = text.encode("latin-1", "replace").translate(_LOCAL_MASK)
+            begin = local_mask.rfind(b" ", max(start, at - 64), at) + 1 or max(start, at - 64)
+            if begin < at:
+                out += [text[start:begin], TOKENS["email"]]
+                n += 1
+                start = domain.end()
         at = text.find("@", max(at + 1, start))
+    if not n:
+        return text, 0
     out.append(text[start:])
     return "".join(out), n
 
 
-def _classify(text: str, start: int, end: int) -> tuple[str | None, int, int]:
+def _classify(text: str, mask: bytes, start: int, end: int) -> tuple[str | None, int, int]:
     """What the digit run ``text[start:end]`` is, and its span (a NINO takes its letters too)."""
-    run = text[start:end]
-    digits = sum(c.isdigit() for c in run)
-    if _SSN.fullmatch(run):
+    digits = mask.count(b"0", start, end)
+    if digits == 9 and _SSN.fullmatch(text, start, end):
         return "national_id", start, end
     if digits == 6:
         before = _NINO_BEFORE.search(text, max(0, start - 3), start)
         after = _NINO_AFTER.match(text, end)
         if before is not None and after is not None:
             return "national_id", before.start(), after.end()
-    if 13 <= digits <= 19 and luhn("".join(c for c in run if c.isdigit())):
+    if 13 <= digits <= 19 and luhn("".join(c for c in text[start:end] if c.isdigit())):
         return "card", start, end
     if 7 <= digits <= 15:
         return "phone", start, end
@@ -110,7 +118,7 @@ def redact_text(text: str, counts: dict[str, int] | None = None) -> str:
             start -= 1
         if start < last:
             continue
-        kind, start, end = _classify(text, start, end)
+        kind, start, end = _classify(text, mask, start, end)
         if kind is None or start < last:
             continue
         out += [text[last:start], TOKENS[kind]]
@@ -163,6 +171,25 @@ class Redaction:
         if self.metadata_keys and isinstance(metadata, Mapping):
             changes["metadata"] = self._metadata(metadata, counts)
         return replace(call, **changes) if changes else call
+
+    def result(self, out: Row | Rejected, counts: dict[str, int]) -> Row | Rejected:
+        """A validated call redacted: a row's transcript (and metadata keys) rewritten in the row itself --
+        no copy of the call -- or a rejected call's input (what the quarantine keeps)."""
+        if type(out) is Rejected:
+            return Rejected(self.call(out.raw, counts), out.reason)
+        row: Any = out
+        transcript, metadata = row[5], row[6]
+        if self.transcript and transcript:
+            redacted = self.text(transcript, counts)
+            if redacted != transcript:
+                row = (*row[:5], redacted, metadata)
+        if self.metadata_keys and metadata and any(k.encode() in metadata for k in self.metadata_keys):
+            doc = json.loads(metadata)
+            if isinstance(doc, dict):
+                new = self._metadata(doc, counts)
+                if new != doc:
+                    row = (*row[:6], json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode())
+        return row  # type: ignore[no-any-return]
 
     def _metadata(self, metadata: Mapping[str, Any], counts: dict[str, int]) -> dict[str, Any]:
         out = dict(metadata)
