@@ -96,7 +96,7 @@ class Writer:
         redact: Redaction | bool | Iterable[str] | None = None,
     ) -> None:
         self.settings = as_settings(target)
-        self._redact = as_redaction(redact)  # callvault.ingest.redact: applied before validation and quarantine
+        self._redact = as_redaction(redact)  # callvault.ingest.redact: applied to each validated call, before buffering
         self._metrics = WriterMetrics.of(metrics, self.settings.qualified)  # callvault.ingest.instrument
         self._batch_rows, self._flush_interval, self._retry_for = batch_rows, flush_interval, retry_for
         self._on_quarantine = on_quarantine  # called (from the sender) with each durable batch's quarantined rows
