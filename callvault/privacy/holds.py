@@ -15,6 +15,7 @@ from uuid import UUID
 
 from psycopg import sql
 
+from callvault import catalog
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
 from callvault.errors import HoldRefused, InvalidSetting
@@ -112,8 +113,10 @@ def release(conn: Conn, settings: Settings, hold_id: int) -> Hold:
 
 
 def holds(conn: Conn, settings: Settings, *, active_only: bool = True) -> list[Hold]:
-    """The table's holds, oldest first: the active ones, or every one ever placed."""
-    ensure(conn)
+    """The table's holds, oldest first: the active ones, or every one ever placed (none on an install
+    older than holds: reading them never creates tables, so prune runs as a role that may not)."""
+    if not catalog.meta_table_exists(conn, "holds"):
+        return []
     where = sql.SQL("AND released_at IS NULL") if active_only else sql.SQL("")
     rows = conn.execute(
         sql.SQL(

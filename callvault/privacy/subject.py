@@ -63,8 +63,10 @@ def ensure(conn: Conn) -> None:
 
 
 def load(conn: Conn, settings: Settings) -> Subject | None:
-    """The table's subject, or None when none is set."""
-    ensure(conn)
+    """The table's subject, or None when none is set (or the install predates subjects: reading never
+    creates tables, so the archive asks this as a role that may not)."""
+    if not catalog.meta_table_exists(conn, "privacy_subject"):
+        return None
     row = conn.execute(
         sql.SQL("SELECT path FROM {} WHERE parent_table = %s").format(sql.Identifier(META_SCHEMA, "privacy_subject")),
         (settings.qualified,),

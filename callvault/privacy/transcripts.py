@@ -99,8 +99,10 @@ def clear_policy(conn: Conn, settings: Settings, tenant_id: str | None = None) -
 
 
 def policies(conn: Conn, settings: Settings) -> tuple[Retention | None, dict[str, Retention]]:
-    """(table default or None, per-tenant overrides)."""
-    ensure(conn)
+    """(table default or None, per-tenant overrides); none on an install older than the policies (reading
+    never creates tables: the worker runs this every cycle, as a role that may not)."""
+    if not catalog.meta_table_exists(conn, "transcript_policy"):
+        return None, {}
     rows = conn.execute(
         sql.SQL(
             "SELECT tenant_id::text, (extract(year FROM keep) * 12 + extract(month FROM keep))::int, "
