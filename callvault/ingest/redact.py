@@ -65,13 +65,11 @@ def _emails(text: str) -> tuple[str, int]:
     """E-mail addresses replaced, found from each ``@``: the local part by a C-speed scan back over a
     mask of the text (a regex tried at every word, or anchored before each ``@``, is several times slower)."""
     out, n, start, at = [], 0, 0, text.find("@")
-    local_mask = b""
     while at != -1:
         domain = _DOMAIN.match(text, at + 1)
         if domain is not None:
-            if not local_mask:
-                local_mask = text.encode("latin-1", "replace").translate(_LOCAL_MASK)
-            begin = local_mask.rfind(b" ", max(start, at - 64), at) + 1 or max(start, at - 64)
+            lo = max(start, at - 64)  # a local part is at most 64 characters
+            begin = lo + text[lo:at].encode("latin-1", "replace").translate(_LOCAL_MASK).rfind(b" ") + 1
             if begin < at:
                 out += [text[start:begin], TOKENS["email"]]
                 n += 1
@@ -180,7 +178,9 @@ class Redaction:
         row: Any = out
         transcript, metadata = row[5], row[6]
         if self.transcript and transcript:
-            redacted = self.text(transcript, counts)
+            redacted = (
+                redact_text(transcript, counts) if self.builtins and not self.extra else self.text(transcript, counts)
+            )
             if redacted != transcript:
                 row = (*row[:5], redacted, metadata)
         if self.metadata_keys and metadata and any(k.encode() in metadata for k in self.metadata_keys):
