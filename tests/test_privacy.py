@@ -396,3 +396,18 @@ def test_erase_reads_only_the_archived_periods_whose_filter_may_hold_the_subject
     assert removed["archive_objects_read"] == 1, "only the week whose filter may hold the subject was read"
     assert removed["archive_periods_skipped"] == len(weeks) - 1
     assert (TENANT, rare) not in archive_rows(store)
+
+
+def test_erase_reaches_every_store_the_archive_went_to(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> None:
+    run("init", "--dsn", dsn)
+    seed(conn)
+    first, second = new_dir(tmp_path / "first"), new_dir(tmp_path / "second")
+    earlier = (datetime.fromisoformat(AT) - timedelta(weeks=1)).isoformat()
+    run("archive", "--dsn", dsn, "--to", first.as_uri(), "--at", earlier)
+    run("archive", "--dsn", dsn, "--to", second.as_uri(), "--at", AT, "--new-store")
+    assert (TENANT, SUBJECT) in archive_rows(first) and (TENANT, SUBJECT) in archive_rows(second)
+    run("privacy", "subject", "--dsn", dsn, "--metadata-key", "caller")
+    receipt = run_json("erase", "--dsn", dsn, "--to", second.as_uri(), "--tenant-id", TENANT, "--subject", SUBJECT)
+    assert receipt["done"]
+    assert (TENANT, SUBJECT) not in archive_rows(first) and (TENANT, SUBJECT) not in archive_rows(second)
+    assert not marker_in_files(first) and not marker_in_files(second)

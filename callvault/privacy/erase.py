@@ -391,8 +391,10 @@ def _quarantine(conn: Conn, settings: Settings, req: _Request) -> None:
 
 
 def _stores(settings: Settings, store_url: str | None) -> list[Store]:
-    urls = [store_url] if store_url else sorted(recorded_stores(settings) or {})
-    return [open_store(u) for u in urls]
+    """Every store the archive journal recorded (an archive split across stores is erased in each), and
+    ``store_url`` too when given."""
+    urls = set(recorded_stores(settings) or {}) | ({store_url} if store_url else set())
+    return [open_store(u) for u in sorted(urls)]
 
 
 def _manifests(store: Store, settings: Settings) -> Iterator[Manifest]:

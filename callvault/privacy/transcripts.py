@@ -30,9 +30,8 @@ from psycopg import sql
 from callvault import catalog
 from callvault.archive import layout
 from callvault.archive.layout import Manifest, ObjectEntry, TenantEntry
-from callvault.archive.location import recorded_stores
 from callvault.archive.prune import expires
-from callvault.archive.store import Store, open_store, sha256_file
+from callvault.archive.store import Store, sha256_file
 from callvault.archive.verify import _fetch, duck_fingerprints
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, connect, server_now
@@ -138,7 +137,9 @@ def expire(
         wal0 = _wal(conn)
         _expire_hot(conn, settings, report, now, default, per, batch_rows, max_rows)
         report.wal_bytes = _wal(conn) - wal0
-        for store in [open_store(u) for u in ([store_url] if store_url else sorted(recorded_stores(settings) or {}))]:
+        from callvault.privacy.erase import _stores
+
+        for store in _stores(settings, store_url):
             _purge_queued(conn, store, report)
             _expire_archive(conn, settings, store, report, now, default, per)
             _purge_queued(conn, store, report)
