@@ -9,8 +9,10 @@ from typing import Any
 
 from psycopg import sql
 
+from callvault import columns
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn
+from callvault.errors import SchemaMismatch
 from callvault.plan import PartitionInfo
 
 _FAR = datetime.max.replace(tzinfo=UTC)
@@ -77,6 +79,26 @@ def parent_regclass(settings: Settings) -> str:
 def table_exists(conn: Conn, settings: Settings) -> bool:
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (parent_regclass(settings),)).fetchone()
     return bool(row and row[0])
+
+
+SHAPE_SQL = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum"""
+
+
+def shape_from_rows(rows: list[tuple[Any, ...]], settings: Settings) -> columns.Shape:
+    """The table's :class:`~callvault.columns.Shape` from :data:`SHAPE_SQL`'s rows (SchemaMismatch, exit 65,
+    for a column of a type callvault does not carry)."""
+    try:
+        return columns.shape_of([(str(n), str(t), bool(nn)) for n, t, nn in rows])
+    except ValueError as e:
+        raise SchemaMismatch(f"{settings.qualified}: {e} (change its type, or drop it if nothing needs it)") from None
+
+
+def table_shape(conn: Conn, settings: Settings) -> columns.Shape:
+    """The managed table's columns: the seed's and the platform's own (extras), read from the table."""
+    return shape_from_rows(conn.execute(SHAPE_SQL, (parent_regclass(settings),)).fetchall(), settings)
 
 
 def meta_table_exists(conn: Conn, name: str) -> bool:

@@ -516,3 +516,60 @@ def expire_transcripts(settings: Settings, *, at: datetime | None = None, batch_
     from callvault.privacy import transcripts
 
     return transcripts.expire(settings, at=at, batch_rows=batch_rows, max_rows=max_rows, store_url=store_url)
+
+
+def columns_list(settings: Settings) -> list[Any]:
+    """``callvault columns list``: the table's own columns (name, type, not null, indexed)."""
+    from callvault import extra_columns
+
+    with connect(settings) as conn:
+        return extra_columns.list_extras(conn, settings)
+
+
+def columns_add(settings: Settings, name: str, type_text: str, *, index: bool = False) -> Any:
+    """``callvault columns add NAME TYPE [--index]``: add a column of the platform's own under the lock
+    budget (and its index, built without blocking writes)."""
+    from callvault import extra_columns
+
+    with connect(settings, autocommit=True) as conn:
+        return extra_columns.add_column(conn, settings, name, type_text, index=index)
+
+
+def adopt(settings: Settings, source: str, *, time_column: str | None, tenant_column: str | None,
+          id_column: str = "id", renames: dict[str, str] | None = None, time_zone: str = "UTC",
+          default_tenant: str | None = None, keep_old: bool = False, batch_rows: int = 5_000,
+          dry_run: bool = False, store_url: str | None = None, new_store: bool = False,
+          progress: Any = None) -> Any:  # fmt: skip
+    """``callvault adopt SOURCE``: take over an existing table online (see :mod:`callvault.adopt`)."""
+    from callvault import adopt as adoption
+
+    def check_store() -> None:
+        from callvault.archive.location import default_store_url, require_write_store
+        from callvault.archive.store import open_store
+
+        store = open_store(store_url or default_store_url(settings))
+        require_write_store(settings, store, explicit=store_url is not None, new_store=new_store)
+
+    def archive_old() -> int:
+        report = archive(settings, store_url=store_url, new_store=new_store)
+        if report.failed:
+            raise report_error(report)
+        return len(report.partitions)
+
+    with connect(settings) as conn:
+        return adoption.adopt(
+            conn, settings, adoption.parse_source(source, settings.schema), time_column=time_column,
+            tenant_column=tenant_column, id_column=id_column, renames=renames, time_zone=time_zone,
+            default_tenant=default_tenant, keep_old=keep_old, batch_rows=batch_rows, dry_run=dry_run,
+            progress=progress, archive=(check_store, archive_old),
+        )  # fmt: skip
+
+
+def report_error(report: ArchiveReport) -> Exception:
+    from callvault.errors import CallvaultError
+
+    first = report.failed[0]
+    return CallvaultError(
+        f"adopted, but archiving the rows past retention stopped at {first.partition}: {first.error}; "
+        "run `callvault archive` to finish (nothing was dropped unarchived)"
+    )

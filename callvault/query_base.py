@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -65,6 +65,16 @@ class CallRecord:
     transcript: str | None
     metadata: dict[str, Any] | None
     tier: str = HOT
+    extra: dict[str, Any] = field(default_factory=dict)  # the table's own columns (JSON values), by name
+
+
+def record_of(row: Any, tier: str = HOT) -> CallRecord:
+    """A :class:`CallRecord` from a lookup's row: the seed's eight columns, then the extras as a JSON object."""
+    extra = row[8] if len(row) > 8 else None
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    rid, tenant, call, started, ended, duration, transcript, metadata = row[:8]
+    return CallRecord(rid, tenant, call, started, ended, duration, transcript, metadata, tier, dict(extra or {}))
 
 
 @dataclass(frozen=True)
@@ -194,9 +204,11 @@ def get_call_sql(settings: Settings, *, pinned: bool) -> sql.Composed:
     """One call: with started_at it touches one partition; without, one unique-index probe per
     partition (the (tenant_id, call_id, started_at) key), never a scan."""
     pin = sql.SQL(" AND started_at = %(started_at)s") if pinned else sql.SQL("")
-    return sql.SQL("SELECT {cols} FROM {t} WHERE tenant_id = %(tenant)s AND call_id = %(call)s{pin} LIMIT 1").format(
-        cols=columns.column_list(), t=_table(settings), pin=pin
-    )
+    base = sql.SQL(", ").join(map(sql.Literal, columns.NAMES))
+    return sql.SQL(
+        "SELECT {cols}, to_jsonb(c) - ARRAY[{base}]::text[] FROM {t} c "
+        "WHERE tenant_id = %(tenant)s AND call_id = %(call)s{pin} LIMIT 1"
+    ).format(cols=columns.column_list(), base=base, t=_table(settings), pin=pin)
 
 
 # The partitions attached to %(parent)s (a regclass text): one pg_inherits index scan. A key per attach
@@ -332,7 +344,7 @@ def get(r: ReaderBase, tenant_id: UUID | str, call_id: UUID | str, started_at: d
     who, call = tenant_value(tenant_id), call_value(call_id)
     params = {"tenant": who, "call": call, "started_at": started_at}
     read = Read(who, get_call_sql(r.settings, pinned=started_at is not None), params,
-                 lambda rows: CallRecord(*rows[0]) if rows else None)  # fmt: skip
+                 lambda rows: record_of(rows[0]) if rows else None)  # fmt: skip
     if r.store_url is None or started_at is None:
         return read
     at = started_at.astimezone(UTC)
@@ -347,8 +359,8 @@ def get(r: ReaderBase, tenant_id: UUID | str, call_id: UUID | str, started_at: d
 
     def result(rows: list[Any], part: Any) -> CallRecord | None:
         if rows:
-            return CallRecord(*rows[0])
-        return replace(CallRecord(*part), tier=ARCHIVE) if part is not None else None
+            return record_of(rows[0])
+        return record_of(part, ARCHIVE) if part is not None else None
 
     return replace(read, tiers=tiers_of(r, after, result))
 

@@ -21,13 +21,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from psycopg import sql
 
-from callvault import columns
+from callvault import catalog, columns
 from callvault.archive import layout
 from callvault.archive.layout import PART_ROWS, Fingerprint
 from callvault.db import Conn
@@ -49,9 +49,20 @@ class LocalFile:
     sha256: str
 
 
-def arrow_schema() -> Any:
+def arrow_schema(shape: columns.Shape = columns.BASE) -> Any:
     """The archive's Parquet schema (see :func:`callvault.columns.arrow_schema`)."""
-    return columns.arrow_schema()
+    return columns.arrow_schema(shape)
+
+
+def select_partition(table: sql.Identifier, shape: columns.Shape) -> sql.Composed:
+    """The export's scan: ids as text, then the table's own columns (uuid and numeric ones as text)."""
+    extras = [
+        sql.SQL("{}::text AS {}").format(sql.Identifier(c.name), sql.Identifier(c.name))
+        if c.copy in ("uuid", "numeric") else sql.Identifier(c.name)
+        for c in shape.extras
+    ]  # fmt: skip
+    tail = sql.SQL("").join(sql.SQL(", {}").format(e) for e in extras)
+    return sql.SQL(_SELECT_PARTITION.replace(" FROM {}", "{} FROM {}")).format(tail, table)
 
 
 def _digest(path: Path) -> tuple[int, str]:
@@ -89,6 +100,7 @@ class PartitionExport:
 
     files: dict[str, list[LocalFile]]
     fingerprints: dict[str, Fingerprint]
+    columns: dict[str, str] = field(default_factory=columns.manifest_types)  # name -> manifest type, as written
 
 
 class _Sums:
@@ -316,8 +328,9 @@ def _export_partition_parquet(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    schema = arrow_schema()
-    query = sql.SQL(_SELECT_PARTITION).format(table).as_string(conn)
+    shape = columns.shape_of(conn.execute(catalog.SHAPE_SQL, (table.as_string(conn),)).fetchall())
+    schema = arrow_schema(shape)
+    query = select_partition(table, shape).as_string(conn)
     tenants: dict[str, _TenantFiles] = {}
     sums: dict[str, _Sums] = {}
     open_files: OrderedDict[str, None] = OrderedDict()  # tenants with an open file, least recent first
@@ -418,7 +431,9 @@ def _export_partition_parquet(
                     cur.adbc_cancel()
                 reader.join()
     return PartitionExport(
-        files={t: f.files for t, f in tenants.items()}, fingerprints={t: s.fingerprint() for t, s in sums.items()}
+        files={t: f.files for t, f in tenants.items()},
+        fingerprints={t: s.fingerprint() for t, s in sums.items()},
+        columns=shape.manifest_types(),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from callvault import columns
+from callvault import catalog, columns
 from callvault.archive.layout import Manifest
 from callvault.archive.store import Store, sha256_file
 from callvault.db import Conn
@@ -21,8 +21,9 @@ _STAGE = "callvault_restore_stage"
 _REPORT_ROWS = 10_000  # progress every so many rows
 
 
-def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
-    """The file's rows as Postgres text input, streamed in batches (bounded memory for 1M-row parts)."""
+def _rows(path: Path, fmt: str, shape: columns.Shape = columns.BASE) -> Iterator[tuple[object, ...]]:
+    """The file's rows as Postgres text input, streamed in batches (bounded memory for 1M-row parts); the
+    table's own columns as text (NULL where the object predates the column: schema evolution)."""
     import duckdb
 
     if fmt == "parquet":
@@ -35,6 +36,10 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[object, ...]]:
     )
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
+        if shape.extras:
+            held = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}", {"f": str(path)}).fetchall()}
+            for c in shape.extras:
+                cols += f', "{c.name}"::VARCHAR' if c.name in held and c.name.isidentifier() else ", NULL"
         cur = con.execute(f"SELECT {cols} FROM {src}", {"f": str(path)})
         while batch := cur.fetchmany(10_000):
             yield from batch
@@ -47,12 +52,16 @@ def stage(
     tenants: list[str],
     workdir: Path,
     on_rows: Callable[[int, int], None] | None = None,
+    shape: columns.Shape = columns.BASE,
 ) -> None:
     """COPY the ``tenants``' objects of ``manifest`` into the stage table, one downloaded object at a
     time (each checked against its SHA-256); ``on_rows(rows, bytes)`` after each block of rows."""
-    conn.execute(columns.stage_ddl(sql.Identifier(_STAGE), _COLS, json_as_text=True, on_commit="DROP"))
+    names = shape.names
+    conn.execute(
+        columns.stage_ddl(sql.Identifier(_STAGE), names, json_as_text=True, on_commit="DROP", extras=shape.extras)
+    )
     copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, _COLS))
+        sql.Identifier(_STAGE), sql.SQL(", ").join(map(sql.Identifier, names))
     )
     for tenant in tenants:
         for obj in manifest.tenants[tenant].objects:
@@ -62,7 +71,7 @@ def stage(
                 raise ArchiveVerifyFailed(f"{obj.key} in {store.url} does not match its manifest SHA-256 (corrupted)")
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 done = 0
-                for row in _rows(dest, manifest.fmt):
+                for row in _rows(dest, manifest.fmt, shape):
                     copy.write_row(row)
                     done += 1
                     if on_rows is not None and done % _REPORT_ROWS == 0:
@@ -73,10 +82,15 @@ def stage(
 
 
 def insert_from_stage(conn: Conn, target: sql.Identifier) -> tuple[int, int]:
-    """(rows inserted, rows already present) from the stage into ``target``."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, _COLS))
+    """(rows inserted, rows already present) from the stage into ``target`` (every column the stage has)."""
+    rows = conn.execute(catalog.SHAPE_SQL, (sql.Identifier("pg_temp", _STAGE).as_string(conn),)).fetchall()
+    staged_cols = [str(r[0]) for r in rows] or list(_COLS)
+    shape = columns.shape_of(conn.execute(catalog.SHAPE_SQL, (target.as_string(conn),)).fetchall())
+    casts = {c.name: c.pg for c in shape.columns if c.manifest in ("json", "decimal")}
+    cols = sql.SQL(", ").join(map(sql.Identifier, staged_cols))
     select = sql.SQL(", ").join(
-        sql.SQL("{}::jsonb").format(sql.Identifier(c)) if c == "metadata" else sql.Identifier(c) for c in _COLS
+        sql.SQL("{}::{}").format(sql.Identifier(c), sql.SQL(casts[c])) if c in casts else sql.Identifier(c)
+        for c in staged_cols
     )
     cur = conn.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(

@@ -72,7 +72,7 @@ def _register(con: Any, name: str, settings: Settings, store_url: str | None, pa
     keys = [k for k in (paths if paths is not None else _data_keys(store, settings)) if k.endswith(".parquet")]
     period = _period_name(keys)
     partitioning = ds.partitioning(pa.schema([(period, pa.date32())]), flavor="hive")
-    new_schema = arrow_schema().append(pa.field(period, pa.date32()))
+    new_schema = pa.schema([*arrow_schema(), *_extra_fields(fs, root, keys)]).append(pa.field(period, pa.date32()))
     old_schema = new_schema.set(1, pa.field("tenant_id", pa.uuid(), nullable=False)).set(
         2, pa.field("call_id", pa.uuid(), nullable=False)
     )
@@ -92,6 +92,24 @@ def _register(con: Any, name: str, settings: Settings, store_url: str | None, pa
         parts.append(_csv_part(con, fs, root, base, csv_keys, _period_name(csv_keys), len(parts)))
     quoted = name.replace('"', '""')  # DuckDB identifier (the table name may hold a quote)
     con.execute(f'CREATE OR REPLACE TEMP VIEW "{quoted}" AS ' + " UNION ALL BY NAME ".join(parts))
+
+
+def _extra_fields(fs: Any, root: str, keys: list[str]) -> list[Any]:
+    """The table's own columns (extras) the objects hold, from one object's footer per period directory:
+    a column added later is in the newer periods only, and the view gives the older ones NULL there."""
+    import pyarrow.parquet as pq
+
+    seen: dict[str, Any] = {}
+    dirs: set[str] = set()
+    for key in keys:
+        folder = key.rsplit("/", 1)[0].split("/tenant_id=")[0] + "/" + key.rsplit("/", 2)[-2]
+        if folder in dirs:
+            continue
+        dirs.add(folder)
+        for f in pq.read_schema(f"{root}/{key}", filesystem=fs):
+            if f.name not in columns_module.NAMES and f.name not in _PERIODS and f.name not in seen:
+                seen[f.name] = f.with_nullable(True)
+    return list(seen.values())
 
 
 def _csv_part(con: Any, fs: Any, root: str, base: str, keys: list[str], period: str, n: int) -> str:
@@ -241,7 +259,7 @@ def read_calls(
     with duckdb.connect() as con:
         con.execute("SET TimeZone = 'UTC'")
         _register(con, "cv_calls", settings, store.url, keys)
-        known = [*columns_module.NAMES, _period_name(keys)]
+        known = [r[0] for r in con.execute("DESCRIBE cv_calls").fetchall()]
         unknown = [c for c in columns or [] if c not in known]
         if unknown:
             raise InvalidSetting(f"read_calls: unknown column(s) {unknown}; the archive has {known}")

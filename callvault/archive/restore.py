@@ -176,7 +176,8 @@ def restore(
                                   rows_total=sum(live[t].fingerprint.rows for t in tenants),
                                   bytes_total=sum(o.size for o in objects))  # fmt: skip
                 tracker.start("load")
-            stage(conn, store, manifest, tenants, Path(tmp), tracker.advance if tracker else None)
+            shape = catalog.table_shape(conn, settings)  # the table's own columns too (NULL where older)
+            stage(conn, store, manifest, tenants, Path(tmp), tracker.advance if tracker else None, shape)
             if tracker is not None:
                 tracker.finish()
             event(log, logging.DEBUG, "restore staged", partition=manifest.partition, tenants=tenants,

@@ -164,7 +164,7 @@ def _merge_previous(ctx: _Ctx, job: Job) -> None:
     try:
         with ctx.conn.transaction():
             if merge:
-                stage(ctx.conn, ctx.store, previous, merge, work)
+                stage(ctx.conn, ctx.store, previous, merge, work, shape=catalog.table_shape(ctx.conn, ctx.settings))
                 insert_from_stage(ctx.conn, ctx.child(job))
             journal.save(ctx.conn, ctx.settings, merged)
     finally:
@@ -197,6 +197,8 @@ def step_export(ctx: _Ctx, job: Job) -> tuple[int, int]:
                 )  # fmt: skip
                 postgres = pending.result()
             done, source = exported.files, exported.fingerprints
+            # the manifest records what the objects hold, in order (pairs: jsonb would sort an object's keys)
+            job.state = {**job.state, "columns": list(exported.columns.items())}
             for tenant in sorted(set(postgres) | set(source)):
                 pg, ours = postgres.get(tenant), source.get(tenant)
                 if pg is None or ours is None or pg.postgres_part() != ours.postgres_part():
@@ -287,6 +289,7 @@ def _manifest(ctx: _Ctx, job: Job) -> Manifest:
     return Manifest(
         table=ctx.settings.qualified, partition=job.partition, interval=ctx.interval, start=job.start, end=job.end,
         fmt=job.fmt, tenants=tenants, created_at=job.state.get("exported_at", ""),
+        columns=dict(map(tuple, job.state.get("columns") or layout.ARCHIVE_COLUMNS.items())),
     )  # fmt: skip
 
 

@@ -269,9 +269,20 @@ def _duck(store: Store, sources: list[_Source]) -> Iterator[tuple[Any, list[str]
                 )
             cols = [f"{c}" if types[c] == t else f"CAST({c} AS {t}) AS {c}" for c, t in _TYPES.items()]
             cols += [f"{_hex_id('tenant_id', types['tenant_id'])} AS tenant_hex",
-                     f"{_hex_id('call_id', types['call_id'])} AS call_hex"]  # fmt: skip
+                     f"{_hex_id('call_id', types['call_id'])} AS call_hex",
+                     f"{_extras_json(types)} AS extra"]  # fmt: skip
             rels.append(f"(SELECT {', '.join(cols)} FROM {name})")
         yield con, rels
+
+
+def _extras_json(types: dict[str, str]) -> str:
+    """DuckDB SQL: the object's own columns (those not the seed's) as one JSON object (text). An object
+    archived before a column was added simply lacks it (schema evolution: the key is absent)."""
+    extras = [c for c in types if c not in columns.NAMES]
+    if not extras:
+        return "'{}'"
+    pairs = ", ".join(f"'{c}', \"{c}\"" for c in extras if c.replace("_", "").isalnum())
+    return f"CAST(json_object({pairs}) AS VARCHAR)"
 
 
 def _unreadable(store: Store, src: _Source, exc: BaseException) -> StoreUnavailable:
@@ -340,7 +351,7 @@ def _find(
     with _duck(store, sources) as (con, rels):
         statement = " UNION ALL ".join(
             "SELECT id, tenant_hex, call_hex, epoch_us(started_at), epoch_us(ended_at), duration_sec, transcript, "
-            f"metadata FROM {rel} WHERE tenant_hex = ? AND call_hex = ? AND started_at = ?::TIMESTAMPTZ"
+            f"metadata, extra FROM {rel} WHERE tenant_hex = ? AND call_hex = ? AND started_at = ?::TIMESTAMPTZ"
             for rel in rels
         )
         params = [v for _ in rels for v in (tenant.replace("-", ""), call.replace("-", ""), at)]
@@ -350,6 +361,6 @@ def _find(
             raise _unreadable(store, sources[0], exc) from exc
     if row is None:
         return None
-    rid, t, c, us, end, duration, transcript, metadata = row
+    rid, t, c, us, end, duration, transcript, metadata, extra = row
     return (int(rid), uuid.UUID(hex=t), uuid.UUID(hex=c), _EPOCH + timedelta(microseconds=us), _us(end), duration,
-            transcript, json.loads(metadata) if metadata is not None else None)  # fmt: skip
+            transcript, json.loads(metadata) if metadata is not None else None, extra)  # fmt: skip

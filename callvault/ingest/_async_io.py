@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from callvault.columns import BASE, Shape
 from callvault.config import Settings
 from callvault.ingest import _batch as b
 from callvault.ingest.validate import LiveRange, Rejected, Row
@@ -28,9 +29,9 @@ AConn = psycopg.AsyncConnection[Any]  # sync: from callvault.db import Conn
 RangeLoader = Callable[[AConn], Any]  # sync: RangeLoader = Callable[[Conn], LiveRange]
 
 
-async def _copy(conn: AConn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
+async def _copy(conn: AConn, stmt: sql.Composed, rows: Sequence[Row], shape: Shape) -> None:
     async with conn.cursor() as cur, cur.copy(stmt) as cp:
-        cp.set_types(list(b.TYPES))
+        cp.set_types(b.copy_types(shape))
         for row in rows:
             await cp.write_row(row)
 
@@ -43,14 +44,16 @@ async def _quarantine(conn: AConn, settings: Settings, rejected: list[Rejected],
             )
 
 
-async def merge_rows(conn: AConn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+async def merge_rows(
+    conn: AConn, settings: Settings, rows: list[Row], shape: Shape = BASE
+) -> tuple[int, list[Rejected]]:
     """Staged rows into the table (idempotently); the rows the database refused, with its reason."""
-    written, refused = await merge_indexed(conn, settings, rows)
-    return written, [Rejected(b.row_as_input(rows[i]), why) for i, why in refused]
+    written, refused = await merge_indexed(conn, settings, rows, 0, shape)
+    return written, [Rejected(b.row_as_input(rows[i], shape), why) for i, why in refused]
 
 
 async def merge_indexed(
-    conn: AConn, settings: Settings, rows: list[Row], start: int = 0
+    conn: AConn, settings: Settings, rows: list[Row], start: int = 0, shape: Shape = BASE
 ) -> tuple[int, list[tuple[int, str]]]:
     """Staged rows into the table (idempotently); the rows the database refused, by index, with its reason."""
     if not rows:
@@ -58,16 +61,16 @@ async def merge_indexed(
     try:
         async with conn.transaction():  # a savepoint: a failure undoes only this slice
             if await _distributed(conn, settings):
-                return await _merge_values(conn, settings, rows), []
-            await conn.execute(b.STAGE_CLEAR)
-            await _copy(conn, b.STAGE_COPY, rows)
-            return (await conn.execute(b.merge_sql(settings))).rowcount, []
+                return await _merge_values(conn, settings, rows, shape), []
+            await conn.execute(b.stage_clear(shape))
+            await _copy(conn, b.stage_copy(shape), rows, shape)
+            return (await conn.execute(b.merge_sql(settings, shape))).rowcount, []
     except psycopg.Error as exc:
         if (refused := b.refused_row(exc, rows, start)) is not None:
             return 0, refused
     mid = len(rows) // 2
-    left = await merge_indexed(conn, settings, rows[:mid], start)
-    right = await merge_indexed(conn, settings, rows[mid:], start + mid)
+    left = await merge_indexed(conn, settings, rows[:mid], start, shape)
+    right = await merge_indexed(conn, settings, rows[mid:], start + mid, shape)
     return left[0] + right[0], left[1] + right[1]
 
 
@@ -84,14 +87,16 @@ async def _distributed(conn: AConn, settings: Settings) -> bool:
     return known
 
 
-async def _merge_values(conn: AConn, settings: Settings, rows: list[Row]) -> int:
+async def _merge_values(conn: AConn, settings: Settings, rows: list[Row], shape: Shape) -> int:
     """Citus: ``INSERT ... VALUES ... ON CONFLICT DO NOTHING`` in slices. An ``INSERT ... SELECT`` from
     the stage runs through the coordinator and reports the rows it pulled, not the rows it inserted;
     a multi-row VALUES insert is routed to the shards and counts what they inserted."""
     written = 0
-    for i in range(0, len(rows), b.VALUES_SLICE):
-        part = rows[i : i + b.VALUES_SLICE]
-        written += (await conn.execute(b.values_sql(settings, len(part)), b.values_params(part))).rowcount
+    step = min(b.VALUES_SLICE, 60_000 // len(b.written(shape)))  # under 65,535 parameters a statement
+    for i in range(0, len(rows), step):
+        part = rows[i : i + step]
+        stmt = b.values_sql(settings, len(part), shape)
+        written += (await conn.execute(stmt, b.values_params(part))).rowcount
     return written
 
 
@@ -100,7 +105,7 @@ async def write_fast(conn: AConn, settings: Settings, batch: b.Batch) -> b.Flush
     try:
         async with conn.transaction():
             await conn.execute(b.DURABLE)
-            await _copy(conn, b.parent_copy_sql(settings), batch.rows)
+            await _copy(conn, b.parent_copy_sql(settings, batch.shape), batch.rows, batch.shape)
             await _quarantine(conn, settings, batch.rejected)
     except psycopg.Error as exc:
         if b.needs_fallback(exc):
@@ -115,8 +120,8 @@ async def write_idempotent(conn: AConn, settings: Settings, batch: b.Batch, load
     rows, rejected = b.recheck(batch, live)
     async with conn.transaction():
         await conn.execute(b.DURABLE)
-        await conn.execute(b.STAGE_DDL)
-        written, refused = await merge_rows(conn, settings, rows)
+        await conn.execute(b.stage_ddl(batch.shape))
+        written, refused = await merge_rows(conn, settings, rows, batch.shape)
         rejected += refused
         await _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     result = b.idempotent_result(rows, written, len(refused), len(rejected))

@@ -58,6 +58,7 @@ class Batch:
     rows: list[Row] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     idempotent: bool = False  # use the staging path from the start (replay, retries)
+    shape: columns.Shape = columns.BASE  # the table's columns the rows carry (extras after the seed's)
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.rejected)
@@ -157,7 +158,7 @@ def recheck(batch: Batch, live: LiveRange) -> tuple[list[Row], list[Rejected]]:
         if reason is None:
             rows.append(row)
         else:
-            rejected.append(Rejected(row_as_input(row), reason))
+            rejected.append(Rejected(row_as_input(row, batch.shape), reason))
     return rows, rejected
 
 
@@ -168,29 +169,64 @@ def idempotent_result(rows: list[Row], written: int, refused: int, quarantined: 
     )
 
 
-def copy_sql(target: sql.Composable) -> sql.Composed:
-    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+def written(shape: columns.Shape) -> tuple[str, ...]:
+    """The columns a writer sends, in COPY order: the seed's, then the table's own."""
+    return COLUMNS + shape.extra_names
+
+
+def copy_types(shape: columns.Shape) -> list[str]:
+    """Binary COPY types, column by column (for psycopg's ``copy.set_types``)."""
+    return [*PG_TYPES, *(c.copy for c in shape.extras)]
+
+
+def copy_sql(target: sql.Composable, shape: columns.Shape = columns.BASE) -> sql.Composed:
+    cols = sql.SQL(", ").join(map(sql.Identifier, written(shape)))
     return sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols)
 
 
-def parent_copy_sql(settings: Settings) -> sql.Composed:
-    return copy_sql(sql.Identifier(settings.schema, settings.table))
+def parent_copy_sql(settings: Settings, shape: columns.Shape = columns.BASE) -> sql.Composed:
+    return copy_sql(sql.Identifier(settings.schema, settings.table), shape)
 
 
-STAGE_DDL = columns.stage_ddl(sql.Identifier(STAGE), COLUMNS, json_as_text=False, on_commit="DELETE ROWS")
-STAGE_CLEAR = sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGE))
-STAGE_COPY = copy_sql(sql.Identifier(STAGE))
+def stage_name(shape: columns.Shape) -> str:
+    """The session's staging table: one per shape (a column added later gets a stage of its own)."""
+    if not shape.extras:
+        return STAGE
+    import hashlib
+
+    key = "|".join(f"{c.name}:{c.pg}" for c in shape.extras)
+    return f"{STAGE}_{hashlib.blake2b(key.encode(), digest_size=6).hexdigest()}"
 
 
-def merge_sql(settings: Settings) -> sql.Composed:
+def stage_ddl(shape: columns.Shape = columns.BASE) -> sql.Composed:
+    return columns.stage_ddl(
+        sql.Identifier(stage_name(shape)), written(shape), json_as_text=False, on_commit="DELETE ROWS",
+        extras=shape.extras,
+    )  # fmt: skip
+
+
+def stage_clear(shape: columns.Shape = columns.BASE) -> sql.Composed:
+    return sql.SQL("TRUNCATE {}").format(sql.Identifier(stage_name(shape)))
+
+
+def stage_copy(shape: columns.Shape = columns.BASE) -> sql.Composed:
+    return copy_sql(sql.Identifier(stage_name(shape)), shape)
+
+
+STAGE_DDL = stage_ddl()
+STAGE_CLEAR = stage_clear()
+STAGE_COPY = stage_copy()
+
+
+def merge_sql(settings: Settings, shape: columns.Shape = columns.BASE) -> sql.Composed:
     """Staged rows into the table; a retried row (same tenant, call id, started_at) is skipped.
 
     ``ON CONFLICT DO NOTHING`` without a conflict target: with a target Postgres also demands SELECT
     on the key columns, and the writers hold INSERT only. The primary key's ``id`` comes from the
     sequence, so the only key a retried row can hit is ``(tenant_id, call_id, started_at)``."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+    cols = sql.SQL(", ").join(map(sql.Identifier, written(shape)))
     return sql.SQL("INSERT INTO {} ({cols}) SELECT {cols} FROM {} ON CONFLICT DO NOTHING").format(
-        sql.Identifier(settings.schema, settings.table), sql.Identifier(STAGE), cols=cols
+        sql.Identifier(settings.schema, settings.table), sql.Identifier(stage_name(shape)), cols=cols
     )
 
 
@@ -209,10 +245,10 @@ def distributed_sql(settings: Settings) -> sql.Composed:
     )
 
 
-def values_sql(settings: Settings, n: int) -> sql.Composed:
+def values_sql(settings: Settings, n: int, shape: columns.Shape = columns.BASE) -> sql.Composed:
     """``INSERT INTO t (cols) VALUES (...) x n ON CONFLICT DO NOTHING`` with typed placeholders."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
-    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in PG_TYPES))
+    cols = sql.SQL(", ").join(map(sql.Identifier, written(shape)))
+    one = sql.SQL("({})").format(sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in copy_types(shape)))
     return sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT DO NOTHING").format(
         sql.Identifier(settings.schema, settings.table), cols, sql.SQL(", ").join([one] * n)
     )
@@ -251,9 +287,15 @@ def quarantine_params(settings: Settings, rejected: list[Rejected], *, dedupe: b
     return [(settings.qualified, reason, raw) for reason, raw in records]
 
 
-def row_as_input(row: Row) -> dict[str, object]:
+def row_as_input(row: Row, shape: columns.Shape = columns.BASE) -> dict[str, object]:
     """A validated row back in the shape ``validate`` accepts (for rows the database refused)."""
-    out: dict[str, object] = dict(zip(COLUMNS, row, strict=True))
+    out: dict[str, object] = dict(zip(written(shape), row, strict=True))
+    for c in shape.extras:  # back to what validate accepts (JSON values, exact decimals as text, ISO times)
+        value = out[c.name]
+        if c.copy == "jsonb" and isinstance(value, bytes):
+            out[c.name] = json.loads(bytes(value))
+        elif c.copy == "timestamptz" and isinstance(value, datetime):
+            out[c.name] = value.isoformat()
     meta = out["metadata"]
     if isinstance(meta, bytes):
         try:
@@ -276,7 +318,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 def failure(error: BaseException | None, unwritten: list[Batch]) -> WriterError:
     """The writer's terminal error, carrying every row not committed, in the shape ``write`` accepts."""
-    rows: list[object] = [row_as_input(r) for batch in unwritten for r in batch.rows]
+    rows: list[object] = [row_as_input(r, batch.shape) for batch in unwritten for r in batch.rows]
     rows += [rej.raw for batch in unwritten for rej in batch.rejected]
     exc = WriterError(
         f"{len(rows)} rows could not be written ({error}); they are in WriterError.unwritten: store them "

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 from psycopg import sql
 
+from callvault.columns import BASE, Shape
 from callvault.config import Settings
 from callvault.db import Conn
 from callvault.ingest import _batch as b
@@ -17,9 +18,9 @@ from callvault.ingest.validate import LiveRange, Rejected, Row
 RangeLoader = Callable[[Conn], LiveRange]
 
 
-def _copy(conn: Conn, stmt: sql.Composed, rows: Sequence[Row]) -> None:
+def _copy(conn: Conn, stmt: sql.Composed, rows: Sequence[Row], shape: Shape) -> None:
     with conn.cursor() as cur, cur.copy(stmt) as cp:
-        cp.set_types(list(b.TYPES))
+        cp.set_types(b.copy_types(shape))
         for row in rows:
             cp.write_row(row)
 
@@ -30,29 +31,31 @@ def _quarantine(conn: Conn, settings: Settings, rejected: list[Rejected], *, ded
             cur.executemany(b.quarantine_sql(dedupe=dedupe), b.quarantine_params(settings, rejected, dedupe=dedupe))
 
 
-def merge_rows(conn: Conn, settings: Settings, rows: list[Row]) -> tuple[int, list[Rejected]]:
+def merge_rows(conn: Conn, settings: Settings, rows: list[Row], shape: Shape = BASE) -> tuple[int, list[Rejected]]:
     """Staged rows into the table (idempotently); the rows the database refused, with its reason."""
-    written, refused = merge_indexed(conn, settings, rows)
-    return written, [Rejected(b.row_as_input(rows[i]), why) for i, why in refused]
+    written, refused = merge_indexed(conn, settings, rows, 0, shape)
+    return written, [Rejected(b.row_as_input(rows[i], shape), why) for i, why in refused]
 
 
-def merge_indexed(conn: Conn, settings: Settings, rows: list[Row], start: int = 0) -> tuple[int, list[tuple[int, str]]]:
+def merge_indexed(
+    conn: Conn, settings: Settings, rows: list[Row], start: int = 0, shape: Shape = BASE
+) -> tuple[int, list[tuple[int, str]]]:
     """Staged rows into the table (idempotently); the rows the database refused, by index, with its reason."""
     if not rows:
         return 0, []
     try:
         with conn.transaction():  # a savepoint: a failure undoes only this slice
             if _distributed(conn, settings):
-                return _merge_values(conn, settings, rows), []
-            conn.execute(b.STAGE_CLEAR)
-            _copy(conn, b.STAGE_COPY, rows)
-            return conn.execute(b.merge_sql(settings)).rowcount, []
+                return _merge_values(conn, settings, rows, shape), []
+            conn.execute(b.stage_clear(shape))
+            _copy(conn, b.stage_copy(shape), rows, shape)
+            return conn.execute(b.merge_sql(settings, shape)).rowcount, []
     except psycopg.Error as exc:
         if (refused := b.refused_row(exc, rows, start)) is not None:
             return 0, refused
     mid = len(rows) // 2
-    left = merge_indexed(conn, settings, rows[:mid], start)
-    right = merge_indexed(conn, settings, rows[mid:], start + mid)
+    left = merge_indexed(conn, settings, rows[:mid], start, shape)
+    right = merge_indexed(conn, settings, rows[mid:], start + mid, shape)
     return left[0] + right[0], left[1] + right[1]
 
 
@@ -69,14 +72,16 @@ def _distributed(conn: Conn, settings: Settings) -> bool:
     return known
 
 
-def _merge_values(conn: Conn, settings: Settings, rows: list[Row]) -> int:
+def _merge_values(conn: Conn, settings: Settings, rows: list[Row], shape: Shape) -> int:
     """Citus: ``INSERT ... VALUES ... ON CONFLICT DO NOTHING`` in slices. An ``INSERT ... SELECT`` from
     the stage runs through the coordinator and reports the rows it pulled, not the rows it inserted;
     a multi-row VALUES insert is routed to the shards and counts what they inserted."""
     written = 0
-    for i in range(0, len(rows), b.VALUES_SLICE):
-        part = rows[i : i + b.VALUES_SLICE]
-        written += conn.execute(b.values_sql(settings, len(part)), b.values_params(part)).rowcount
+    step = min(b.VALUES_SLICE, 60_000 // len(b.written(shape)))  # under 65,535 parameters a statement
+    for i in range(0, len(rows), step):
+        part = rows[i : i + step]
+        stmt = b.values_sql(settings, len(part), shape)
+        written += conn.execute(stmt, b.values_params(part)).rowcount
     return written
 
 
@@ -85,7 +90,7 @@ def write_fast(conn: Conn, settings: Settings, batch: b.Batch) -> b.FlushResult 
     try:
         with conn.transaction():
             conn.execute(b.DURABLE)
-            _copy(conn, b.parent_copy_sql(settings), batch.rows)
+            _copy(conn, b.parent_copy_sql(settings, batch.shape), batch.rows, batch.shape)
             _quarantine(conn, settings, batch.rejected)
     except psycopg.Error as exc:
         if b.needs_fallback(exc):
@@ -100,8 +105,8 @@ def write_idempotent(conn: Conn, settings: Settings, batch: b.Batch, load_range:
     rows, rejected = b.recheck(batch, live)
     with conn.transaction():
         conn.execute(b.DURABLE)
-        conn.execute(b.STAGE_DDL)
-        written, refused = merge_rows(conn, settings, rows)
+        conn.execute(b.stage_ddl(batch.shape))
+        written, refused = merge_rows(conn, settings, rows, batch.shape)
         rejected += refused
         _quarantine(conn, settings, rejected, dedupe=batch.idempotent)
     result = b.idempotent_result(rows, written, len(refused), len(rejected))

@@ -33,6 +33,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from callvault import catalog
+from callvault.columns import Column, Shape
 from callvault.config import Settings
 from callvault.db import probe, resolve_dsn
 from callvault.errors import WriterError
@@ -187,10 +188,13 @@ class AsyncWriter:
         """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
         waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
         writer has failed or is closed."""
-        out = validate(call, self._rules)
+        rules = self._rules
+        out = validate(call, rules)
         if self._redact is not None:
             out = self._redacted(out)
-        await self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
+        await self._add(
+            [out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [], rules.extras
+        )
 
     async def write_many(self, calls: Iterable[CallLike]) -> None:
         """:meth:`write` for many calls (faster than a loop of ``write``)."""
@@ -209,10 +213,10 @@ class AsyncWriter:
             else:
                 rows.append(out)
             if len(rows) + len(rejected) >= limit:
-                await self._add(rows, rejected)
+                await self._add(rows, rejected, rules.extras)
                 rows, rejected = [], []
         if rows or rejected:
-            await self._add(rows, rejected)
+            await self._add(rows, rejected, rules.extras)
         if counts and self._metrics:
             self._metrics.redacted(counts)
 
@@ -279,15 +283,21 @@ class AsyncWriter:
             self._metrics.redacted(counts)
         return out
 
-    async def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
+    async def _add(self, rows: list[Any], rejected: list[Rejected], extras: tuple[Column, ...] = ()) -> None:
+        early: b.Batch | None = None
         with self._lock:
             self._check()
+            if self._current.shape.extras != extras:  # the table's columns changed: rows of one shape a batch
+                early = self._seal()
+                self._current.shape = Shape(extras)
             cur = self._current
             cur.rows += rows
             cur.rejected += rejected
             if self._started is None:
                 self._started = time.monotonic()
             sealed = self._seal() if len(cur) >= self._batch_rows else None
+        if early is not None:
+            await self._put(early)
         if sealed is not None:
             await self._put(sealed)  # waits while max_pending batches are queued: back-pressure
 
@@ -331,7 +341,7 @@ class AsyncWriter:
     def _seal(self) -> b.Batch | None:
         if not len(self._current):
             return None
-        sealed, self._current, self._started = self._current, b.Batch(), None
+        sealed, self._current, self._started = self._current, b.Batch(shape=self._current.shape), None
         return sealed
 
     def _delta(self) -> b.FlushResult:
@@ -356,8 +366,11 @@ class AsyncWriter:
     async def _load_range(self, conn: AConn) -> LiveRange:
         cur = await conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
         live = LiveRange(catalog.bounds_from_rows(await cur.fetchall()))
+        cur = await conn.execute(catalog.SHAPE_SQL, (catalog.parent_regclass(self.settings),))
+        shape = catalog.shape_from_rows(await cur.fetchall(), self.settings)  # the table's own columns too
         await conn.commit()
-        self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
+        base = self._base_rules
+        self._rules = Rules(base.max_transcript_bytes, base.assume_utc, live, shape.extras)
         self._range_at = time.monotonic()
         return live
 

@@ -21,3 +21,4 @@ class Call:
     duration_sec: int | None = None
     transcript: str | None = None
     metadata: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] | None = None  # the table's own columns (``callvault columns list``), by name

@@ -182,13 +182,13 @@ class Redaction:
                 redact_text(transcript, counts) if self.builtins and not self.extra else self.text(transcript, counts)
             )
             if redacted != transcript:
-                row = (*row[:5], redacted, metadata)
+                row = (*row[:5], redacted, *row[6:])
         if self.metadata_keys and metadata and any(k.encode() in metadata for k in self.metadata_keys):
             doc = json.loads(metadata)
             if isinstance(doc, dict):
                 new = self._metadata(doc, counts)
                 if new != doc:
-                    row = (*row[:6], json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode())
+                    row = (*row[:6], json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode(), *row[7:])
         return row  # type: ignore[no-any-return]
 
     def _metadata(self, metadata: Mapping[str, Any], counts: dict[str, int]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
-from callvault.columns import WRITTEN
+from callvault.columns import WRITTEN, Column
 from callvault.errors import InvalidSetting
 from callvault.ingest.call import Call as Call  # re-exported: the value validate() judges
 from callvault.ingest.rawform import encode
@@ -62,7 +62,8 @@ DEFAULT_MAX_TRANSCRIPT_BYTES = 1024 * 1024
 
 INT4_MAX = 2**31 - 1
 
-Row = tuple[UUID, UUID, datetime, datetime | None, int | None, str | None, bytes | None]
+# (tenant_id, call_id, started_at, ended_at, duration_sec, transcript, metadata JSON bytes, *extras)
+Row = tuple[Any, ...]
 
 _FIELDS = frozenset(COLUMNS)
 _REQUIRED = ("tenant_id", "call_id", "started_at")
@@ -187,11 +188,16 @@ class Rules:
     max_transcript_bytes: int = DEFAULT_MAX_TRANSCRIPT_BYTES
     assume_utc: bool = False
     live: LiveRange | None = None
+    extras: tuple[Column, ...] = ()  # the table's own columns (callvault.columns.Shape.extras), in COPY order
 
     def __post_init__(self) -> None:
         limit = self.max_transcript_bytes
         if type(limit) is not int or limit < 1:
             raise InvalidSetting(f"invalid max_transcript_bytes {limit!r}: use a positive number of bytes")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return COLUMNS + tuple(c.name for c in self.extras)
 
 
 _DEFAULT_RULES = Rules()
@@ -221,18 +227,18 @@ def _key_name(key: object) -> str:
         return f"<{_type_name(key)}>"
 
 
-def _unknown_fields(call: Mapping[Any, Any]) -> str:
-    names = [_key_name(k) for k in call if k not in _FIELDS]
+def _unknown_fields(call: Mapping[Any, Any], fields: tuple[str, ...] = COLUMNS) -> str:
+    names = [_key_name(k) for k in call if k not in fields]
     shown = ", ".join(_show(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     hints = []
     for name in names[:5]:
         if name == "id":
             hints.append("id is assigned by the database: leave it out")
         else:
-            close = difflib.get_close_matches(name.lower(), COLUMNS, n=1, cutoff=0.7)
+            close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=0.7)
             if close:
                 hints.append(f"did you mean {close[0]!r} for {_show(name)}?")
-    hint = "; ".join([*hints, f"fields: {', '.join(COLUMNS)}"])
+    hint = "; ".join([*hints, f"fields: {', '.join(fields)}"])
     return f"unknown field{'s' if len(names) > 1 else ''} {shown} ({hint})"
 
 
@@ -382,6 +388,96 @@ def _metadata_error(e: Exception) -> _Invalid:
     return _Invalid(f"metadata is not JSON-serialisable: {e}; convert such values first (str(), isoformat())")
 
 
+_INT_RANGE = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+
+def _extra(col: Column, value: object, assume_utc: bool) -> object:
+    """One of the table's own columns, checked the way Postgres would (None stays None unless NOT NULL)."""
+    name, kind = col.name, col.copy
+    if value is None:
+        if col.not_null:
+            raise _Invalid(f"{name} is required (the column is NOT NULL)")
+        return None
+    if kind == "text":
+        if not isinstance(value, str):
+            raise _Invalid(f"{name} must be a str, got {_type_name(value)}")
+        text = str.__str__(value)
+        if "\x00" in text:
+            raise _Invalid(f"{name} contains a NUL character: text columns cannot store it; strip it")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid(f"{name} contains an unpaired surrogate (invalid UTF-8): strip or replace it") from None
+        limit = col.pg.partition("(")[2].rstrip(")")
+        if limit.isdigit() and len(text) > int(limit):
+            raise _Invalid(f"{name} is {len(text)} characters, over the {limit} its column ({col.pg}) holds")
+        return text
+    if kind in _INT_RANGE:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"{name} must be an int ({col.pg}), got {_type_name(value)}")
+        bound = _INT_RANGE[kind]
+        if not -bound <= int(value) < bound:
+            raise _Invalid(f"{name} {int(value)} is out of range for its column ({col.pg})")
+        return int(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Invalid(f"{name} must be a bool, got {_type_name(value)}")
+        return value
+    if kind in ("float4", "float8"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"{name} must be a number ({col.pg}), got {_type_name(value)}")
+        return float(value)
+    if kind == "numeric":
+        import decimal
+
+        if isinstance(value, bool) or not isinstance(value, int | float | decimal.Decimal | str):
+            raise _Invalid(f"{name} must be a number ({col.pg}), got {_type_name(value)}")
+        try:
+            number = decimal.Decimal(str(value))
+        except decimal.InvalidOperation:
+            raise _Invalid(f"{name} {_show(str(value))} is not a number ({col.pg})") from None
+        if not number.is_finite():
+            raise _Invalid(f"{name} {_show(str(value))} is not a finite number ({col.pg})")
+        return number
+    if kind == "date":
+        if isinstance(value, datetime) or not isinstance(value, date | str):
+            raise _Invalid(f"{name} must be a date or an ISO 8601 date string, got {_type_name(value)}")
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                raise _Invalid(f"{name} {_show(value)} is not an ISO 8601 date: use e.g. 2026-05-04") from None
+        return value
+    if kind == "timestamptz":
+        return _timestamp(value, name, assume_utc)
+    if kind == "uuid":
+        return _uuid(value, name)
+    # jsonb: any JSON value, pre-encoded
+    try:
+        js = _encode_json(value)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise _Invalid(f"{name}: {_metadata_error(e)}") from None
+    if "\\u0000" in js and _JSON_NUL.search(js):
+        raise _Invalid(f"{name} contains a NUL character (\\u0000) in a string: jsonb cannot store it; strip it")
+    try:
+        return js.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Invalid(f"{name} contains an unpaired surrogate (invalid UTF-8) in a string: strip it") from None
+
+
+def _extras(call: object, rules: Rules) -> tuple[object, ...]:
+    """The values of the table's own columns, in COPY order (from a mapping's keys or ``Call.extra``)."""
+    if isinstance(call, Mapping):
+        get = call.get
+    else:
+        given = getattr(call, "extra", None) or {}
+        unknown = [k for k in given if k not in rules.fields[len(COLUMNS) :]]
+        if unknown:
+            raise _Invalid(_unknown_fields(dict.fromkeys(unknown), rules.fields))
+        get = given.get
+    return tuple(_extra(c, get(c.name), rules.assume_utc) for c in rules.extras)
+
+
 def validate(call: Call | Mapping[str, Any], rules: Rules = _DEFAULT_RULES) -> Row | Rejected:
     """``call`` as a row ready for binary COPY (columns :data:`COLUMNS`), or :class:`Rejected` with why.
 
@@ -400,8 +496,8 @@ def validate(call: Call | Mapping[str, Any], rules: Rules = _DEFAULT_RULES) -> R
             meta: Any = c.metadata
         elif kind is dict or isinstance(call, Mapping):
             m: Any = call
-            if not _FIELDS.issuperset(m):
-                raise _Invalid(_unknown_fields(m))
+            if not _FIELDS.issuperset(m) and not (rules.extras and set(rules.fields).issuperset(m)):
+                raise _Invalid(_unknown_fields(m, rules.fields))
             get = m.get
             tenant = get("tenant_id")
             call_id = get("call_id")
@@ -470,6 +566,10 @@ def validate(call: Call | Mapping[str, Any], rules: Rules = _DEFAULT_RULES) -> R
                     "metadata contains an unpaired surrogate (invalid UTF-8) in a string: strip or replace it"
                 ) from None
 
+        extra = _extras(call, rules) if rules.extras else ()
+        if not rules.extras and isinstance(call, Call) and call.extra:
+            raise _Invalid(_unknown_fields(dict.fromkeys(call.extra), rules.fields))
+
         live = rules.live
         if live is not None:
             why = live.reason(started)
@@ -477,6 +577,8 @@ def validate(call: Call | Mapping[str, Any], rules: Rules = _DEFAULT_RULES) -> R
                 raise _Invalid(why)
     except _Invalid as e:
         return Rejected(call, str(e))
+    if extra:
+        return (tenant, call_id, started, ended, duration, text, blob, *extra)
     return (tenant, call_id, started, ended, duration, text, blob)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from callvault import catalog
+from callvault.columns import Column, Shape
 from callvault.config import Settings
 from callvault.db import Conn, probe, resolve_dsn
 from callvault.errors import WriterError
@@ -160,10 +161,11 @@ class Writer:
         """Validate one call and buffer it (a bad row is set aside for the quarantine, never raised);
         waits only when ``max_pending`` batches are queued (back-pressure). Raises WriterError once the
         writer has failed or is closed."""
-        out = validate(call, self._rules)
+        rules = self._rules
+        out = validate(call, rules)
         if self._redact is not None:
             out = self._redacted(out)
-        self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [])
+        self._add([out] if type(out) is not Rejected else [], [out] if type(out) is Rejected else [], rules.extras)
 
     def write_many(self, calls: Iterable[CallLike]) -> None:
         """:meth:`write` for many calls (faster than a loop of ``write``)."""
@@ -182,10 +184,10 @@ class Writer:
             else:
                 rows.append(out)
             if len(rows) + len(rejected) >= limit:
-                self._add(rows, rejected)
+                self._add(rows, rejected, rules.extras)
                 rows, rejected = [], []
         if rows or rejected:
-            self._add(rows, rejected)
+            self._add(rows, rejected, rules.extras)
         if counts and self._metrics:
             self._metrics.redacted(counts)
 
@@ -246,15 +248,21 @@ class Writer:
             self._metrics.redacted(counts)
         return out
 
-    def _add(self, rows: list[Any], rejected: list[Rejected]) -> None:
+    def _add(self, rows: list[Any], rejected: list[Rejected], extras: tuple[Column, ...] = ()) -> None:
+        early: b.Batch | None = None
         with self._lock:
             self._check()
+            if self._current.shape.extras != extras:  # the table's columns changed: rows of one shape a batch
+                early = self._seal()
+                self._current.shape = Shape(extras)
             cur = self._current
             cur.rows += rows
             cur.rejected += rejected
             if self._started is None:
                 self._started = time.monotonic()
             sealed = self._seal() if len(cur) >= self._batch_rows else None
+        if early is not None:
+            self._put(early)
         if sealed is not None:
             self._put(sealed)  # waits while max_pending batches are queued: back-pressure
 
@@ -284,7 +292,7 @@ class Writer:
     def _seal(self) -> b.Batch | None:
         if not len(self._current):
             return None
-        sealed, self._current, self._started = self._current, b.Batch(), None
+        sealed, self._current, self._started = self._current, b.Batch(shape=self._current.shape), None
         return sealed
 
     def _delta(self) -> b.FlushResult:
@@ -309,8 +317,11 @@ class Writer:
     def _load_range(self, conn: Conn) -> LiveRange:
         cur = conn.execute(catalog.BOUNDS_SQL, (catalog.parent_regclass(self.settings),))
         live = LiveRange(catalog.bounds_from_rows(cur.fetchall()))
+        cur = conn.execute(catalog.SHAPE_SQL, (catalog.parent_regclass(self.settings),))
+        shape = catalog.shape_from_rows(cur.fetchall(), self.settings)  # the table's own columns too
         conn.commit()
-        self._rules = Rules(self._base_rules.max_transcript_bytes, self._base_rules.assume_utc, live)
+        base = self._base_rules
+        self._rules = Rules(base.max_transcript_bytes, base.assume_utc, live, shape.extras)
         self._range_at = time.monotonic()
         return live
 
