@@ -125,8 +125,10 @@ class Plan:
     extras: dict[str, str]  # source column -> its type (kept as the target's own column)
     order: list[str]  # the source's columns in order (the view keeps them)
     defaults: dict[str, str]  # source column -> its DEFAULT expression
+    types: dict[str, str] = field(default_factory=dict)  # source column -> its type (the view keeps them)
     default_tenant: str | None = None
     keep_old: bool = False
+    roles: bool = True  # init --roles: the owner, ingest, app and tenant-writer roles and their grants
     rows: int = 0
     bytes: int = 0
     oldest: datetime | None = None
@@ -141,11 +143,15 @@ class Plan:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, pairs: bool = False) -> dict[str, Any]:
+        """JSON-ready; ``pairs``: the column maps as lists of pairs (for the journal: jsonb sorts an object's
+        keys, and their order is the table's)."""
         out = dict(self.__dict__)
         for k in ("oldest", "newest"):
             v = out[k]
             out[k] = v.isoformat() if isinstance(v, datetime) else v
+        for k in _PAIRS if pairs else ():
+            out[k] = [list(kv) for kv in out[k].items()]
         return out
 
     @classmethod
@@ -154,7 +160,13 @@ class Plan:
         for k in ("oldest", "newest"):
             if d.get(k):
                 d[k] = datetime.fromisoformat(d[k])
+        for k in _PAIRS:
+            v = d.get(k) or []
+            d[k] = dict(v) if isinstance(v, dict) else dict(map(tuple, v))
         return cls(**d)
+
+
+_PAIRS = ("mapped", "extras", "defaults", "types")
 
 
 @dataclass
@@ -271,6 +283,7 @@ def inspect(
     time_zone: str = "UTC",
     default_tenant: str | None = None,
     keep_old: bool = False,
+    roles: bool = True,
 ) -> Plan:
     """The plan for ``source`` (reads the catalog and one pass over the source's keys)."""
     kind = _relkind(conn, source.ident)
@@ -329,8 +342,10 @@ def inspect(
         extras=extras,
         order=[a[0] for a in attrs],
         defaults={a[0]: a[3] for a in attrs if a[3]},
+        types=types,
         default_tenant=default_tenant,
         keep_old=keep_old,
+        roles=roles,
     )
     _measure(conn, settings, source.ident, plan)
     return plan
@@ -513,6 +528,9 @@ def _view_select(plan: Plan, target: sql.Identifier, old: sql.Identifier | None)
         back[name] = sql.Identifier(name)
     if plan.tenant_type == "uuid":
         back[plan.tenant_column] = sql.SQL("tenant_id")
+    for c in (plan.id_column, plan.tenant_column, *plan.mapped):  # as the source had them (json, varchar(n)...)
+        if c in plan.types:
+            back[c] = sql.SQL("CAST({} AS {})").format(back[c], sql.SQL(plan.types[c]))  # the catalog's own type text
     cols = sql.SQL(", ").join(sql.SQL("{} AS {}").format(back[c], sql.Identifier(c)) for c in plan.order)
     out = sql.SQL("SELECT {} FROM {}").format(cols, target)
     if old is not None:
@@ -640,7 +658,7 @@ def _set_phase(conn: Conn, source: Source, phase: str, plan: Plan | None = None)
             "s": source.qualified,
             "t": plan.target if plan else "",
             "p": phase,
-            "plan": Jsonb(plan.to_dict() if plan else {}),
+            "plan": Jsonb(plan.to_dict(pairs=True) if plan else {}),
             "has": plan is not None,
         },
     )
@@ -651,7 +669,7 @@ def _create(conn: Conn, settings: Settings, plan: Plan) -> None:
     from callvault import bootstrap, extra_columns
     from callvault.tenancy import repair
 
-    bootstrap.init(conn, settings)
+    bootstrap.init(conn, settings, roles=plan.roles)
     conn.commit()
     conn.autocommit = True
     try:
@@ -786,6 +804,7 @@ def _move(
     from callvault.maintain import table_lock
 
     stmt = _move_sql(plan, settings, source)
+    conn.commit()
     conn.autocommit = True
     try:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
@@ -866,6 +885,7 @@ def adopt(
     time_zone: str = "UTC",
     default_tenant: str | None = None,
     keep_old: bool = False,
+    roles: bool = True,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     dry_run: bool = False,
     progress: Callable[[Report], None] | None = None,
@@ -879,6 +899,7 @@ def adopt(
     _journal(conn)
     conn.commit()
     known = _record(conn, source)
+    conn.rollback()  # nothing held while the plan is made
     if known is None or known[0] == "planned":
         if time_column is None or tenant_column is None:
             raise InvalidSetting(
@@ -896,16 +917,10 @@ def adopt(
             time_zone=time_zone,
             default_tenant=default_tenant,
             keep_old=keep_old,
+            roles=roles,
         )
         conn.rollback()
         check_disk(plan)
-        if not plan.keep_old and plan.past_retention and not dry_run:
-            if archive is None:
-                raise InvalidSetting(
-                    f"{plan.past_retention} rows of {plan.source} are older than retention and would be archived: "
-                    "configure the archive store (--store / CALLVAULT_ARCHIVE_URL) or pass --keep-old"
-                )
-            archive[0]()  # the store is usable: refused here, before anything changes
         if dry_run:
             return Report(plan, "planned", dry_run=True)
         _set_phase(conn, source, "planned", plan)
@@ -915,6 +930,14 @@ def adopt(
         phase, plan, moved, aside = known
         if dry_run:
             return Report(plan, phase, moved, aside, dry_run=True)
+    needs_archive = not plan.keep_old and plan.past_retention > 0
+    if needs_archive:
+        if archive is None:
+            raise InvalidSetting(
+                f"{plan.past_retention} rows of {plan.source} are older than retention and would be archived: "
+                "configure the archive store (--store / CALLVAULT_ARCHIVE_URL) or pass --keep-old"
+            )
+        archive[0]()  # the store is usable: refused here, before anything changes
     report = Report(plan, phase, moved, aside)
     if phase == "planned":
         _create(conn, settings, plan)
@@ -930,8 +953,8 @@ def adopt(
     if phase == "moved":
         _finish(conn, settings, source, plan)
         phase = "done"
-        if not plan.keep_old and plan.past_retention and archive is not None:
-            report.archived = archive[1]()
+    if needs_archive and archive is not None:  # again on a re-run: archive resumes what it had not finished
+        report.archived = archive[1]()
     report.phase = phase
     report.seconds = time.perf_counter() - t0
     event(

@@ -537,7 +537,7 @@ def columns_add(settings: Settings, name: str, type_text: str, *, index: bool = 
 
 def adopt(settings: Settings, source: str, *, time_column: str | None, tenant_column: str | None,
           id_column: str = "id", renames: dict[str, str] | None = None, time_zone: str = "UTC",
-          default_tenant: str | None = None, keep_old: bool = False, batch_rows: int = 5_000,
+          default_tenant: str | None = None, keep_old: bool = False, roles: bool = True, batch_rows: int = 5_000,
           dry_run: bool = False, store_url: str | None = None, new_store: bool = False,
           progress: Any = None) -> Any:  # fmt: skip
     """``callvault adopt SOURCE``: take over an existing table online (see :mod:`callvault.adopt`)."""
@@ -560,7 +560,7 @@ def adopt(settings: Settings, source: str, *, time_column: str | None, tenant_co
         return adoption.adopt(
             conn, settings, adoption.parse_source(source, settings.schema), time_column=time_column,
             tenant_column=tenant_column, id_column=id_column, renames=renames, time_zone=time_zone,
-            default_tenant=default_tenant, keep_old=keep_old, batch_rows=batch_rows, dry_run=dry_run,
+            default_tenant=default_tenant, keep_old=keep_old, roles=roles, batch_rows=batch_rows, dry_run=dry_run,
             progress=progress, archive=(check_store, archive_old),
         )  # fmt: skip
 

@@ -78,15 +78,20 @@ def _progress(report: Any) -> None:
 @click.option("--default-tenant", default=None, metavar="UUID", help="Tenant for rows without one (else quarantined).")
 @click.option("--keep-old", is_flag=True, help="Keep rows past retention for the next `callvault archive`.")
 @click.option("--store", "store_url", default=None, help="Archive store for rows past retention.")
+@click.option(
+    "--roles/--no-roles",
+    default=True,
+    show_default=True,
+    help="Create callvault's roles and grants (init --roles) for the new table.",
+)
 @click.option("--new-store", is_flag=True, help="Start a new archive store on purpose (see `callvault archive`).")
 @click.option("--batch-rows", default=5_000, show_default=True, type=int, help="Rows moved per transaction.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the time it expects; change nothing.")
 @base.json_option
 def adopt(dsn: str | None, schema: str, table: str, source: str, time_column: str | None,
           tenant_column: str | None, id_column: str, maps: tuple[str, ...], time_zone: str,
-          default_tenant: str | None, keep_old: bool, store_url: str | None, new_store: bool, batch_rows: int,
-          dry_run: bool,
-          as_json: bool) -> None:  # fmt: skip
+          default_tenant: str | None, keep_old: bool, store_url: str | None, roles: bool, new_store: bool,
+          batch_rows: int, dry_run: bool, as_json: bool) -> None:  # fmt: skip
     """Take over an existing call-log table while the application keeps writing through its name.
 
     SOURCE (schema.table) becomes a view over callvault's partitioned table (--table); its rows move into
@@ -94,8 +99,8 @@ def adopt(dsn: str | None, schema: str, table: str, source: str, time_column: st
     r = commands.adopt(
         base.settings_of(dsn, schema, table), source, time_column=time_column, tenant_column=tenant_column,
         id_column=id_column, renames=_renames(maps), time_zone=time_zone, default_tenant=default_tenant,
-        keep_old=keep_old, batch_rows=batch_rows, dry_run=dry_run, store_url=store_url, new_store=new_store,
-        progress=None if as_json else _progress,
+        keep_old=keep_old, roles=roles, batch_rows=batch_rows, dry_run=dry_run, store_url=store_url,
+        new_store=new_store, progress=None if as_json else _progress,
     )  # fmt: skip
     if as_json:
         base.emit(r.to_dict())
