@@ -162,9 +162,9 @@ def create(
     Nothing is left half-created: a failure after the first change undoes what was made (the target's
     table, once made or emptied, stays so).
     """
-    cols, who = parse_columns(columns), parse_tenants(tenants)
+    who = parse_tenants(tenants)
     full = mirror_name(name, target_dsn)
-    report = MirrorReport(full, _safe(target_dsn), cols, who)
+    report = MirrorReport(full, _safe(target_dsn), (), who)
     primary_dsn = resolve_dsn(settings)
     with connect(settings, autocommit=True) as prim, _connect_target(target_dsn) as tgt:
         from callvault import citus
@@ -177,6 +177,8 @@ def create(
             from callvault.errors import NotInitialised
 
             raise NotInitialised(f"{settings.qualified} does not exist: run `callvault init` first")
+        shape = catalog.table_shape(prim, settings)  # the table's own columns can be mirrored too
+        cols = report.columns = parse_columns(columns, shape.names)
         exists = tgt.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", (full,)).fetchone()
         slot = prim.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (full,)).fetchone()
         if exists or slot:
@@ -198,6 +200,15 @@ def create(
                 t2.execute("SET timezone TO 'UTC'")
                 superuser = t2.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
                 bootstrap.init(t2, target_settings, roles=roles and bool(superuser and superuser[0]))
+                for extra in shape.extras:  # the target's table gets the mirrored columns of the platform's own
+                    if extra.name in cols:
+                        t2.execute(
+                            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                                sql.Identifier(settings.schema, settings.table),
+                                sql.Identifier(extra.name),
+                                sql.SQL(extra.pg),
+                            )
+                        )  # fmt: skip  (the type as the primary's catalog spells it)
                 _cover(prim, t2, settings, target_settings)
                 if held:  # --truncate-target: the initial copy must not meet rows of an earlier mirror
                     t2.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(settings.schema, settings.table)))
@@ -207,7 +218,7 @@ def create(
             )
             if held:
                 report.steps.append(f"target table {settings.qualified} emptied first (--truncate-target): {held} rows")
-            pub = PublicationSpec(full, cols, who)
+            pub = PublicationSpec(full, cols, who, shape.names)
             publish(settings, name=pub.name, columns=",".join(cols), tenants=list(who))
             done.append("publication")
             report.steps.append(f"publication {full} on the primary (via the partition root)")

@@ -44,19 +44,19 @@ def default_name(settings: Settings) -> str:
     return f"callvault_{base}".encode()[:63].decode(errors="ignore")
 
 
-def parse_columns(text: str | None) -> tuple[str, ...]:
+def parse_columns(text: str | None, names: tuple[str, ...] = cols.NAMES) -> tuple[str, ...]:
     """``all`` (default), ``metadata`` (all but the transcript) or ``c1,c2,...`` (must hold the primary
-    key); InvalidSetting naming what is wrong otherwise."""
-    if text is None or text.strip() == "":
-        return COLUMN_SETS["all"]
-    if text in COLUMN_SETS:
-        return COLUMN_SETS[text]
+    key) of the table's columns ``names`` (its own columns included); InvalidSetting naming what is wrong."""
+    if text is None or text.strip() == "" or text == "all":
+        return names
+    if text == "metadata":
+        return tuple(n for n in names if n != "transcript")
     picked = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
-    unknown = [c for c in picked if c not in cols.NAMES]
+    unknown = [c for c in picked if c not in names]
     if unknown:
         raise InvalidSetting(
             f"--columns {text!r}: unknown column(s) {', '.join(unknown)}; use all, metadata or a list of "
-            f"{', '.join(cols.NAMES)}"
+            f"{', '.join(names)}"
         )
     missing = [c for c in REPLICA_IDENTITY if c not in picked]
     if missing:
@@ -64,7 +64,7 @@ def parse_columns(text: str | None) -> tuple[str, ...]:
             f"--columns {text!r} leaves out {', '.join(missing)}: a published column list must hold the primary "
             f"key ({', '.join(REPLICA_IDENTITY)}) so updates and deletes replicate; add them"
         )
-    return tuple(c for c in cols.NAMES if c in picked)  # in the table's order
+    return tuple(c for c in names if c in picked)  # in the table's order
 
 
 def parse_tenants(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -81,6 +81,7 @@ class PublicationSpec:
     name: str
     columns: tuple[str, ...]
     tenants: tuple[str, ...] = ()
+    table_columns: tuple[str, ...] = cols.NAMES  # every column of the table: publishing them all needs no list
 
     def create_sql(self, settings: Settings) -> sql.Composed:
         """``CREATE PUBLICATION`` for this spec."""
@@ -101,7 +102,7 @@ class PublicationSpec:
     def _table(self, settings: Settings) -> sql.Composed:
         table = sql.Identifier(settings.schema, settings.table)
         parts: list[sql.Composable] = [table]
-        if self.columns != cols.NAMES:
+        if self.columns != self.table_columns:
             parts.append(sql.SQL(" ({})").format(sql.SQL(", ").join(map(sql.Identifier, self.columns))))
         if self.tenants:
             parts.append(
@@ -205,6 +206,9 @@ def publish(
         from callvault import citus
 
         citus.refuse(conn, settings, "callvault publish", citus.REPLICATION_WHY)
+        names = catalog.table_shape(conn, settings).names  # the table's own columns can be named too
+        spec = PublicationSpec(spec.name, parse_columns(columns, names), spec.tenants, names)
+        report.columns = spec.columns
         have = _shape(conn, spec.name)
         if sql_only:
             stmts = spec.alter_sql(settings) if have is not None else [spec.create_sql(settings)]

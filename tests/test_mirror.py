@@ -390,3 +390,25 @@ def test_drop_with_the_target_down_refuses_without_force_and_force_frees_every_s
     finally:
         third.down()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_mirror_carries_the_tables_own_columns(dsn: str, conn: psycopg.Connection, second: Cluster) -> None:
+    """``--columns`` names a column of the platform's own (issue 28): the target's table gets it, rows carry it."""
+    run("init", "--dsn", dsn)
+    run("columns", "add", "agent_id", "text", "--dsn", dsn)
+    now = conn.execute("SELECT date_trunc('hour', now())").fetchone()[0]
+    insert(conn, TENANTS[0], now, 3)
+    conn.execute("UPDATE call_logs SET agent_id = 'a-7'")
+    target = second.dsn()
+    made = run_json("mirror", "create", "--dsn", dsn, "--to", target, "--name", "own", "--truncate-target",
+                    "--columns", "id,tenant_id,call_id,started_at,agent_id")  # fmt: skip
+    assert made["columns"] == ["id", "tenant_id", "call_id", "started_at", "agent_id"]
+    try:
+        with psycopg.connect(target, autocommit=True) as tgt:
+            query = "SELECT count(*), min(agent_id), count(transcript) FROM call_logs"
+            assert wait_for(tgt, query, (3, "a-7", 0)) == (3, "a-7", 0)
+        bad = run("mirror", "create", "--dsn", dsn, "--to", target, "--name", "own2", "--columns",
+                  "id,tenant_id,started_at,agent_idd", ok=False)  # fmt: skip
+        assert bad.exit_code == 2 and "agent_idd" in bad.output and "agent_id" in bad.output
+    finally:
+        run("mirror", "drop", "--dsn", dsn, "--name", "own", "--to", target)
