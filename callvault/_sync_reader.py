@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -102,10 +103,16 @@ class Reader(qb.ReaderBase):
 
     def recent_calls(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None,
-        limit: int = DEFAULT_LIMIT, cursor: str | None = None,
+        limit: int = DEFAULT_LIMIT, cursor: str | None = None, where: Mapping[str, object] | None = None,
+        columns: Sequence[str] = (),
     ) -> Page:  # fmt: skip
         """The tenant's calls in ``[since, until)`` (``until`` default: now), newest first, ``limit`` per
         page (1..10,000); pass ``page.next_cursor`` back as ``cursor=`` for the next, older page.
+
+        The table's own columns (``callvault columns list``): ``where={"agent_id": "a-7"}`` keeps the calls
+        whose columns equal those values (an indexed column, ``columns add --index``, is served by its
+        index; the read stays pinned to the tenant and the window), and ``columns=("agent_id",)`` returns
+        them in each ``CallSummary.extra``.
 
         With an archive store, the parts of the window no attached partition covers are read from the
         archive and merged in (same order, same cursor; a page can span both tiers: see
@@ -117,7 +124,8 @@ class Reader(qb.ReaderBase):
         :raises InvalidSetting: a bad tenant id, cursor or limit.
         :raises StoreUnavailable: the read reaches the archive and the store cannot be read (exit code 69).
         """
-        return self._run(qb.recent(self, tenant_id, since, until, limit, cursor))  # type: ignore[no-any-return]
+        read = qb.recent(self, tenant_id, since, until, limit, cursor, where, tuple(columns))
+        return self._run(read)  # type: ignore[no-any-return]
 
     def get_call(
         self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ MAX_LIMIT = 10_000  # a page bigger than this is an export, not a query: use the
 SUMMARY_COLUMNS = ("id", "call_id", "started_at", "ended_at", "duration_sec")
 HOT, ARCHIVE = "hot", "archive"  # the tiers a row can come from: Postgres, or the archive store
 _US = timedelta(microseconds=1)
+_OWN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class CallSummary:
     ended_at: datetime | None
     duration_sec: int | None
     tier: str = HOT
+    extra: dict[str, Any] = field(default_factory=dict)  # the table's own columns asked with columns=
 
 
 @dataclass(frozen=True)
@@ -186,18 +189,37 @@ def _table(settings: Settings) -> sql.Identifier:
     return sql.Identifier(settings.schema, settings.table)
 
 
-def window_sql(settings: Settings, *, after_cursor: bool = False) -> sql.Composed:
+def window_sql(
+    settings: Settings, *, after_cursor: bool = False, where: tuple[str, ...] = (), columns: tuple[str, ...] = ()
+) -> sql.Composed:
     """A tenant's calls in [since, until), newest first: served by the primary key, pruned by the bounds.
     With a cursor, ``started_at <= cursor`` also prunes and ``(started_at, id) < cursor`` continues
-    exactly after the last row returned (ties on started_at broken by id)."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS))
+    exactly after the last row returned (ties on started_at broken by id). ``where``: the table's own
+    columns that must equal ``%(w0)s``, ``%(w1)s``...; ``columns``: more of them to return."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS + columns))
     keyset = (
         sql.SQL(" AND started_at <= %(cts)s AND (started_at, id) < (%(cts)s, %(cid)s)") if after_cursor else sql.SQL("")
     )
+    filters = sql.SQL("").join(
+        sql.SQL(" AND {} = {}").format(sql.Identifier(c), sql.Placeholder(f"w{i}")) for i, c in enumerate(where)
+    )
     return sql.SQL(
         "SELECT {cols} FROM {t} WHERE tenant_id = %(tenant)s AND started_at >= %(since)s AND started_at < %(until)s"
-        "{keyset} ORDER BY started_at DESC, id DESC LIMIT %(limit)s"
-    ).format(cols=cols, t=_table(settings), keyset=keyset)
+        "{filters}{keyset} ORDER BY started_at DESC, id DESC LIMIT %(limit)s"
+    ).format(cols=cols, t=_table(settings), filters=filters, keyset=keyset)
+
+
+def own_columns(where: Mapping[str, object] | None, wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of ``where`` and ``columns``, checked to be the table's own columns' names (pure): not
+    callvault's, and plain lower-case identifiers (a name the table lacks is refused by the database)."""
+    names = (*(where or {}), *wanted)
+    for name in names:
+        if not isinstance(name, str) or not _OWN.match(name) or name in columns.NAMES:
+            raise InvalidSetting(
+                f"{name!r} is not one of the table's own columns: where= and columns= take the columns "
+                "`callvault columns list` shows (callvault's own are filtered through the arguments)"
+            )
+    return names
 
 
 def get_call_sql(settings: Settings, *, pinned: bool) -> sql.Composed:
@@ -313,13 +335,17 @@ def tiers_of(r: ReaderBase, after: Callable[[list[Any], list[Range]], Callable[[
 
 
 def recent(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: datetime | None, limit: int,
-            cursor: str | None) -> Read:  # fmt: skip
+            cursor: str | None, where: Mapping[str, object] | None = None,
+            extra: tuple[str, ...] = ()) -> Read:  # fmt: skip
     params = window_params(tenant_id, since, until, r.max_window)
     params["limit"] = check_limit(limit)
+    own_columns(where, extra)
+    filters = tuple(where or {})
+    params.update({f"w{i}": v for i, v in enumerate((where or {}).values())})
     if cursor:
         params["cts"], params["cid"] = decode_cursor(cursor)
-    read = Read(params["tenant"], window_sql(r.settings, after_cursor=bool(cursor)), params,
-                 lambda rows: page_of(rows, limit))  # fmt: skip
+    stmt = window_sql(r.settings, after_cursor=bool(cursor), where=filters, columns=extra)
+    read = Read(params["tenant"], stmt, params, lambda rows: page_of(rows, limit, None, extra))
     if r.store_url is None:
         return read
     before = (params["cts"], params["cid"]) if cursor else None
@@ -333,9 +359,9 @@ def recent(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: 
             gaps = [(lo, min(hi, before[0] + _US)) for lo, hi in gaps if lo <= before[0]]
         if not gaps or (len(rows) == limit and rows[-1][2] >= gaps[-1][1]):
             return None  # the hot rows fill the page and are all newer than anything archived
-        return lambda: archive._page(r._archive_store(), r.settings, who, gaps, before, limit)
+        return lambda: archive._page(r._archive_store(), r.settings, who, gaps, before, limit, where, extra)
 
-    return replace(read, tiers=tiers_of(r, after, lambda rows, part: page_of(rows, limit, part)))
+    return replace(read, tiers=tiers_of(r, after, lambda rows, part: page_of(rows, limit, part, extra)))
 
 
 def get(r: ReaderBase, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None) -> Read:
@@ -418,12 +444,17 @@ def checked_store_url(url: str | None) -> str | None:
     return url
 
 
-def page_of(rows: list[Any], limit: int, archived: Any = None) -> Page:
-    calls = [CallSummary(*r) for r in rows]
+def _summary(row: Any, extra: tuple[str, ...], tier: str = HOT) -> CallSummary:
+    rid, call, started, ended, duration = row[:5]
+    return CallSummary(rid, call, started, ended, duration, tier, dict(zip(extra, row[5:], strict=True)))
+
+
+def page_of(rows: list[Any], limit: int, archived: Any = None, extra: tuple[str, ...] = ()) -> Page:
+    calls = [_summary(r, extra) for r in rows]
     pruned: tuple[date, ...] = ()
     if archived is not None:  # an ArchivePage: merge by (started_at, id), newest first; hot wins an id
         hot = {c.id for c in calls}
-        calls += [replace(CallSummary(*a), tier=ARCHIVE) for a in archived.calls if a[0] not in hot]
+        calls += [_summary(a, extra, ARCHIVE) for a in archived.calls if a[0] not in hot]
         calls = sorted(calls, key=lambda c: (c.started_at, c.id), reverse=True)[:limit]
         pruned = archived.pruned
     last = calls[-1] if len(calls) == limit else None

@@ -22,6 +22,7 @@ import pytest
 
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
+from callvault.errors import InvalidSetting
 from callvault.ingest import Writer
 from callvault.query import Reader
 from tests.helpers import new_dir, run, run_json
@@ -82,6 +83,19 @@ def test_extra_columns_round_trip_writer_reader_archive_restore(
     reader = Reader(conn, Settings(dsn=dsn), store_url=store)
     hot = reader.get_call(T1, good[0])
     assert hot is not None and hot.extra == {"agent_id": "a1", "cost_cents": 12, "model": "m-1"}
+    window = {"since": starts[0], "until": starts[2]}
+    page = reader.recent_calls(T1, **window, where={"agent_id": "a1"}, columns=("cost_cents", "model"))
+    assert [(c.call_id, c.extra) for c in page] == [(good[0], {"cost_cents": 12, "model": "m-1"})]
+    conn.execute("SET enable_seqscan = off")  # a few rows: prove the index is there and usable, not cheapest
+    plan = conn.execute(
+        "EXPLAIN (FORMAT JSON) SELECT id FROM call_logs WHERE tenant_id = %s AND agent_id = 'a1' "
+        "AND started_at >= %s AND started_at < %s",
+        (T1, starts[1], starts[2]),
+    ).fetchone()
+    assert plan is not None and "_agent_id_idx" in str(plan[0]), "the filter uses the column's index"
+    conn.execute("RESET enable_seqscan")
+    with pytest.raises(InvalidSetting, match="own columns"):
+        reader.recent_calls(T1, **window, where={"tenant_id": T2})
 
     # archive the second week (with the columns), then read both archived weeks through DuckDB and the tier
     second = run_json("archive", "--dsn", dsn, "--to", store, "--at", (now + timedelta(weeks=2)).isoformat())
@@ -94,6 +108,10 @@ def test_extra_columns_round_trip_writer_reader_archive_restore(
     assert old and all(r["agent_id"] is None for r in old), "a week archived before the column reads NULL"
     archived = reader.get_call(T1, good[0], started_at=week2)
     assert archived is not None and archived.tier == "archive" and archived.extra["model"] == "m-1"
+    page = reader.recent_calls(T1, **window, where={"agent_id": "a2"}, columns=("agent_id", "cost_cents"))
+    assert [(c.call_id, c.tier, c.extra) for c in page] == [
+        (good[1], "archive", {"agent_id": "a2", "cost_cents": None})
+    ]
 
     for week in (starts[0], starts[1]):
         run("restore", "--dsn", dsn, "--to", store, "--period", week.date().isoformat())

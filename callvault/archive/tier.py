@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,7 +30,7 @@ _TYPES = {
 }  # fmt: skip
 
 Range = tuple[datetime, datetime]
-ArchivedSummary = tuple[int, uuid.UUID, datetime, datetime | None, int | None]
+ArchivedSummary = tuple[Any, ...]  # (id, call_id, started_at, ended_at, duration_sec, *own columns asked)
 
 
 @dataclass(frozen=True)
@@ -297,10 +297,20 @@ def _us(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(microseconds=value)
 
 
+def _json_text(value: object) -> str:
+    """A value as DuckDB's ``json_extract_string`` gives it back from the archive's JSON of own columns."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _page(
-    store: Store, settings: Settings, tenant: str, ranges: list[Range], before: tuple[datetime, int] | None, limit: int
-) -> ArchivePage:
-    """The archive tier of a page: ``ranges`` already exclude what the hot table serves."""
+    store: Store, settings: Settings, tenant: str, ranges: list[Range], before: tuple[datetime, int] | None,
+    limit: int, where: Mapping[str, object] | None = None, extra: tuple[str, ...] = (),
+) -> ArchivePage:  # fmt: skip
+    """The archive tier of a page: ``ranges`` already exclude what the hot table serves. ``where``: the
+    table's own columns that must equal these values (an object archived before such a column existed has
+    none: it never matches); ``extra``: own columns returned after the summary's five (NULL where absent)."""
     if before is not None:  # a keyset: nothing newer than the cursor's started_at can be on the page
         edge = before[0].astimezone(UTC) + timedelta(microseconds=1)
         ranges = [(lo, min(hi, edge)) for lo, hi in ranges if lo < edge]
@@ -314,23 +324,28 @@ def _page(
     with _duck(store, sources) as (con, rels):
         for src, rel in zip(sources, rels, strict=True):
             spans = " OR ".join("(started_at >= ?::TIMESTAMPTZ AND started_at < ?::TIMESTAMPTZ)" for _ in src.ranges)
-            where = f"tenant_hex = ? AND ({spans})"
+            clause = f"tenant_hex = ? AND ({spans})"
             params += [tenant.replace("-", ""), *(t for span in src.ranges for t in span)]
             if before is not None:
-                where += " AND (started_at < ?::TIMESTAMPTZ OR (started_at = ?::TIMESTAMPTZ AND id < ?))"
+                clause += " AND (started_at < ?::TIMESTAMPTZ OR (started_at = ?::TIMESTAMPTZ AND id < ?))"
                 params += [before[0], before[0], before[1]]
+            for name, value in (where or {}).items():  # names checked by the Reader (plain identifiers)
+                clause += f" AND json_extract_string(extra, '$.\"{name}\"') = ?"
+                params.append(_json_text(value))
             parts.append(
-                "SELECT id, call_hex, epoch_us(started_at) AS us, epoch_us(ended_at) AS ended_us, duration_sec "
-                f"FROM {rel} WHERE {where}"
+                "SELECT id, call_hex, epoch_us(started_at) AS us, epoch_us(ended_at) AS ended_us, duration_sec, "
+                f"extra FROM {rel} WHERE {clause}"
             )
         statement = " UNION ALL ".join(parts) + " ORDER BY us DESC, id DESC LIMIT ?"
         try:
             rows = con.execute(statement, [*params, limit]).fetchall()
         except (duckdb.Error, OSError, ValueError) as exc:
             raise _unreadable(store, sources[0], exc) from exc
-    calls: list[ArchivedSummary] = [
-        (int(i), uuid.UUID(hex=c), _EPOCH + timedelta(microseconds=us), _us(end), d) for i, c, us, end, d in rows
-    ]
+    calls: list[ArchivedSummary] = []
+    for i, c, us, end, d, own in rows:
+        values = json.loads(own) if extra and own else {}
+        calls.append((int(i), uuid.UUID(hex=c), _EPOCH + timedelta(microseconds=us), _us(end), d,
+                      *(values.get(n) for n in extra)))  # fmt: skip
     return ArchivePage(calls, tuple(periods), tuple(pruned))
 
 

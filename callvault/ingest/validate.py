@@ -197,6 +197,7 @@ class Rules:
 
     @property
     def fields(self) -> tuple[str, ...]:
+        """The fields a call may have: callvault's, then the table's own columns."""
         return COLUMNS + tuple(c.name for c in self.extras)
 
 
