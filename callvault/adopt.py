@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,8 @@ _BASE_TYPES = {
     "metadata": ("jsonb", "json"),
 }
 PHASES = ("planned", "created", "switched", "moved", "done")
+# tenants known by a name get tenant_id = uuid3(TENANT_NAMESPACE, name) (Python: callvault.adopt.tenant_uuid)
+TENANT_NAMESPACE = uuid.UUID("6c9a1d52-4a3e-5b7e-9c1f-0d2b8e4f7a31")
 
 ADOPTIONS_SQL = sql.SQL(
     """CREATE TABLE IF NOT EXISTS {} (
@@ -138,6 +141,7 @@ class Plan:
     future: int = 0
     no_tenant: int = 0
     bad_tenant: int = 0
+    tenant_names: bool = False  # the tenant column holds names: tenant_id = tenant_uuid(name), the name kept
     no_time: int = 0
     free_bytes: int | None = None
     seconds: float = 0.0
@@ -365,7 +369,7 @@ def _measure(conn: Conn, settings: Settings, table: sql.Identifier, plan: Plan) 
             "count(*) FILTER (WHERE {ts} >= %(horizon)s), count(*) FILTER (WHERE {ten} IS NULL), "
             "count(*) FILTER (WHERE {ten} IS NOT NULL AND {ten}::text !~ %(re)s), "
             "count(*) FILTER (WHERE {ts} IS NULL), "
-            "count(DISTINCT date_trunc('week', {ts})) FROM {t}"
+            "count(DISTINCT date_trunc('week', {ts})), count(*) FILTER (WHERE {ten}::text ~ %(re)s) FROM {t}"
         ).format(ts=ts, ten=ten, t=table),
         {"cutoff": cutoff or datetime.min.replace(tzinfo=UTC), "horizon": horizon, "re": _UUID_RE},
     ).fetchone()
@@ -381,6 +385,20 @@ def _measure(conn: Conn, settings: Settings, table: sql.Identifier, plan: Plan) 
         plan.no_time,
         plan.weeks,
     ) = (int(row[0]), row[1], row[2], int(row[3]), int(row[4]), int(row[5]), int(row[6]), int(row[7]), int(row[8]))
+    if plan.bad_tenant and not int(row[9]) and plan.tenant_type != "uuid":
+        plan.tenant_names = True  # no tenant value is a UUID: the column holds names
+    if plan.tenant_names:
+        if plan.tenant_column in columns.NAMES:
+            raise SchemaMismatch(
+                f"{plan.source}.{plan.tenant_column} holds tenant names, which adopt keeps in a column of that "
+                "name beside tenant_id: rename the column first (ALTER TABLE ... RENAME COLUMN)"
+            )
+        plan.extras = {plan.tenant_column: plan.tenant_type, **plan.extras}
+        plan.bad_tenant = 0
+        plan.notes.append(
+            f"{plan.tenant_column} holds tenant names: each gets a stable tenant_id (callvault.adopt.tenant_uuid, "
+            f"uuid3 in {TENANT_NAMESPACE}); the name is kept in {plan.tenant_column}"
+        )
     size = conn.execute("SELECT pg_total_relation_size(to_regclass(%s))", (table.as_string(conn),)).fetchone()
     plan.bytes = int(size[0]) if size and size[0] else 0
     plan.free_bytes = _free_bytes(conn)
@@ -439,10 +457,30 @@ def _time_back(plan: Plan, col: sql.Composable) -> sql.Composable:
     return col
 
 
+def tenant_uuid(name: str) -> uuid.UUID:
+    """The tenant_id ``adopt`` gives a tenant known by a name: ``uuid3(TENANT_NAMESPACE, name)``."""
+    return uuid.uuid3(TENANT_NAMESPACE, name)
+
+
+def tenant_uuid_sql() -> sql.Composed:
+    """``callvault.tenant_uuid(name)``: :func:`tenant_uuid` in SQL (RFC 4122 version 3: md5 of the
+    namespace's bytes and the name's UTF-8, version and variant bits set)."""
+    return sql.SQL(
+        """CREATE OR REPLACE FUNCTION {}(name text) RETURNS uuid LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $fn$ SELECT (substr(h, 1, 12) || '3' || substr(h, 14, 3)
+        || substr('89ab', (('x' || substr(h, 17, 1))::bit(4)::int & 3) + 1, 1) || substr(h, 18, 15))::uuid
+    FROM (SELECT md5(decode({}, 'hex') || convert_to(name, 'UTF8')) AS h) s $fn$"""
+    ).format(sql.Identifier(META_SCHEMA, "tenant_uuid"), sql.Literal(TENANT_NAMESPACE.hex))
+
+
 def _tenant_expr(plan: Plan, col: sql.Composable) -> sql.Composable:
+    if plan.tenant_names:
+        value: sql.Composable = sql.SQL("{}({}::text)").format(sql.Identifier(META_SCHEMA, "tenant_uuid"), col)
+    else:
+        value = sql.SQL("{}::text::uuid").format(col)
     if plan.default_tenant is not None:
-        return sql.SQL("coalesce({}::text, {})::uuid").format(col, sql.Literal(plan.default_tenant))
-    return sql.SQL("{}::text::uuid").format(col)
+        return sql.SQL("coalesce({}, {}::uuid)").format(value, sql.Literal(plan.default_tenant))
+    return value
 
 
 def _call_id_expr(plan: Plan, rec: str) -> sql.Composable:
@@ -462,11 +500,12 @@ def _why_expr(plan: Plan, rec: str) -> sql.Composable:
     ts = sql.SQL("{}.{}").format(r, sql.Identifier(plan.time_column))
     tenant_missing = sql.SQL("false") if plan.default_tenant is not None else sql.SQL("{} IS NULL").format(ten)
     return sql.SQL(
-        "CASE WHEN {missing} THEN {m1} WHEN {ten} IS NOT NULL AND {ten}::text !~ {re} THEN {m2} "
+        "CASE WHEN {missing} THEN {m1} WHEN {names} AND {ten} IS NOT NULL AND {ten}::text !~ {re} THEN {m2} "
         "WHEN {ts} IS NULL THEN {m3} "
         "WHEN {tse} < %(low)s THEN {m4} WHEN {tse} >= %(high)s THEN {m5} END"
     ).format(
         missing=tenant_missing,
+        names=sql.SQL("false" if plan.tenant_names else "true"),
         ten=ten,
         re=sql.Literal(_UUID_RE),
         ts=ts,
@@ -548,7 +587,7 @@ def _trigger_fn_sql(plan: Plan, fn: sql.Identifier, target: sql.Identifier, old:
     why = _why_expr(plan, "new")
     ten_new = _tenant_expr(plan, sql.SQL("new.{}").format(sql.Identifier(plan.tenant_column)))
     ts_old = _time_expr(plan, sql.SQL("old.{}").format(sql.Identifier(plan.time_column)))
-    ten_old = sql.SQL("old.{}::text::uuid").format(sql.Identifier(plan.tenant_column))
+    ten_old = _tenant_expr(plan, sql.SQL("old.{}").format(sql.Identifier(plan.tenant_column)))
     sets = sql.SQL(", ").join(
         sql.SQL("{} = {}").format(sql.Identifier(c), v)
         for c, v in zip(_target_cols(plan), _target_values(plan, "new"), strict=True)
@@ -670,6 +709,8 @@ def _create(conn: Conn, settings: Settings, plan: Plan) -> None:
     from callvault.tenancy import repair
 
     bootstrap.init(conn, settings, roles=plan.roles)
+    if plan.tenant_names:
+        conn.execute(tenant_uuid_sql())
     conn.commit()
     conn.autocommit = True
     try:

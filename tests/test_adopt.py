@@ -96,6 +96,14 @@ def test_extra_columns_round_trip_writer_reader_archive_restore(
     conn.execute("RESET enable_seqscan")
     with pytest.raises(InvalidSetting, match="own columns"):
         reader.recent_calls(T1, **window, where={"tenant_id": T2})
+    # lint and explain take queries on the table's own columns like any other
+    query = "SELECT id, agent_id FROM call_logs WHERE tenant_id = $1 AND agent_id = $2 AND started_at >= $3 " \
+            "AND started_at < $4"  # fmt: skip
+    (tmp_path / "q.sql").write_text(query + ";\n")
+    assert run("lint", str(tmp_path / "q.sql")).exit_code == 0
+    lo, hi = starts[1].isoformat(), starts[2].isoformat()
+    explained = run_json("explain", "--dsn", dsn, query, "-p", T1, "-p", "a1", "-p", lo, "-p", hi)
+    assert explained["ok"] and explained["partitions_scanned"] == 1, explained
 
     # archive the second week (with the columns), then read both archived weeks through DuckDB and the tier
     second = run_json("archive", "--dsn", dsn, "--to", store, "--at", (now + timedelta(weeks=2)).isoformat())
@@ -338,3 +346,28 @@ def test_adopt_refuses_without_disk_room(dsn: str, conn: psycopg.Connection[Any]
     r = run("adopt", "calls", "--dsn", dsn, "--time-column", "created_at", "--tenant-column", "tenant", ok=False)
     assert r.exit_code == 69 and "free" in r.output
     assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'calls'").fetchone() == ("r",)
+
+
+def test_adopt_a_tenant_column_of_names(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    """No tenant value is a UUID: the column holds names. Each gets a stable tenant_id (uuid3, the same in
+    Python and SQL) and the name stays, shown through the old name and accepted on insert."""
+    from callvault.adopt import tenant_uuid
+
+    conn.execute("CREATE TABLE public.logs (id bigserial PRIMARY KEY, org text, at timestamptz NOT NULL, "
+                 "cost numeric(10,2))")  # fmt: skip
+    conn.execute(
+        "INSERT INTO public.logs (org, at, cost) SELECT (ARRAY['acme', 'globex', 'Ünïcode Ltd'])[1 + i % 3], "
+        "now() - i * interval '1 hour', i / 100.0 FROM generate_series(1, 300) i"
+    )
+    plan = run_json("adopt", "public.logs", "--dsn", dsn, "--table", "logs_p", "--time-column", "at",
+                    "--tenant-column", "org", "--keep-old", "--dry-run")["plan"]  # fmt: skip
+    assert plan["tenant_names"] and plan["bad_tenant"] == 0
+    done = run_json("adopt", "public.logs", "--dsn", dsn, "--table", "logs_p", "--time-column", "at",
+                    "--tenant-column", "org", "--keep-old")  # fmt: skip
+    assert done["moved"] == 300 and done["quarantined"] == 0
+    got = dict(conn.execute("SELECT org, tenant_id FROM logs_p GROUP BY 1, 2").fetchall())
+    assert got == {name: tenant_uuid(name) for name in ("acme", "globex", "Ünïcode Ltd")}
+    conn.execute("INSERT INTO public.logs (org, at, cost) VALUES ('initech', now(), 1.5)")
+    row = conn.execute("SELECT tenant_id, cost FROM logs_p WHERE org = 'initech'").fetchone()
+    assert row is not None and row[0] == tenant_uuid("initech") and str(row[1]) == "1.50"
+    assert conn.execute("SELECT count(*) FROM public.logs WHERE org = 'acme'").fetchone() == (100,)

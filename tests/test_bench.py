@@ -99,3 +99,22 @@ def test_bench_citus_reports_both_engines(dsn: str, citus_cluster: object) -> No
     assert set(result["partition_ddl_ms_by_shard_count"]) == {"4", "8", "16", "32", "64"}
     assert result["ingest_rows_per_s_single"] > 0 and result["ingest_rows_per_s_citus"] > 0
     assert result["window_citus"]["tasks"] == 1 and result["window_single"]["tasks"] is None
+
+
+def test_bench_adopt_reports_every_field(dsn: str) -> None:
+    result = run_json("bench", "adopt", "--dsn", dsn, "--rows", "6000", "--weeks", "3", "--writes-per-s", "50",
+                      "--batch-rows", "1000")  # fmt: skip
+    assert result["moved"] == 6000 and result["quarantined"] == 0 and result["app_errors"] == 0
+    # every row adopted, and every application insert during the adoption (and in the second after it)
+    assert result["target_rows_after"] >= 6000 + result["app_inserts_during"]
+    for key in (
+        "rows_per_s_moved",
+        "offline_copy_rows_per_s",
+        "adopt_vs_offline_copy",
+        "longest_write_stall_ms",
+        "app_insert_p99_ms_before",
+        "app_insert_p99_ms_during",
+        "extra_disk_mb_peak",
+        "adopt_seconds",
+    ):
+        assert result[key] is not None, key

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +247,45 @@ def test_pyarrow_dataset_reads_the_archive_by_its_layout(archive: tuple[Path, To
         entry[0] += 1
         entry[1] += int(hashlib.md5(call_id.encode()).hexdigest()[:15], 16)
     assert {k: (n, h) for k, (n, h) in got.items()} == expected
+
+
+def test_spark_and_duckdb_read_the_tables_own_columns_across_weeks(
+    cluster: Cluster, spark: Any, tmp_path: Path
+) -> None:
+    """Issue 28: a column added between two archive runs is in the newer week's objects only; Spark
+    (``mergeSchema``, as docs/archive.md says) and DuckDB (``union_by_name``) read it, NULL in the older."""
+    import duckdb
+
+    name = f"cv_spark_own_{os.getpid()}"
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    dsn = cluster.dsn(name)
+    try:
+        run("init", "--dsn", dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            fill(conn, per_tenant_week=3)
+            now = conn.execute("SELECT now()").fetchone()[0]
+            store = tmp_path.as_uri()
+            run("archive", "--dsn", dsn, "--to", store, "--at", (now + timedelta(weeks=1)).isoformat())
+            run("columns", "add", "agent_id", "text", "--dsn", dsn)
+            run("columns", "add", "cost_cents", "integer", "--dsn", dsn)
+            conn.execute("UPDATE call_logs SET agent_id = 'a-' || (id % 3), cost_cents = id % 100")
+            second = run_json("archive", "--dsn", dsn, "--to", store, "--at", (now + timedelta(weeks=2)).isoformat())
+        moved = sum(p["rows"] for p in second["partitions"])
+        df = spark.read.option("mergeSchema", "true").parquet(f"{store}/call_logs")
+        types = dict(df.dtypes)
+        assert types["agent_id"] == "string" and types["cost_cents"] == "int"
+        weeks = {r[0]: (r[1], r[2]) for r in df.groupBy("week").agg(
+            {"*": "count", "agent_id": "count"}).select("week", "count(1)", "count(agent_id)").collect()}  # fmt: skip
+        assert len(weeks) == 2
+        older, newer = (weeks[w] for w in sorted(weeks))
+        assert older[1] == 0 and older[0] > 0, "the week archived before the column: NULL"
+        assert newer[1] == newer[0] == moved, "the week archived after: every row has it"
+        with duckdb.connect() as con:
+            got = con.execute(
+                f"SELECT count(agent_id), count(*) FROM read_parquet('{tmp_path}/call_logs/*/*/*.parquet', "
+                "hive_partitioning = true, union_by_name = true)"
+            ).fetchone()
+        assert got == (moved, older[0] + moved)
+    finally:
+        _drop_db(cluster, name)

@@ -189,3 +189,24 @@ def bench_archive(dsn: str | None, schema: str, table: str, store_url: str | Non
         return
     for key, value in result.items():
         out.print(f"{key:32} {value}")
+
+
+@bench.command(name="adopt")
+@target_options
+@click.option("--rows", default=2_000_000, show_default=True, help="Rows of the table adopted (~1.2 KB each).")
+@click.option("--weeks", default=13, show_default=True, help="Weeks the rows span, up to now.")
+@click.option("--writes-per-s", default=500.0, show_default=True, help="The application's INSERTs a second.")
+@click.option("--batch-rows", default=5_000, show_default=True, help="Rows adopt moves per transaction.")
+@json_option
+def bench_adopt(dsn: str | None, schema: str, table: str, rows: int, weeks: int, writes_per_s: float,
+                batch_rows: int, as_json: bool) -> None:  # fmt: skip
+    """Adopting a plain table while an application inserts through its name: stall, rows/s, disk."""
+    from callvault.bench import adopt as ab
+
+    result = ab.run(settings_of(dsn, schema, table), rows=rows, weeks=weeks, writes_per_s=writes_per_s,
+                    batch_rows=batch_rows)  # fmt: skip
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:28} {value}", markup=False)
