@@ -711,6 +711,10 @@ def _create(conn: Conn, settings: Settings, plan: Plan) -> None:
     bootstrap.init(conn, settings, roles=plan.roles)
     if plan.tenant_names:
         conn.execute(tenant_uuid_sql())
+    # the application looks rows up by their id through the old name: an index on id on every partition
+    # (the primary key leads with tenant_id); made while the table is empty, inherited by later partitions
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (id)").format(
+        sql.Identifier(f"{settings.table[:50]}_id_idx"), sql.Identifier(settings.schema, settings.table)))  # fmt: skip
     conn.commit()
     conn.autocommit = True
     try:
@@ -806,7 +810,8 @@ def _move_sql(plan: Plan, settings: Settings, source: Source) -> sql.Composed:
     idc = sql.Identifier(plan.id_column)
     return sql.SQL(
         """WITH batch AS (
-    DELETE FROM {old} o WHERE o.{idc} IN (SELECT {idc} FROM {old} ORDER BY {idc} LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+    DELETE FROM {old} o WHERE o.{idc} IN (
+        SELECT {idc} FROM {old} WHERE {idc} > %(after)s ORDER BY {idc} LIMIT %(n)s FOR UPDATE SKIP LOCKED)
     RETURNING o.*
 ), judged AS (SELECT b, {why} AS cv_why FROM batch b),
 moved AS (
@@ -819,7 +824,7 @@ moved AS (
     FROM judged j WHERE j.cv_why IS NOT NULL OR (j.b).{idc} NOT IN (SELECT id FROM moved)
     RETURNING reason
 )
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM moved),
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM moved), (SELECT max({idc}) FROM batch),
        (SELECT coalesce(jsonb_object_agg(reason, n), '{{}}')
         FROM (SELECT reason, count(*) n FROM aside GROUP BY 1) r)"""
     ).format(
@@ -850,16 +855,19 @@ def _move(
     try:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{settings.lock_timeout_ms}ms",))
         with table_lock(conn, settings, "adopt", logger=log):  # maintenance and archive wait meanwhile
+            after = -(2**63)  # keyset: each batch starts past the last one (no walk over dead index entries)
             while True:
                 bounds = catalog.partition_bounds(conn, settings)
                 low = min(lo for lo, _ in bounds)
                 high = max(hi for _, hi in bounds)
                 with conn.transaction():
                     row = conn.execute(
-                        stmt, {"n": batch_rows, "low": low, "high": high, "target": plan.target}
+                        stmt, {"n": batch_rows, "low": low, "high": high, "target": plan.target, "after": after}
                     ).fetchone()
                     assert row is not None
-                    taken, moved, reasons = int(row[0]), int(row[1]), dict(row[2] or {})
+                    taken, moved, last, reasons = int(row[0]), int(row[1]), row[2], dict(row[3] or {})
+                    if last is not None:
+                        after = int(last)
                     aside = sum(int(v) for v in reasons.values())
                     conn.execute(
                         sql.SQL(
@@ -880,7 +888,9 @@ def _move(
                     left = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(source.old)).fetchone()
                     if not (left and left[0]):
                         break
-                    time.sleep(0.2)  # rows locked by the application's own UPDATEs: the next round takes them
+                    # rows skipped while the application held them (its own UPDATEs): sweep again from the start
+                    after = -(2**63)
+                    time.sleep(0.2)
             with conn.transaction():
                 _set_phase(conn, source, "moved")
     finally:
