@@ -510,13 +510,24 @@ def _why_expr(plan: Plan, rec: str) -> sql.Composable:
         re=sql.Literal(_UUID_RE),
         ts=ts,
         tse=_time_expr(plan, ts),
-        m1=sql.Literal(f"adopt: {plan.tenant_column} is NULL (no tenant): give it one, or adopt with --default-tenant"),
-        m2=sql.Literal(f"adopt: {plan.tenant_column} is not a UUID: map it to the tenant's UUID and replay"),
-        m3=sql.Literal(f"adopt: {plan.time_column} is NULL: give the call its start time and replay"),
-        m4=sql.Literal(f"adopt: {plan.time_column} is before the oldest partition"),
+        m1=sql.Literal(
+            f"adopt: {plan.tenant_column} is NULL (no tenant): set it and insert the row again through "
+            f"{plan.source} (docs/adopt.md)"
+        ),
+        m2=sql.Literal(
+            f"adopt: {plan.tenant_column} is not a UUID: set the tenant's UUID and insert the row again "
+            f"through {plan.source}"
+        ),
+        m3=sql.Literal(
+            f"adopt: {plan.time_column} is NULL: set the call's start and insert it again through {plan.source}"
+        ),
+        m4=sql.Literal(
+            f"adopt: {plan.time_column} is before the oldest partition: `callvault maintain`, then "
+            f"insert it again through {plan.source}"
+        ),
         m5=sql.Literal(
-            f"adopt: {plan.time_column} is in the future, past the newest partition: fix the time, then "
-            "`callvault maintain` and replay"
+            f"adopt: {plan.time_column} is in the future, past the newest partition: fix the time and insert "
+            f"it again through {plan.source}"
         ),
     )
 

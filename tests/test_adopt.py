@@ -5,6 +5,7 @@ as a process killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -253,6 +254,15 @@ def test_adopt_while_the_application_writes(dsn: str, conn: psycopg.Connection[A
     row = conn.execute("SELECT tenant, agent_id, cost_cents FROM calls WHERE id = %s", (app.ids[-1],)).fetchone()
     assert row is not None and row[0] in (T1, T2, T3) and row[1] == "app"
     assert conn.execute("SELECT count(*) FROM callvault.quarantine WHERE reason LIKE 'adopt:%'").fetchone() == (3,)
+    # docs/adopt.md: a quarantined row, fixed, goes back in through the old name
+    (raw,) = conn.execute("SELECT raw FROM callvault.quarantine WHERE reason LIKE 'adopt: tenant is NULL%'").fetchone()
+    conn.execute(
+        "INSERT INTO calls SELECT * FROM jsonb_populate_record(NULL::calls, "
+        "jsonb_set(%s::jsonb, '{tenant}', to_jsonb(%s::text)))",
+        (raw, T3),
+    )
+    back = conn.execute("SELECT tenant_id FROM call_logs WHERE id = %s", (json.loads(raw)["id"],)).fetchone()
+    assert back == (uuid.UUID(T3),)
     assert hot_and_written  # per tenant/day sums computed above are well-formed
     r = run("audit", "--dsn", dsn)
     assert "ok" in r.output

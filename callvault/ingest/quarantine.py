@@ -136,7 +136,8 @@ def replay(
     ``assume_utc``: the operator's decision to read naive timestamps as UTC this time (the writer's
     ``Writer(assume_utc=True)``); everything else is judged exactly as the writer judges rows."""
     b.prepare_connection(conn)
-    rules = Rules(assume_utc=assume_utc, live=LiveRange(catalog.partition_bounds(conn, settings)))
+    shape = catalog.table_shape(conn, settings)  # the table's own columns are replayed too
+    rules = Rules(assume_utc=assume_utc, live=LiveRange(catalog.partition_bounds(conn, settings)), extras=shape.extras)
     with conn.transaction():
         picked = _select(conn, settings, ids, limit)
         missing = sorted(set(ids or ()) - {qid for qid, *_ in picked})
@@ -154,8 +155,8 @@ def replay(
                 good.append((qid, verdict.row, verdict.raw))
             else:
                 stay.append((qid, verdict.reason or reason, verdict.raw))
-        conn.execute(b.STAGE_DDL)
-        written, refused = merge_indexed(conn, settings, [row for _, row, _ in good])
+        conn.execute(b.stage_ddl(shape))
+        written, refused = merge_indexed(conn, settings, [row for _, row, _ in good], 0, shape)
         refused_ids = {good[i][0] for i, _ in refused}
         stay += [(good[i][0], why, good[i][2]) for i, why in refused]  # refused by the database: stays, and why
         if stay:

@@ -55,7 +55,8 @@ class TenantWriter:
         tenant or an invalid one is quarantined, never written."""
         result = TenantWriteResult()
         with tenant(self.conn, self.tenant):
-            rules = Rules(*self._limits, LiveRange(catalog.partition_bounds(self.conn, self.settings)))
+            shape = catalog.table_shape(self.conn, self.settings)  # the table's own columns too
+            rules = Rules(*self._limits, LiveRange(catalog.partition_bounds(self.conn, self.settings)), shape.extras)
             rows: list[Row] = []
             for call in calls:
                 out = validate(call, rules)
@@ -68,8 +69,8 @@ class TenantWriter:
                     rows.append(out)
             if rows:
                 b.prepare_connection(self.conn)  # metadata is pre-encoded JSON bytes
-                self.conn.execute(b.STAGE_DDL)
-                written, refused = merge_rows(self.conn, self.settings, rows)
+                self.conn.execute(b.stage_ddl(shape))
+                written, refused = merge_rows(self.conn, self.settings, rows, shape)
                 result.written = written
                 result.duplicates = len(rows) - written - len(refused)
                 result.rejected += refused
