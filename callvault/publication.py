@@ -196,7 +196,7 @@ def publish(
     from callvault import catalog
     from callvault.errors import NotInitialised
 
-    spec = PublicationSpec(name or default_name(settings), parse_columns(columns), parse_tenants(tenants))
+    spec = PublicationSpec(name or default_name(settings), (), parse_tenants(tenants))  # columns: the table's, below
     if len(spec.name.encode()) > 63 or not spec.name:
         raise InvalidSetting(f"publication name {spec.name!r} must be 1 to 63 bytes")
     report = PublishReport(spec.name, settings.qualified, spec.columns, spec.tenants, "unchanged")
