@@ -763,6 +763,7 @@ def _switch(conn: Conn, settings: Settings, source: Source, plan: Plan) -> None:
     target, fn, trg = _names(settings, source)
 
     def work() -> None:
+        _cancel_autovacuum(conn, source.ident)
         with conn.transaction():
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{SWITCH_LOCK_MS}ms",))
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident))
@@ -783,6 +784,9 @@ def _switch(conn: Conn, settings: Settings, source: Source, plan: Plan) -> None:
                 top = max(top, int(last[0]) if last else 0)
             assert seq and seq[0]
             conn.execute("SELECT setval(%s::regclass, %s)", (seq[0], top))  # the target's ids continue the source's
+            # the old table is emptied, then dropped: vacuuming it is wasted I/O (and would hold the drop off)
+            conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)")
+                         .format(source.old))  # fmt: skip
             conn.execute(_trigger_fn_sql(plan, fn, target, source.old))
             conn.execute(sql.SQL("CREATE VIEW {} AS {}").format(source.ident, _view_select(plan, target, source.old)))
             conn.execute(
@@ -908,22 +912,43 @@ def _move(
         conn.autocommit = False
 
 
+def _cancel_autovacuum(conn: Conn, table: sql.Identifier) -> None:
+    """Cancel an autovacuum of ``table`` (it would hold our short lock wait off: it yields only after
+    deadlock_timeout). Needs the right to signal it (superuser, or pg_signal_backend); without, the lock
+    wait's retries are all there is."""
+    try:
+        conn.execute(
+            "SELECT pg_cancel_backend(a.pid) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "WHERE a.backend_type = 'autovacuum worker' AND l.relation = to_regclass(%s)",
+            (table.as_string(conn),),
+        )
+        conn.commit()
+    except psycopg.Error:
+        conn.rollback()
+
+
 def _finish(conn: Conn, settings: Settings, source: Source, plan: Plan) -> None:
     from callvault.maintain import retry_locks
 
     target, fn, _ = _names(settings, source)
+    # Checked before the lock, not under it (a scan of the emptied table's pages would stall the writers):
+    # since the switch nothing inserts into the old table, so empty now is empty for good.
+    exists = _relkind(conn, source.old) is not None
+    if exists:
+        left = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(source.old)).fetchone()
+        conn.commit()
+        if left and left[0]:
+            raise CallvaultError(f"{source.qualified}: rows are left in {old_name(source.table)}; run adopt again")
 
     def work() -> None:
+        # an autovacuum of the emptied table would hold DROP off past our short lock wait (it yields
+        # only after deadlock_timeout): its autovacuum is off since the switch; cancel one already running
+        _cancel_autovacuum(conn, source.old)
         with conn.transaction():
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{SWITCH_LOCK_MS}ms",))
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.ident))
-            exists = _relkind(conn, source.old) is not None
             if exists:
-                left = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(source.old)).fetchone()
-                if left and left[0]:
-                    raise CallvaultError(
-                        f"{source.qualified}: rows are left in {old_name(source.table)}; run adopt again"
-                    )
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(source.old))
             conn.execute(
                 sql.SQL("CREATE OR REPLACE VIEW {} AS {}").format(source.ident, _view_select(plan, target, None))
             )
