@@ -104,9 +104,11 @@ def test_bench_citus_reports_both_engines(dsn: str, citus_cluster: object) -> No
 def test_bench_adopt_reports_every_field(dsn: str) -> None:
     result = run_json("bench", "adopt", "--dsn", dsn, "--rows", "6000", "--weeks", "3", "--writes-per-s", "50",
                       "--batch-rows", "1000")  # fmt: skip
-    assert result["moved"] == 6000 and result["quarantined"] == 0 and result["app_errors"] == 0
+    # the table's 6000 rows and what the application wrote before the switch
+    assert result["moved"] >= 6000 and result["quarantined"] == 0 and result["app_errors"] == 0
     # every row adopted, and every application insert during the adoption (and in the second after it)
-    assert result["target_rows_after"] >= 6000 + result["app_inserts_during"]
+    assert result["target_rows_after"] >= result["moved"] and result["app_rows_acknowledged"] > 0
+    assert result["app_rows_lost"] == 0, "every INSERT the application saw commit is in the adopted table"
     for key in (
         "rows_per_s_moved",
         "offline_copy_rows_per_s",

@@ -49,7 +49,7 @@ def _fill(conn: psycopg.Connection[Any], rows: int, weeks: int) -> None:
                           'agent-' || i %% 40, CASE WHEN i %% 2 = 0 THEN 'inbound' ELSE 'outbound' END,
                           '+1555' || lpad((i %% 10000000)::text, 7, '0'), i %% 900,
                           repeat('a transcript line of a voice agent call. ', 26) || i
-                   FROM generate_series(%(lo)s, %(hi)s) i"""
+                   FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) i"""
             ).format(src),
             {"tenants": TENANTS, "days": weeks * 7, "rows": rows, "lo": lo + 1, "hi": min(lo + step, rows)},
         )
@@ -63,6 +63,7 @@ class _App(threading.Thread):
         super().__init__(daemon=True, name="bench-adopt-app")
         self.dsn, self.per_s = dsn, per_s
         self.samples: list[tuple[float, float]] = []  # (monotonic start, seconds)
+        self.ids: list[int] = []  # every id the database said it committed
         self.stop = threading.Event()
         self.errors = 0
 
@@ -70,13 +71,15 @@ class _App(threading.Thread):
         with psycopg.connect(self.dsn, autocommit=True) as c:
             insert = sql.SQL(
                 "INSERT INTO {} (tenant, created_at, agent_id, cost_cents, transcript) "
-                "VALUES (%s, now() - interval '1 s', 'live', %s, 'a live call')"
+                "VALUES (%s, now() - interval '1 s', 'live', %s, 'a live call') RETURNING id"
             ).format(sql.Identifier(SCHEMA, SOURCE))
             i = 0
             while not self.stop.is_set():
                 t0 = time.monotonic()
                 try:
-                    c.execute(insert, (f"00000000-0000-4000-8000-{1 + i % TENANTS:012x}", i))
+                    row = c.execute(insert, (f"00000000-0000-4000-8000-{1 + i % TENANTS:012x}", i)).fetchone()
+                    if row is not None:
+                        self.ids.append(int(row[0]))
                 except psycopg.Error:
                     self.errors += 1
                 took = time.monotonic() - t0
@@ -151,6 +154,8 @@ def run(settings: Settings, rows: int = 2_000_000, weeks: int = 13, writes_per_s
     during = [s for at, s in app.samples if began <= at < ended]
     with connect(settings, autocommit=True) as conn:
         left = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, TARGET))).fetchone()
+        found = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = ANY(%s)").format(
+            sql.Identifier(SCHEMA, TARGET)), (app.ids,)).fetchone()  # fmt: skip
     return {
         "rows": rows, "weeks": weeks, "source_mb": round(source_bytes / 2**20, 1),
         "fill_seconds": round(fill_s, 1), "adopt_seconds": round(total_s, 2),
@@ -165,6 +170,8 @@ def run(settings: Settings, rows: int = 2_000_000, weeks: int = 13, writes_per_s
         "longest_write_stall_ms": round(max(during, default=0.0) * 1000, 1),
         "extra_disk_mb_peak": round((peak[0] - before_size) / 2**20, 1),
         "target_rows_after": int(left[0]) if left else 0,
+        "app_rows_acknowledged": len(app.ids),
+        "app_rows_lost": len(app.ids) - (int(found[0]) if found else 0),
     }  # fmt: skip
 
 
