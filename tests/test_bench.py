@@ -5,6 +5,9 @@ No timing is asserted here: the figures come from running the commands (see docs
 
 from __future__ import annotations
 
+import pytest
+
+from tests.clock import FakeClock, real_now
 from tests.helpers import run_json
 
 INGEST_FIELDS = (
@@ -120,3 +123,28 @@ def test_bench_adopt_reports_every_field(dsn: str) -> None:
         "adopt_seconds",
     ):
         assert result[key] is not None, key
+
+
+# A Sunday evening (the retention cutoff's week started a day before the oldest partition) and a Thursday
+# afternoon, on the server's clock (libfaketime): each bench derives its weeks from the partitions it finds.
+BENCH_INSTANTS = ("2026-12-06T20:00:00+00:00", "2026-12-03T13:00:00+00:00")
+
+
+@pytest.mark.parametrize("instant", BENCH_INSTANTS, ids=["sunday-evening", "thursday-afternoon"])
+def test_benches_run_at_any_instant_of_the_server_clock(
+    clocked: tuple[object, FakeClock], clocked_dsn: str, instant: str
+) -> None:
+    from datetime import datetime
+
+    clocked[1].set(datetime.fromisoformat(instant))
+    try:
+        archived = run_json("bench", "archive", "--dsn", clocked_dsn, "--rows", "4000")
+        assert archived["rows"] == 4000 and archived["archive_vs_raw_copy"] > 0
+        assert archived["writer_commits_during_archive"] >= 0 and archived["archiver_peak_rss_mb"] > 0
+        query = run_json("bench", "query", "--dsn", clocked_dsn, "--sizes", "3000")
+        assert query["rows"] == 3000 and query["partitions"] >= 13 and query["window_p95_ms"] > 0
+        metrics = run_json("bench", "metrics", "--dsn", clocked_dsn, "--partitions", "20", "--samples", "5",
+                           "--seconds", "0.3")  # fmt: skip
+        assert metrics["partitions"] >= 19
+    finally:
+        clocked[1].set(real_now())

@@ -5,11 +5,23 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 
+from callvault.config import Settings
 from callvault.db import Conn
+
+
+def server_now(settings: Settings) -> datetime:
+    """The database server's clock: every bench places its rows and its "at" by it (never this machine's
+    clock), so a bench runs the same on any day and under a faked server clock."""
+    from callvault.db import connect
+    from callvault.db import server_now as now_of
+
+    with connect(settings) as conn:
+        return now_of(conn)
 
 
 def timed(conn: Conn, query: sql.Composed, params: Sequence[Any]) -> list[float]:

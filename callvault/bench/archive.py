@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +38,23 @@ from callvault.bench._timing import pct
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import Writer
-from callvault.plan import Interval
+from callvault.plan import Retention
 
 SCHEMA = "callvault_bench"
 TABLE = "a_part"
 TENANTS = 200
 WRITER_BATCH = 20  # rows per commit of the concurrent writer
-# The two filled weeks, weeks before now's: the first is past retention (90 days) one week from now,
-# the second only three weeks from now, so each archive run takes exactly one.
-WEEKS_BACK = (13, 11)
-AT_FIRST, AT_SECOND = timedelta(weeks=1), timedelta(weeks=3)
+# The two filled weeks are the two oldest partitions init made (whatever the day: from the partition
+# bounds, never "N weeks back from today"); each archive run is placed just past one's retention, so
+# the first takes the oldest only and the second the next.
+PAST = timedelta(days=1)  # a margin past the exact instant (pg_partman's rounding); a week is 7
 
 
-def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str], None]) -> tuple[Settings, list[str]]:
-    """A fresh bench table with two filled weeks: 13 and 11 weeks before ``now``'s week."""
+def _setup(
+    settings: Settings, rows: int, progress: Callable[[str], None]
+) -> tuple[Settings, list[str], list[datetime]]:
+    """A fresh bench table with its two oldest weeks filled; their names and the instants at which each is
+    past retention (the archive runs' ``at``)."""
     s = settings.with_(schema=SCHEMA, table=TABLE)
     with connect(settings) as conn:
         _tables.forget(conn, s, TABLE)
@@ -59,18 +62,32 @@ def _setup(settings: Settings, rows: int, now: datetime, progress: Callable[[str
             conn.execute("DELETE FROM callvault.archive_journal WHERE parent_table = %s", (s.qualified,))
         conn.commit()
         bootstrap.init(conn, s)
-    names = []
-    for back in WEEKS_BACK:
-        week = Interval.WEEKLY.floor(now) - timedelta(weeks=back)
+        parts = [r.info for r in catalog.list_partitions(conn, s) if not r.info.is_default]
+        oldest = sorted((p.start, p.end, p.name) for p in parts if p.start is not None and p.end is not None)[:2]
+    retention = s.lifecycle.retention
+    assert retention is not None  # the default lifecycle keeps 90 days
+    names, ats = [], []
+    for week, end, name in oldest:
         progress(f"loading {rows:,} rows into the week of {week:%Y-%m-%d}")
+        last = end - timedelta(minutes=1)  # inside the partition: its end is exclusive
         with Writer(s) as w:
-            w.write_many(
-                data.calls(rows, tenants=TENANTS, span=timedelta(days=6, hours=23), now=week + timedelta(days=7))
-            )
-        names.append(f"{TABLE}_{Interval.WEEKLY.suffix(week)}")
+            w.write_many(data.calls(rows, tenants=TENANTS, span=last - week - timedelta(minutes=1), now=last))
+        names.append(name)
+        ats.append(_past_retention(end, retention) + PAST)
     with connect(s, autocommit=True) as conn:
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(SCHEMA, TABLE)))
-    return s, names
+    return s, names, ats
+
+
+def _past_retention(end: datetime, retention: Retention) -> datetime:
+    """The first instant a partition ending at ``end`` is past ``retention`` (its cutoff reaches ``end``)."""
+    at = end
+    step = timedelta(days=1)
+    while retention.cutoff(at) < end:  # retention.cutoff is monotonic: walk by days, then settle by the hour
+        at += step
+    while retention.cutoff(at - timedelta(hours=1)) >= end:
+        at -= timedelta(hours=1)
+    return at
 
 
 def _raw_copy(s: Settings, partition: str) -> tuple[float, int]:
@@ -150,8 +167,7 @@ def _partition(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def run(settings: Settings, rows: int, store_url: str | None, progress: Callable[[str], None]) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    s, (first, second) = _setup(settings, rows, now, progress)
+    s, (first, second), (at_first, at_second) = _setup(settings, rows, progress)
     with connect(s) as conn:
         size_row = conn.execute("SELECT pg_total_relation_size(%s)", (f"{SCHEMA}.{first}",)).fetchone()
     table_bytes = int(size_row[0]) if size_row else 0
@@ -160,7 +176,7 @@ def run(settings: Settings, rows: int, store_url: str | None, progress: Callable
     with tempfile.TemporaryDirectory(prefix="callvault-bench-archive-") as tmp:
         url = store_url or Path(tmp).as_uri()
         progress("archive (alone)")
-        alone = _archive_child(s, url, now + AT_FIRST)
+        alone = _archive_child(s, url, at_first)
         mine = _partition(alone, first)
         with connect(settings) as conn:
             steps = conn.execute(
@@ -173,7 +189,7 @@ def run(settings: Settings, rows: int, store_url: str | None, progress: Callable
         writer.start()
         time.sleep(3)  # the writer's baseline
         t_start = time.perf_counter()
-        loaded = _archive_child(s, url, now + AT_SECOND)
+        loaded = _archive_child(s, url, at_second)
         t_end = time.perf_counter()
         time.sleep(1)
         writer.stop.set()

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from callvault import bootstrap, citus
 from callvault.bench import _tables, data
-from callvault.bench._timing import pct, timed
+from callvault.bench._timing import pct, server_now, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
@@ -116,7 +116,7 @@ def _reads(settings: Settings, now: datetime) -> dict[str, Any]:
 
 def run(single: Settings, distributed: Settings, rows: int, progress: Callable[[str], None]) -> dict[str, Any]:
     """The benchmark's figures (``--json``)."""
-    now = datetime.now(UTC)
+    now = server_now(single)
     with connect(distributed, autocommit=True) as conn:
         info = citus.preflight(conn, distributed)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))

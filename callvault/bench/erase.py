@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from psycopg import sql
 from callvault import bootstrap
 from callvault.archive.pipeline import archive
 from callvault.bench import _tables
+from callvault.bench._timing import server_now
 from callvault.config import Settings, lifecycle_from
 from callvault.db import connect
 from callvault.errors import InvalidSetting
@@ -74,7 +75,7 @@ def run(settings: Settings, weeks: int = 52, tenants: int = 20, calls: int = 500
                     subjects.set_subject(conn, s, subjects.Subject.parse("caller"))
             store = (root / label).as_uri()
             (root / label).mkdir(mode=0o700)
-            at = datetime.now(UTC) + timedelta(weeks=weeks + 2)
+            at = server_now(s) + timedelta(weeks=weeks + 2)
             t0 = time.perf_counter()
             rep = archive(s, store_url=store, at=at, new_store=True, spool=root / "spool")
             archive_s = time.perf_counter() - t0

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from psycopg import sql
 
 from callvault import bootstrap
 from callvault.bench import _files, _tables, data
+from callvault.bench._timing import server_now
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import AsyncWriter, Writer
@@ -115,7 +115,7 @@ def _as_tuple(c: Call) -> tuple[object, ...]:
 class IngestBench:
     def __init__(self, settings: Settings, rows: int, row_bytes: int, progress: Callable[[str, int], None]) -> None:
         self.settings, self.rows, self.row_bytes, self.progress = settings, rows, row_bytes, progress
-        self.now = datetime.now(UTC)
+        self.now = server_now(settings)
         self.dataset: list[Call] = []
 
     def calls(self, n: int | None = None) -> Iterator[Call]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from psycopg import sql
@@ -22,7 +22,7 @@ from psycopg import sql
 from callvault import bootstrap, partman, schema
 from callvault.bench import _tables, data
 from callvault.bench._files import rows_file
-from callvault.bench._timing import pct, timed
+from callvault.bench._timing import pct, server_now, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
@@ -70,7 +70,7 @@ def _make_table(conn: Conn, settings: Settings, name: str, ddl: list[str]) -> sq
     pm = partman.installed(conn)
     assert pm is not None
     conn.execute(schema.create_bare_table_sql(t))
-    conn.execute(partman.create_parent_sql(s, pm, bootstrap.first_partition_start(s, datetime.now(UTC))))
+    conn.execute(partman.create_parent_sql(s, pm, bootstrap.first_partition_start(s, server_now(s))))
     conn.execute(schema.drop_default_partition_sql(s))
     for stmt in ddl:
         conn.execute(sql.SQL(stmt).format(t=t))
@@ -79,7 +79,7 @@ def _make_table(conn: Conn, settings: Settings, name: str, ddl: list[str]) -> sq
 
 
 def run(settings: Settings, rows: int, row_bytes: int = 1200) -> dict[str, Any]:
-    now = datetime.now(UTC)
+    now = server_now(settings)
     src = settings.with_(schema=SCHEMA, table="keys_source")
     with connect(settings) as conn:
         _tables.forget(conn, src, "keys_source")

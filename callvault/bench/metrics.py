@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
 
 from callvault import bootstrap, catalog, metrics
 from callvault.bench import _tables, data
-from callvault.bench._timing import pct
+from callvault.bench._timing import pct, server_now
 from callvault.config import Settings, lifecycle_from
 from callvault.db import connect
 from callvault.errors import InvalidSetting
@@ -43,17 +43,17 @@ def _time(fn: Callable[[], object], samples: int) -> list[float]:
     return out
 
 
-def _data_end() -> datetime:
+def _data_end(s: Settings) -> datetime:
     """The end of the bench's two days of calls: three days into the current week, so that every row falls
     in the week's partition whatever the weekday (two days back from a Monday would be last week: no
     partition, every row quarantined)."""
-    return Interval.WEEKLY.floor(datetime.now(UTC)) + timedelta(days=3)
+    return Interval.WEEKLY.floor(server_now(s)) + timedelta(days=3)
 
 
 def _ingest(s: Settings, seconds: float, seed: int) -> list[float]:
     """Per-batch latency of a Writer flushing 1,000-row batches for ``seconds``."""
     lat = []
-    rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=_data_end())
+    rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=_data_end(s))
     with Writer(s, metrics=False, batch_rows=1_000) as w:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -85,7 +85,7 @@ def run(
             bootstrap.init(conn, s)  # the new premake into pg_partman's config
         maintain(s)
     with Writer(s, metrics=False) as w:
-        w.write_many(data.calls(ROWS, tenants=50, span=timedelta(days=2), now=_data_end()))
+        w.write_many(data.calls(ROWS, tenants=50, span=timedelta(days=2), now=_data_end(s)))
     with connect(s, autocommit=True) as conn:
         conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(SCHEMA, TABLE)))
         snap = metrics.snapshot(conn, s)

@@ -16,14 +16,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
 
 from callvault import bootstrap
 from callvault.bench import _tables, data
-from callvault.bench._timing import pct, timed
+from callvault.bench._timing import pct, server_now, timed
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.ingest import Writer
@@ -162,7 +162,7 @@ class _Background:
 
 
 def run(settings: Settings, rows: int, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    now = datetime.now(UTC)
+    now = server_now(settings)
     part, flat = _load(settings, rows, now, progress)
     out: dict[str, Any] = {"rows": rows, "tenants": TENANTS, "samples": SAMPLES}
     with connect(settings) as conn:

@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from callvault import bootstrap, mirror
 from callvault.bench import _tables, data
+from callvault.bench._timing import server_now
 from callvault.config import Settings
 from callvault.db import connect, resolve_dsn
 from callvault.ingest import Writer
@@ -84,7 +85,7 @@ def _one(s: Settings, target: str, columns: str, seconds: float, progress: Calla
     stop = threading.Event()
 
     def ingest() -> None:
-        now = datetime.now(UTC)
+        now = server_now(s)
         calls = data.calls(100_000_000, tenants=50, span=timedelta(hours=12), now=now, seed=11)
         with Writer(s, batch_rows=5_000) as w:
             while not stop.is_set():
