@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from callvault import catalog, columns, partman
+from callvault import catalog, columns, partman, waits
 from callvault.config import META_SCHEMA, Settings
 from callvault.db import Conn, server_now
 from callvault.errors import CallvaultError, InvalidSetting, SchemaMismatch, StoreUnavailable
@@ -905,7 +905,7 @@ def _move(
                         break
                     # rows skipped while the application held them (its own UPDATEs): sweep again from the start
                     after = -(2**63)
-                    time.sleep(0.2)
+                    waits.sleep(0.2)
             with conn.transaction():
                 _set_phase(conn, source, "moved")
     finally:

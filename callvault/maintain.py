@@ -33,7 +33,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from callvault import catalog, citus, db, history, locks, naming, partman, tenancy
+from callvault import catalog, citus, db, history, locks, naming, partman, tenancy, waits
 from callvault.config import Settings
 from callvault.db import Conn, connect
 from callvault.errors import AlreadyRunning, Blocked, CallvaultError, NotInitialised
@@ -177,7 +177,7 @@ def retry_locks(
                 ) from None
             event(logger, logging.WARNING, "lock timeout, retrying", what=what, attempt=attempt, of=RETRIES,
                   wait_s=delay)  # fmt: skip
-            time.sleep(delay)
+            waits.sleep(delay)
             delay *= 2
     return RETRIES
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import psycopg
 from psycopg import sql
 
-from callvault import locks, logs
+from callvault import locks, logs, waits
 from callvault.archive.journal import ensure_tables
 from callvault.archive.pipeline import archive
 from callvault.archive.progress import ProgressUpdate, Sink
@@ -198,7 +198,7 @@ def run(
                     _beat(conn, settings, opts.every_s, last_error="last cycle had errors: see the worker log")
                 if opts.once:
                     break
-                stop.wait(opts.every_s)
+                waits.event_wait(stop, opts.every_s)
             log("stop", reason="signal" if stop.is_set() else "once")
             return 0 if ok or not opts.once else 1
     finally:

@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from callvault import catalog
+from callvault import catalog, waits
 from callvault.columns import Column, Shape
 from callvault.config import Settings
 from callvault.db import probe, resolve_dsn
@@ -380,7 +380,7 @@ class AsyncWriter:
                 if True:  # ASYNC
                     item = await asyncio.wait_for(self._queue.get(), timeout=self._flush_interval / 4)
                 else:
-                    item = self._queue.get(timeout=self._flush_interval / 4)
+                    item = waits.queue_get(self._queue, self._flush_interval / 4)  # any clock (callvault.waits)
             except (TimeoutError, queue.Empty):
                 await self._idle()
                 continue
@@ -432,7 +432,7 @@ class AsyncWriter:
                 batch.idempotent = True  # the last attempt may have committed: re-send without doubling
                 retries += 1
                 b.log_retry(exc, retries, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # sync: waits.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
         if self._metrics:

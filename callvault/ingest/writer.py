@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from callvault import catalog
+from callvault import catalog, waits
 from callvault.columns import Column, Shape
 from callvault.config import Settings
 from callvault.db import Conn, probe, resolve_dsn
@@ -328,7 +328,7 @@ class Writer:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=self._flush_interval / 4)
+                item = waits.queue_get(self._queue, self._flush_interval / 4)  # any clock (callvault.waits)
             except (TimeoutError, queue.Empty):
                 self._idle()
                 continue
@@ -379,7 +379,7 @@ class Writer:
                 batch.idempotent = True  # the last attempt may have committed: re-send without doubling
                 retries += 1
                 b.log_retry(exc, retries, delay)
-                time.sleep(delay)
+                waits.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         result.retries = retries
         if self._metrics:

@@ -41,7 +41,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from callvault import catalog, locks
+from callvault import catalog, locks, waits
 from callvault.archive import journal, layout
 from callvault.archive.layout import Manifest, ObjectEntry, TenantEntry
 from callvault.archive.location import default_spool, recorded_stores
@@ -460,7 +460,7 @@ def _mirrors_confirm(conn: Conn, settings: Settings, req: _Request) -> None:
                 f"{', '.join(behind)} have not confirmed the deletes after {MIRROR_WAIT_S:.0f} s (a target down "
                 f"or lagging: see `callvault mirror status`); run `callvault erase resume {req.id}` when it is back"
             )
-        time.sleep(0.5)
+        waits.sleep(0.5)
 
 
 def _purge_pending(conn: Conn, store: Store, req: _Request) -> None:
