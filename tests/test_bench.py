@@ -148,3 +148,37 @@ def test_benches_run_at_any_instant_of_the_server_clock(
         assert metrics["partitions"] >= 19
     finally:
         clocked[1].set(real_now())
+
+
+def test_bench_scale_reports_every_figure(dsn: str, tmp_path: object) -> None:
+    """``bench scale`` at a reduced size (the full-size run is in docs/benchmarks.md)."""
+    import pathlib
+
+    png = pathlib.Path(str(tmp_path)) / "scale.png"
+    r = run_json("bench", "scale", "--dsn", dsn, "--rows", "20000", "--daily-partitions", "40", "--plot", str(png))
+    assert r["rows"] == 20000 and r["weekly_partitions"] >= 14 and r["daily_partitions"] >= 40
+    for table in ("weekly", "daily"):
+        for read in ("window_light", "window_heavy", "get_call", "daily_90d"):
+            for when in ("", "_under_ingest"):
+                for q in (50, 95, 99):
+                    assert r[f"{table}_{read}{when}_p{q}_ms"] > 0, (table, read, when, q)
+        for op in ("maintain", "status", "health", "audit", "metrics_collect"):
+            assert r[f"{table}_{op}_s"] >= 0
+        assert r[f"{table}_planning_ms"] > 0 and r[f"{table}_prepared_generic_p99_ms"] > 0
+        assert r[f"{table}_prepared_custom_p99_ms"] > 0 and r[f"{table}_ingest_rows_per_s_during"] > 0
+    for key in (
+        "archive_s",
+        "archiver_peak_rss_mb",
+        "raw_copy_s",
+        "hand_copy_zstd_s",
+        "archive_vs_raw_copy",
+        "archive_vs_hand_copy_zstd",
+        "writer_p99_ms_before_archive",
+        "writer_p99_ms_during_archive",
+        "hot_bytes_per_call",
+        "archived_bytes_per_call",
+        "p99_window_500_vs_18",
+    ):
+        assert r[key] is not None and r[key] > 0, key
+    assert r["archive_week_rows"] == 20000 * 0.2  # the archived week holds its share of the rows
+    assert png.stat().st_size > 10_000

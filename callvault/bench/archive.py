@@ -117,7 +117,7 @@ class _Writer(threading.Thread):
             map(sql.Identifier, ("tenant_id", "call_id", "started_at", "ended_at", "duration_sec", "transcript"))
         )
         stmt = sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s, %s)").format(
-            sql.Identifier(SCHEMA, TABLE), cols
+            sql.Identifier(self.s.schema, self.s.table), cols
         )
         with connect(self.s) as conn:
             while not self.stop.is_set():

@@ -210,3 +210,27 @@ def bench_adopt(dsn: str | None, schema: str, table: str, rows: int, weeks: int,
         return
     for key, value in result.items():
         out.print(f"{key:28} {value}", markup=False)
+
+
+@bench.command(name="scale")
+@target_options
+@click.option("--rows", default=20_000_000, show_default=True, help="Calls of ~1.2 KB over 13 weeks (20M: 25 GB+).")
+@click.option("--heavy-share", default=0.3, show_default=True, help="The heavy tenant's share of the rows.")
+@click.option("--daily-partitions", default=500, show_default=True, help="Partitions of the daily table compared.")
+@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Also draw the figures into this file.")
+@json_option
+def bench_scale(dsn: str | None, schema: str, table: str, rows: int, heavy_share: float, daily_partitions: int,
+                plot_path: str | None, as_json: bool) -> None:  # fmt: skip
+    """callvault at a tenant's size: reads (18 vs 500 partitions, idle and under ingest), operations,
+    archive of a big week against raw COPY and COPY | zstd, bytes per call."""
+    from callvault.bench import scale
+
+    result = scale.run(settings_of(dsn, schema, table), rows=rows, heavy_share=heavy_share,
+                       daily_partitions=daily_partitions, progress=lambda m: err.print(m))  # fmt: skip
+    if plot_path:
+        scale.plot(result, plot_path)
+    if as_json:
+        emit(result)
+        return
+    for key, value in result.items():
+        out.print(f"{key:44} {value}", markup=False)
