@@ -173,14 +173,16 @@ class _TenantFiles:
         group: list[Any] = []
         rows = 0
         for seg in self.segments:
-            with pa.memory_map(str(seg)) as src:
+            # buffered reads, not a memory map: a mapped segment's pages stay resident until it is closed,
+            # and a heavy tenant's segment is a third of the partition (2 GB RSS at a 6 GB week)
+            with pa.OSFile(str(seg), "rb") as src:
                 for batch in pa.ipc.open_stream(src):
                     group.append(batch)
                     rows += batch.num_rows
                     if rows >= ROW_GROUP_ROWS:
                         self._row_group(group)
                         group, rows = [], 0
-                if group:  # rows left for the next group: copied out of the mapping before it is removed
+                if group:  # rows left for the next group: copied out before the segment is removed
                     group = pa.Table.from_batches(group, schema=self.schema).combine_chunks().to_batches()
             seg.unlink()
         self._row_group(group)
