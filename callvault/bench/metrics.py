@@ -50,13 +50,16 @@ def _data_end(s: Settings) -> datetime:
     return Interval.WEEKLY.floor(server_now(s)) + timedelta(days=3)
 
 
+MIN_BATCHES = 5
+
+
 def _ingest(s: Settings, seconds: float, seed: int) -> list[float]:
     """Per-batch latency of a Writer flushing 1,000-row batches for ``seconds``."""
     lat = []
     rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=_data_end(s))
     with Writer(s, metrics=False, batch_rows=1_000) as w:
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end or len(lat) < MIN_BATCHES:  # enough samples for percentiles, however slow
             for _ in range(1_000):
                 w.write(next(rows))
             t0 = time.perf_counter()
