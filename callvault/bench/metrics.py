@@ -55,7 +55,7 @@ MIN_BATCHES = 5
 
 def _ingest(s: Settings, seconds: float, seed: int) -> list[float]:
     """Per-batch latency of a Writer flushing 1,000-row batches for ``seconds``."""
-    lat = []
+    lat: list[float] = []
     rows = data.calls(10_000_000, tenants=50, seed=seed, span=timedelta(days=2), now=_data_end(s))
     with Writer(s, metrics=False, batch_rows=1_000) as w:
         end = time.monotonic() + seconds
