@@ -314,13 +314,22 @@ def test_adopt_refuses_bad_input_and_leaves_the_table(dsn: str, conn: psycopg.Co
     r = run("adopt", "parted", "--time-column", "at", "--tenant-column", "id", *base, ok=False)
     assert r.exit_code == 65 and "already partitioned" in r.output, r.output
 
-    # a lock that cannot be had within the budget: exit 75, the table as it was, and a re-run finishes
+
+def test_adopt_without_its_lock_gives_up_and_resumes(realtime_dsn: str) -> None:
+    """A lock that cannot be had within the budget: exit 75, the table as it was, and a re-run finishes.
+    On a server on the real clock: its lock_timeout must fire (tests/clock.py, the known limit)."""
+    dsn = realtime_dsn
+    base = ["--dsn", dsn, "--keep-old"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SOURCE_DDL.replace("CREATE TABLE calls", "CREATE TABLE public.calls"))
+        conn.execute("INSERT INTO public.calls (tenant, created_at) VALUES (%s, now() - interval '1 day')", (T1,))
     with psycopg.connect(dsn) as holder:
         holder.execute("LOCK TABLE calls IN ACCESS SHARE MODE")
         r = run("adopt", "calls", "--time-column", "created_at", "--tenant-column", "tenant", *base, ok=False)
     assert r.exit_code == 75, r.output
-    assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'calls'").fetchone() == ("r",)
-    assert conn.execute("SELECT count(*) FROM calls").fetchone() == (1,)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT relkind FROM pg_class WHERE relname = 'calls'").fetchone() == ("r",)
+        assert conn.execute("SELECT count(*) FROM public.calls").fetchone() == (1,)
     done = run_json("adopt", "calls", *base)
     assert done["phase"] == "done" and done["moved"] == 1
 
