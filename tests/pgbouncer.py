@@ -16,6 +16,7 @@ fails the tests that need it with the fix; nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -111,6 +112,7 @@ default_pool_size = {self.pool_size}
 max_client_conn = 200
 max_db_connections = 0
 query_wait_timeout = 60
+server_login_retry = 1
 logfile = {self.log_file}
 log_connections = 0
 log_disconnections = 0
@@ -185,6 +187,31 @@ log_disconnections = 0
     def show(self, what: str) -> list[dict[str, Any]]:
         with self.admin_console() as c:
             return c.execute(f"SHOW {what}").fetchall()
+
+    @contextlib.contextmanager
+    def explained(self, server_dsn: str) -> Iterator[None]:
+        """Re-raise a client's ``query_wait_timeout`` (it waited 60 s for a server connection) with what the
+        pooler and the server were doing: a rare CI failure that never reproduced alone."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            if "query_wait_timeout" not in str(exc):
+                raise
+            lines = [f"{type(exc).__name__}: {exc}"]
+            for what in ("POOLS", "SERVERS", "CLIENTS"):
+                with contextlib.suppress(Exception):
+                    lines += [f"SHOW {what}: {row}" for row in self.show(what)]
+            with contextlib.suppress(Exception), psycopg.connect(server_dsn, autocommit=True) as c:
+                lines += [
+                    f"pg_stat_activity: {row}"
+                    for row in c.execute(
+                        "SELECT datname, usename, state, count(*), max(now() - state_change) FROM pg_stat_activity "
+                        "GROUP BY 1, 2, 3 ORDER BY 4 DESC"
+                    )
+                ]
+            with contextlib.suppress(Exception):
+                lines += self.log_file.read_text().splitlines()[-40:]
+            raise AssertionError("\n".join(lines)) from exc
 
     def add_user(self, user: str, password: str) -> None:
         """Let ``user`` log in through the pooler (the auth_file is re-read by ``RELOAD``)."""

@@ -265,6 +265,7 @@ def test_tenant_never_reaches_the_next_transaction_on_the_server_connection(env:
     window = {"since": env.since, "until": env.until}
     # The clients' own statements (the probe) need prepare_threshold=None through the pooler.
     with (
+        pgbouncer.explained(env.dsn),
         psycopg.connect(url, prepare_threshold=None) as a,
         psycopg.connect(url, prepare_threshold=None, autocommit=True) as b,
     ):
