@@ -311,3 +311,41 @@ def test_more_tenants_than_open_files_roll_parts_and_lose_nothing(
     week = next(m for m in found if m.partition == name).start.date()
     restore(filled, week, into="back", store_url=tmp_path.as_uri())
     assert pg_fingerprints(conn, "back") == expected[name]
+
+
+# ---------------------------------------------------------------- check sums: Postgres vs the export
+
+
+def test_postgres_check_sums_equal_the_exports_at_edges(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> None:
+    """The ``sums+hash`` check sums Postgres computes (µs sums without a numeric per row) equal DuckDB's over
+    the exported stream, for instants before 1970, far ahead, with µs fractions, NULLs, a DST night, and a
+    session in a zone with a half-hour offset."""
+    from callvault.archive import export
+
+    conn.execute(
+        "CREATE TABLE edge_sums (id bigint, tenant_id uuid, call_id uuid, started_at timestamptz, "
+        "ended_at timestamptz, duration_sec int, transcript text, metadata jsonb)"
+    )
+    instants = [
+        "1969-07-20 20:17:40.000001+00", "2099-12-31 23:59:59.999999+00", "2026-03-29 01:30:00.123457+01",
+        "2000-02-29 12:00:00.5+00", "0900-01-01 00:00:00.000001+00", "2026-11-01 01:59:59.999999-04",
+    ]  # fmt: skip
+    tenants = [uuid.UUID(int=1, version=4), uuid.UUID(int=2, version=4)]
+    with conn.cursor() as cur:
+        for i, at in enumerate(instants * 3):
+            ended = None if i % 3 == 0 else at
+            cur.execute(
+                "INSERT INTO edge_sums VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (i + 1, tenants[i % 2], uuid.uuid4(), at, ended, None if i % 4 == 0 else i, "é" * i or None,
+                 None if i % 5 == 0 else '{"k": "v\\u00e9", "n": 1.50}'),
+            )  # fmt: skip
+    conn.commit()
+    conn.execute("SET TimeZone = 'America/St_Johns'")
+    table = sql.Identifier("public", "edge_sums")
+    postgres = layout.pg_fingerprints(conn, table, None, layout.SUMS_HASH)
+    exported = export.export_partition_parquet(dsn, conn, table, lambda t: tmp_path / t)
+    assert set(postgres) == {str(t) for t in tenants}
+    for tenant, fp in postgres.items():
+        assert fp.postgres_part() == exported.fingerprints[tenant].postgres_part()
+    one = next(iter(postgres.values()))
+    assert one.check and int(one.check["started_us_sum"]) < 0  # the 0900 and 1969 instants weigh in

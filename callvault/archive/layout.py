@@ -90,10 +90,17 @@ CHECK_NAMES = (
     "transcript_bytes", "transcript_n", "metadata_bytes", "metadata_n",
 )  # fmt: skip
 _PG_US = "(extract(epoch FROM {c}) * 1000000)::bigint"
+# The sum of a column's µs since the epoch, exactly, without a numeric per row (extract() is numeric:
+# 1.52 -> 1.02 s for the check of a 1M-row partition): whole UTC days and the time of day summed apart
+# (integers; the time sum is an interval of < 24 h per row: int64 µs holds 10^8 rows), joined per group.
+_PG_US_SUM = (
+    "(sum(({c} AT TIME ZONE 'UTC')::date - date '1970-01-01')::numeric * 86400000000 + "
+    "round(extract(epoch FROM sum(({c} AT TIME ZONE 'UTC')::time - time '00:00')) * 1000000))"
+)
 _PG_CHECK = (
     "coalesce(sum(id), 0)::text",
-    f"coalesce(sum({_PG_US.format(c='started_at')}), 0)::text",
-    f"coalesce(sum({_PG_US.format(c='ended_at')}), 0)::text",
+    f"coalesce({_PG_US_SUM.format(c='started_at')}, 0)::text",
+    f"coalesce({_PG_US_SUM.format(c='ended_at')}, 0)::text",
     "count(ended_at)::text",
     "coalesce(sum(duration_sec), 0)::text",
     "count(duration_sec)::text",
@@ -116,8 +123,8 @@ _DUCK_CHECK = (
 )
 # tenant, rows, the check sums, min/max started_at µs
 PG_CHECK = (
-    f"SELECT tenant_id::text, count(*), {', '.join(_PG_CHECK)}, min({_PG_US.format(c='started_at')}), "
-    f"max({_PG_US.format(c='started_at')}) FROM {{}} {{}} GROUP BY tenant_id ORDER BY tenant_id"
+    f"SELECT tenant_id::text, count(*), {', '.join(_PG_CHECK)}, {_PG_US.format(c='min(started_at)')}, "
+    f"{_PG_US.format(c='max(started_at)')} FROM {{}} {{}} GROUP BY tenant_id ORDER BY tenant_id"
 )
 _DUCK_HASH = (
     "coalesce(sum(hash(id, tenant_id::VARCHAR, call_id::VARCHAR, started_at, ended_at, duration_sec, transcript, "
