@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from callvault.config import Settings, redact
-from callvault.errors import AuthenticationFailed, DatabaseUnavailable, EmbeddedError, InvalidSetting
+from callvault.errors import AuthenticationFailed, DatabaseUnavailable, EmbeddedError, InvalidSetting, NotPrimary
 
 CONNECT_TIMEOUT_S = 10
 
@@ -86,6 +86,19 @@ def connect(settings: Settings, *, autocommit: bool = False, prepare_threshold: 
     if not autocommit:
         conn.commit()
     return conn
+
+
+def require_primary(conn: Conn, dsn: str, what: str) -> None:
+    """Refuse a standby: ``what`` (the worker, maintenance) writes, and must never run on a server in
+    recovery. :class:`NotPrimary` names the DSN (password hidden) and the fix."""
+    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row is not None and row[0]:
+        host = conn.info.host or "?"
+        raise NotPrimary(
+            f"{redact(dsn)} reaches a standby ({host}:{conn.info.port} is in recovery): {what} must run on the "
+            "primary. Give the primary's DSN, or every node with target_session_attrs=read-write "
+            "(`callvault dev url --ha` shows one)"
+        )
 
 
 def server_now(conn: Conn) -> datetime:

@@ -67,6 +67,12 @@ class Blocked(CallvaultError):
     exit_code = 75  # EX_TEMPFAIL: the next run retries
 
 
+class NotPrimary(DatabaseUnavailable):
+    """The DSN reaches a standby (a server in recovery) where a primary is needed."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class EmbeddedError(CallvaultError):
     """The embedded Postgres cluster could not be created, started or stopped."""
 

@@ -33,8 +33,8 @@ from callvault.archive.pipeline import archive
 from callvault.archive.progress import ProgressUpdate, Sink
 from callvault.archive.prune import prune
 from callvault.config import META_SCHEMA, Settings
-from callvault.db import Conn, connect, server_now
-from callvault.errors import CallvaultError, InvalidSetting
+from callvault.db import Conn, connect, require_primary, resolve_dsn, server_now
+from callvault.errors import CallvaultError, DatabaseUnavailable, InvalidSetting, NotPrimary
 from callvault.history import last_run as last_run  # re-exported: the heartbeat the worker writes
 from callvault.maintain import maintain
 
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from callvault.metrics import MetricsServer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RECONNECT_FOR_S = 300.0  # a lost primary is looked for this long (a Patroni failover takes ~ttl: 30 s)
+RECONNECT_WAIT_S = 1.0
 _STATUS = sql.Identifier(META_SCHEMA, "worker_status")
 
 
@@ -75,6 +77,10 @@ class Log:
     def __call__(self, event: str, **fields: Any) -> None:
         self.stream.write(logs.json_line(event, **fields) + "\n")
         self.stream.flush()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _lock(conn: Conn, settings: Settings) -> None:
@@ -179,28 +185,53 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        with connect(settings, autocommit=True) as conn:
-            ensure_tables(conn)
-            _lock(conn, settings)
-            log("start", table=settings.qualified, every_s=opts.every_s, pid=os.getpid())
-            if opts.metrics_port is not None:
-                from callvault.metrics import MetricsServer
+        ok, started, lost_at = True, False, None
+        while not stop.is_set():
+            try:
+                with connect(settings, autocommit=True) as conn:
+                    require_primary(conn, resolve_dsn(settings), "the worker")
+                    ensure_tables(conn)
+                    _lock(conn, settings)
+                    if lost_at is not None:
+                        log("reconnected", after_s=round(time.monotonic() - lost_at, 1), host=conn.info.host,
+                            port=conn.info.port)  # fmt: skip
+                        lost_at = None
+                    if not started:
+                        log("start", table=settings.qualified, every_s=opts.every_s, pid=os.getpid())
+                        started = True
+                    if server is None and opts.metrics_port is not None:
+                        from callvault.metrics import MetricsServer
 
-                server = MetricsServer(settings, opts.metrics_port, opts.metrics_host).start()
-                log("metrics", port=server.port, host=opts.metrics_host or "*", paths=["/metrics", "/healthz"])
-            ok = True
-            while not stop.is_set():
-                _beat(conn, settings, opts.every_s, cycle_started=server_now(conn))
-                ok = cycle(settings, opts, log, stop.is_set)
-                if ok:
-                    _beat(conn, settings, opts.every_s, cycle_ok=server_now(conn), last_error=None)
-                else:
-                    _beat(conn, settings, opts.every_s, last_error="last cycle had errors: see the worker log")
-                if opts.once:
-                    break
-                waits.event_wait(stop, opts.every_s)
-            log("stop", reason="signal" if stop.is_set() else "once")
-            return 0 if ok or not opts.once else 1
+                        server = MetricsServer(settings, opts.metrics_port, opts.metrics_host).start()
+                        log("metrics", port=server.port, host=opts.metrics_host or "*",
+                            paths=["/metrics", "/healthz"])  # fmt: skip
+                    while not stop.is_set():
+                        _beat(conn, settings, opts.every_s, cycle_started=server_now(conn))
+                        ok = cycle(settings, opts, log, stop.is_set)
+                        if ok:
+                            _beat(conn, settings, opts.every_s, cycle_ok=server_now(conn), last_error=None)
+                        else:
+                            _beat(conn, settings, opts.every_s, last_error="last cycle had errors: see the worker log")
+                        if opts.once:
+                            log("stop", reason="once")
+                            return 0 if ok else 1
+                        waits.event_wait(stop, opts.every_s)
+            except (psycopg.OperationalError, psycopg.InterfaceError, NotPrimary, DatabaseUnavailable) as exc:
+                # The primary went away (a failover, a restart): find it again (a multi-host DSN with
+                # target_session_attrs=read-write reaches the new one) within RECONNECT_FOR_S.
+                if not started:
+                    raise  # a wrong DSN or a standby at start: one line, not a retry loop
+                now = time.monotonic()
+                lost_at = lost_at or now
+                if now - lost_at > RECONNECT_FOR_S:
+                    raise DatabaseUnavailable(
+                        f"the worker found no primary for {RECONNECT_FOR_S:.0f} s ({_first_line(exc)}): it stops; "
+                        "start it again once the database has a primary"
+                    ) from exc
+                log("connection lost", error=_first_line(exc), retry_in_s=RECONNECT_WAIT_S)
+                waits.event_wait(stop, RECONNECT_WAIT_S)
+        log("stop", reason="signal")
+        return 0
     finally:
         if server is not None:
             server.stop()

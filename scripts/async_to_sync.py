@@ -70,6 +70,7 @@ TWINS = [
         "callvault/ingest/writer.py",
         [
             ("AsyncWriter", "Writer"),
+            ("AsyncFailoverPool", "FailoverPool"),
             ("AsyncConnectionPool", "ConnectionPool"),
             ("_async_io", "_sync_io"),
             ("__aenter__", "__enter__"),

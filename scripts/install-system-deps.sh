@@ -10,7 +10,7 @@ set -euo pipefail
 # and the Citus tests are skipped elsewhere (`make test` says which at its start).
 
 PG_MAJOR="${CALLVAULT_PG_MAJOR:-15}"
-packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer" "openjdk-17-jre-headless" "prometheus" "zstd")
+packages=("postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-partman" "postgresql-${PG_MAJOR}-cron" "python3-venv" "faketime" "pgbouncer" "openjdk-17-jre-headless" "prometheus" "zstd" "etcd-server")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

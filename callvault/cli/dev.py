@@ -38,12 +38,37 @@ def dev(ctx: click.Context) -> None:
         )
 
 
+def ha_option(what: str) -> Callable[[F], F]:
+    """--ha: the local Patroni + etcd cluster (callvault.ha_cluster) instead."""
+    return click.option("--ha", is_flag=True, help=what)
+
+
 @dev.command()
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 (default: a free one, kept).")
 @citus_options("A local Citus cluster instead: a coordinator and workers.")
+@ha_option("A local HA cluster instead: etcd and three Patroni-managed nodes (synchronous mode).")
+@click.option("--async", "asynchronous", is_flag=True, help="With --ha: Patroni's synchronous mode off.")
 @json_option
-def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
-    """Create (once) and start the embedded cluster (with --citus: a coordinator and workers)."""
+def up(port: int | None, citus_: bool, workers: int, ha: bool, asynchronous: bool, as_json: bool) -> None:
+    """Create (once) and start the embedded cluster (with --citus: a coordinator and workers; with --ha:
+    etcd and three Patroni-managed nodes)."""
+    if ha:
+        from callvault.ha_cluster import HACluster
+
+        if port is not None or citus_:
+            raise InvalidSetting("--ha starts its own nodes on free ports: drop --port / --citus")
+        ha_lab = HACluster(synchronous=not asynchronous)
+        dsn = ha_lab.up()
+        readers = ha_lab.dsn(readers=True)
+        if as_json:
+            emit({"up": True, "dsn": dsn, "readers_dsn": readers, "primary": ha_lab.primary()})
+            return
+        out.print(f"HA cluster is up (primary: {ha_lab.primary()}): {dsn}", soft_wrap=True)
+        out.print(f"readers: {readers}", soft_wrap=True)
+        out.print(f"use it with: export CALLVAULT_DSN='{dsn}'", soft_wrap=True)
+        return
+    if asynchronous:
+        raise InvalidSetting("--async is for --ha (Patroni's synchronous mode off)")
     if citus_:
         from callvault.citus_cluster import CitusCluster
 
@@ -65,20 +90,40 @@ def up(port: int | None, citus_: bool, workers: int, as_json: bool) -> None:
 
 @dev.command()
 @citus_options("Stop the local Citus cluster instead.")
+@ha_option("Stop the local HA cluster (its nodes, then etcd) instead.")
 @json_option
-def down(citus_: bool, workers: int, as_json: bool) -> None:
+def down(citus_: bool, workers: int, ha: bool, as_json: bool) -> None:
     """Stop the embedded cluster."""
     from callvault.citus_cluster import CitusCluster
 
-    stopped = CitusCluster(workers=workers).down() if citus_ else Cluster().down()
+    if ha:
+        from callvault.ha_cluster import HACluster
+
+        stopped = HACluster().down()
+    else:
+        stopped = CitusCluster(workers=workers).down() if citus_ else Cluster().down()
     emit({"stopped": stopped}) if as_json else out.print("stopped" if stopped else "not running")
 
 
 @dev.command(name="status")
 @citus_options("The local Citus cluster's nodes instead.")
+@ha_option("The local HA cluster's nodes and their roles instead.")
 @json_option
-def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
+def dev_status(citus_: bool, workers: int, ha: bool, as_json: bool) -> None:
     """Where the embedded cluster lives and whether it runs."""
+    if ha:
+        from callvault.ha_cluster import HACluster
+
+        ha_st = HACluster().status()
+        if as_json:
+            emit(ha_st)
+            return
+        roles = {str(m.get("name")): f"{m.get('role')} ({m.get('state')})" for m in ha_st.get("members", [])}
+        out.print(f"home         {ha_st['home']}", soft_wrap=True)
+        for name, node in (ha_st.get("nodes") or {}).items():
+            state = "running" if node["running"] else "stopped"
+            out.print(f"{name:12} {state:8} port {node['port']}  {roles.get(name, '-')}", soft_wrap=True)
+        return
     if citus_:
         from callvault.citus_cluster import CitusCluster
 
@@ -106,10 +151,23 @@ def dev_status(citus_: bool, workers: int, as_json: bool) -> None:
 
 @dev.command()
 @citus_options("The local Citus cluster's coordinator instead.")
+@ha_option("The local HA cluster's multi-host DSN (writers: read-write) instead.")
+@click.option("--readers", is_flag=True, help="With --ha: the readers' DSN (target_session_attrs=prefer-standby).")
 @json_option
-def url(citus_: bool, workers: int, as_json: bool) -> None:
+def url(citus_: bool, workers: int, ha: bool, readers: bool, as_json: bool) -> None:
     """Print the embedded cluster's DSN (starting it if needed; with --citus the coordinator's)."""
     from callvault.citus_cluster import CitusCluster
+
+    if ha or readers:
+        from callvault.ha_cluster import HACluster
+
+        if not ha:
+            raise InvalidSetting("--readers is for --ha: `callvault dev url --ha --readers`")
+        ha_lab = HACluster()
+        ha_lab.up()
+        dsn = ha_lab.dsn(readers=readers)
+        emit({"dsn": dsn, "readers": readers}) if as_json else click.echo(dsn)
+        return
 
     dsn = CitusCluster(workers=workers).up() if citus_ else Cluster().up()
     emit({"dsn": dsn}) if as_json else click.echo(dsn)

@@ -309,11 +309,19 @@ def row_as_input(row: Row, shape: columns.Shape = columns.BASE) -> dict[str, obj
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """The connection or the server went away (the batch's fate is unknown), or a lock/statement
-    timeout hit (e.g. during partition DDL): re-send the batch through the idempotent path."""
+    """The connection or the server went away (the batch's fate is unknown), a lock/statement timeout
+    hit (e.g. during partition DDL), or the server is a standby now (a primary demoted by a failover:
+    :func:`on_standby`): re-send the batch through the idempotent path."""
     from psycopg_pool import PoolTimeout
 
-    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
+    return on_standby(exc) or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | PoolTimeout)
+
+
+def on_standby(exc: BaseException) -> bool:
+    """The connection reached a server in recovery (a read-only transaction): after a failover, a pooled
+    connection to the old primary, rejoined as a standby. That connection must be closed, not reused: a
+    new one (``target_session_attrs=read-write``) finds the primary."""
+    return isinstance(exc, pgerr.ReadOnlySqlTransaction)
 
 
 def failure(error: BaseException | None, unwritten: list[Batch]) -> WriterError:

@@ -58,6 +58,7 @@ from callvault.ingest.common import (
     ready_params,
 )
 from callvault.ingest.instrument import MetricsArg, WriterMetrics
+from callvault.ingest.pools import AsyncFailoverPool
 from callvault.ingest.redact import Redaction, as_redaction
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 
@@ -148,7 +149,7 @@ class AsyncWriter:
         pool = self._pool_arg
         if pool is None:
             await asyncio.to_thread(probe, resolve_dsn(self.settings))  # sync: probe(resolve_dsn(self.settings))
-            pool = AsyncConnectionPool(
+            pool = AsyncFailoverPool(  # finds a new primary within ~2 s of a failover (ingest/pools.py)
                 resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name=POOL_NAME,
                 configure=configure_connection, check=AsyncConnectionPool.check_connection,
                 kwargs=CONNECT_KWARGS,
@@ -416,7 +417,12 @@ class AsyncWriter:
         while True:
             try:
                 async with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
-                    result = await write_batch(conn, self.settings, batch, self._load_range)
+                    try:
+                        result = await write_batch(conn, self.settings, batch, self._load_range)
+                    except psycopg.Error as exc:
+                        if b.on_standby(exc):
+                            await conn.close()  # the pool discards it; the next one finds the new primary
+                        raise
                     if time.monotonic() - self._range_at > RANGE_REFRESH_S:
                         await self._load_range(conn)
                 break

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from callvault import catalog, waits
@@ -40,6 +41,7 @@ from callvault.ingest.common import (
     ready_params,
 )
 from callvault.ingest.instrument import MetricsArg, WriterMetrics
+from callvault.ingest.pools import FailoverPool
 from callvault.ingest.redact import Redaction, as_redaction
 from callvault.ingest.validate import DEFAULT_MAX_TRANSCRIPT_BYTES, LiveRange, Rejected, Rules, validate
 
@@ -126,7 +128,7 @@ class Writer:
         pool = self._pool_arg
         if pool is None:
             probe(resolve_dsn(self.settings))
-            pool = ConnectionPool(
+            pool = FailoverPool(  # finds a new primary within ~2 s of a failover (ingest/pools.py)
                 resolve_dsn(self.settings), min_size=1, max_size=1, open=False, name=POOL_NAME,
                 configure=configure_connection, check=ConnectionPool.check_connection,
                 kwargs=CONNECT_KWARGS,
@@ -363,7 +365,12 @@ class Writer:
         while True:
             try:
                 with self._pool.connection(timeout=CONNECT_WAIT_S) as conn:
-                    result = write_batch(conn, self.settings, batch, self._load_range)
+                    try:
+                        result = write_batch(conn, self.settings, batch, self._load_range)
+                    except psycopg.Error as exc:
+                        if b.on_standby(exc):
+                            conn.close()  # the pool discards it; the next one finds the new primary
+                        raise
                     if time.monotonic() - self._range_at > RANGE_REFRESH_S:
                         self._load_range(conn)
                 break
