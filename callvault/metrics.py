@@ -195,6 +195,25 @@ def families(snap: Snapshot) -> list[Metric]:
         gauge("callvault_partitions_past_retention",
               "Attached partitions that ended more than a day before the retention cutoff (retention is behind).",
               len(late))  # fmt: skip
+    srv = st.server  # HA: which node this is, its timeline and promotion, its standbys
+    if srv:
+        gauge("callvault_server_in_recovery", "1 when the server read is a standby (in recovery), 0 on a primary.",
+              1.0 if srv.get("in_recovery") else 0.0)  # fmt: skip
+        tl = srv.get("timeline")
+        gauge("callvault_server_timeline", "The server's timeline (each promotion starts a new one).",
+              float(tl) if isinstance(tl, int) else None)  # fmt: skip
+        promoted = srv.get("promoted_at")
+        gauge("callvault_server_promoted_timestamp_seconds",
+              "When the server's timeline began: its last promotion (failover or switchover).",
+              promoted.timestamp() if isinstance(promoted, datetime) else None)  # fmt: skip
+        standbys = srv.get("standbys") if isinstance(srv.get("standbys"), list) else []
+        assert isinstance(standbys, list)
+        for sync_state in ("sync", "quorum", "async", "potential"):
+            gauge("callvault_server_standbys", "Standbys streaming from this server, by sync_state.",
+                  sum(1 for x in standbys if x.get("sync_state") == sync_state), sync_state=sync_state)  # fmt: skip
+        for x in standbys:
+            gauge("callvault_server_standby_replay_lag_seconds", "A standby's replay lag (0 when caught up).",
+                  float(x.get("replay_lag_s") or 0.0), standby=str(x.get("name")))  # fmt: skip
     gauge("callvault_partition_gaps", "Holes between partitions: writes into them are quarantined.", len(st.gaps))
     gauge("callvault_pending_detach_partitions", "Partitions whose DETACH CONCURRENTLY was interrupted.",
           len(st.detach_pending))  # fmt: skip

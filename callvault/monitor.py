@@ -18,6 +18,8 @@ from callvault.maintain import current_plan
 from callvault.plan import LifecycleConfig, PartitionInfo
 from callvault.replication_state import (
     mirror_table_problems,
+    server_notes,
+    server_problems,
     slot_problems,
     slot_wal_limit,
     sync_slot_problems,
@@ -93,6 +95,8 @@ class Status:
     # part_config.datetime_string (how pg_partman names the partitions) and retention_keep_table
     partman_naming: str | None = None
     partman_keeps_tables: bool = True
+    # the server read (HA: which node): primary or standby, timeline, when it was promoted, its standbys
+    server: dict[str, object] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth acting on, not unhealthy (status prints them)
 
@@ -158,6 +162,7 @@ class Status:
             if self.worker
             else None,
             "replication_slots": self.replication_slots,
+            "server": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in self.server.items()},
             "tablesync_slots": self.tablesync_slots,
             "mirror_tables": self.mirror_tables,
             "healthy": not self.problems,
@@ -249,8 +254,9 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     findings = tenancy.audit(conn, settings).findings
     status.isolation_leaks = [f.problem for f in findings if f.severity == LEAK]
     status.isolation_findings = {sev: sum(1 for f in findings if f.severity == sev) for sev in (LEAK, ERROR, WARNING)}
-    from callvault.replication_state import records, slots, subscription_tables, sync_slots
+    from callvault.replication_state import records, server, slots, subscription_tables, sync_slots
 
+    status.server = server(conn)
     status.replication_slots = [s.to_dict() for s in slots(conn)]
     status.tablesync_slots = [s.to_dict() for s in sync_slots(conn, records(conn))]
     status.mirror_tables = subscription_tables(conn)
@@ -260,7 +266,7 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     reg = partman.read_registration(conn, settings, pm)
     if reg is not None:
         status.partman_naming, status.partman_keeps_tables = reg.datetime_string, reg.retention_keep_table
-    status.notes = partman_notes(status)
+    status.notes = partman_notes(status) + server_notes(status.server, now)
     status.problems = problems(status)
     return status
 
@@ -364,6 +370,7 @@ def problems(status: Status) -> list[str]:
     out += slot_problems(status.replication_slots, limit)
     out += sync_slot_problems(status.tablesync_slots, limit)
     out += mirror_table_problems(status.mirror_tables, "this database")
+    out += server_problems(status.server)
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "

@@ -276,3 +276,73 @@ def mirror_table_problems(tables: list[dict[str, object]], where: str) -> list[s
         for t in tables
         if not t.get("ready")
     ]
+
+
+# -- this server's role: primary or standby, its timeline, its standbys (HA: which node is primary) --------
+SERVER_SQL = """
+SELECT pg_is_in_recovery(),
+       CASE WHEN has_function_privilege('pg_control_checkpoint()', 'execute')
+            THEN (SELECT timeline_id FROM pg_control_checkpoint()) END,
+       CASE WHEN has_function_privilege('pg_control_checkpoint()', 'execute')
+             AND has_function_privilege('pg_ls_waldir()', 'execute')
+            THEN (SELECT modification FROM pg_ls_waldir()
+                  WHERE name = lpad(upper(to_hex((SELECT timeline_id FROM pg_control_checkpoint()))), 8, '0')
+                               || '.history') END,
+       current_setting('synchronous_standby_names'),
+       (SELECT coalesce(json_agg(json_build_object('name', application_name, 'state', state, 'sync_state', sync_state,
+                                                   'replay_lag_s', extract(epoch FROM replay_lag))
+                                 ORDER BY application_name), '[]'::json)
+        FROM pg_stat_replication WHERE application_name IS NOT NULL)
+"""
+RECENT_PROMOTION_S = 24 * 3600  # a promotion this recent is reported (status notes, metrics always)
+
+
+def server(conn: Conn) -> dict[str, object]:
+    """The server ``conn`` reached: ``host``/``port``, ``in_recovery`` (a standby), its ``timeline`` and
+    ``promoted_at`` (when the timeline began: the last failover or switchover onto it; None on timeline 1 or
+    without the privilege to read pg_control / the WAL directory), ``synchronous_standby_names`` and the
+    ``standbys`` streaming from it (name, state, sync_state, replay lag in seconds)."""
+    row = conn.execute(SERVER_SQL).fetchone()
+    assert row is not None
+    in_recovery, timeline, promoted, sync_names, standbys = row
+    return {
+        "host": conn.info.host, "port": conn.info.port, "in_recovery": bool(in_recovery),
+        "timeline": int(timeline) if timeline is not None else None,
+        "promoted_at": promoted if isinstance(promoted, datetime) else None,
+        "synchronous_standby_names": str(sync_names or ""),
+        "standbys": standbys if isinstance(standbys, list) else json.loads(standbys or "[]"),
+    }  # fmt: skip
+
+
+def server_problems(srv: dict[str, object]) -> list[str]:
+    """A primary that asks for a synchronous standby and has none streaming: every commit waits."""
+    if srv.get("in_recovery") or not srv.get("synchronous_standby_names"):
+        return []
+    standbys = srv.get("standbys") or []
+    assert isinstance(standbys, list)
+    if any(s.get("sync_state") in ("sync", "quorum") and s.get("state") == "streaming" for s in standbys):
+        return []
+    return [
+        f"synchronous replication: no synchronous standby streams from {srv['host']}:{srv['port']} "
+        f"(synchronous_standby_names = {srv['synchronous_standby_names']!r}): commits wait until one does; "
+        "start a standby (`callvault dev status --ha` in the lab, `patronictl list` elsewhere)"
+    ]
+
+
+def server_notes(srv: dict[str, object], now: datetime) -> list[str]:
+    """A standby (status of what it replicated; the worker and maintenance need the primary), and a
+    promotion in the last day (a failover or switchover)."""
+    out = []
+    if srv.get("in_recovery"):
+        out.append(
+            f"{srv['host']}:{srv['port']} is a standby: this is what it replicated; the worker, maintenance and "
+            "archive run on the primary (target_session_attrs=read-write)"
+        )
+    promoted = srv.get("promoted_at")
+    if isinstance(promoted, datetime) and (now - promoted).total_seconds() < RECENT_PROMOTION_S:
+        out.append(
+            f"{srv['host']}:{srv['port']} became the primary at {promoted.isoformat()} (timeline {srv['timeline']}): "
+            "a failover or switchover; writers and the worker reconnect by themselves, mirrors: "
+            "`callvault mirror status`"
+        )
+    return out

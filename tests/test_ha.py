@@ -33,7 +33,7 @@ from callvault.errors import DatabaseUnavailable, WriterError
 from callvault.ha_cluster import HACluster, missing_software
 from callvault.ingest import Writer
 from callvault.query import Reader
-from tests.helpers import run
+from tests.helpers import run, run_json
 from tests.test_archive import CLI
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the HA lab runs on Linux")
@@ -174,6 +174,17 @@ def test_acknowledged_calls_survive_kill_stop_and_switchover(ha: HACluster) -> N
     assert all(n == 1 for n in got.values()), "a call is stored twice"
     assert set(got) <= ledger.sent, "a call nobody sent is stored"
     assert reads.reads > 0 and reads.foreign == 0
+    # status/health/metrics say which node is primary, its standbys, and the promotion that just happened
+    st = run_json("status", "--dsn", ha.dsn())
+    assert st["server"]["in_recovery"] is False and st["server"]["port"] == ha._need().pg_ports[events[-1]["to"]]
+    assert st["server"]["timeline"] >= 4 and st["server"]["promoted_at"] is not None  # three promotions
+    assert any("became the primary" in n for n in st["notes"])
+    assert {s["sync_state"] for s in st["server"]["standbys"]} >= {"sync"}
+    standby = run_json("status", "--dsn", ha.node_dsn(events[-1]["from"]))
+    assert standby["server"]["in_recovery"] is True and any("is a standby" in n for n in standby["notes"])
+    text = run("metrics", "--dsn", ha.dsn()).stdout
+    assert 'callvault_server_in_recovery{table="public.call_logs"} 0.0' in text
+    assert 'callvault_server_standbys{sync_state="sync",table="public.call_logs"} 1.0' in text
     outages = [e["outage_s"] for e in events]
     print("failovers:", json.dumps(events), "outage p50/max:", statistics.median(outages), max(outages),
           "acked:", len(ledger.acked))  # fmt: skip
