@@ -206,6 +206,23 @@ class HACluster:
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):
             os.kill(int(post.read_text().split()[0]), signal.SIGKILL)
 
+    def isolate_node(self, name: str) -> None:
+        """The node is cut off from the cluster's consensus: its Patroni is frozen (SIGSTOP), so it stops
+        renewing the leader key, while its Postgres keeps running and serving the clients it has — a
+        partition between the primary and etcd. A standby is promoted once the key expires; the frozen
+        node's commits wait for a synchronous standby that no longer follows it. :meth:`heal_node` ends it."""
+        pid = self._pid(self.node_dir(name) / "patroni.pid")
+        if pid is not None:
+            os.kill(pid, signal.SIGSTOP)
+
+    def heal_node(self, name: str) -> None:
+        """End :meth:`isolate_node`: Patroni resumes, finds another leader, demotes its Postgres (clients cut
+        off, pg_rewind where it was ahead) and rejoins as a standby."""
+        pid = self._pid(self.node_dir(name) / "patroni.pid")
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     # -- cluster view (Patroni's REST API) -------------------------------------------------------------
     def members(self) -> list[dict[str, Any]]:
         """Patroni's view of the members (name, role, state, lag, ...), from the first node that answers."""
@@ -373,6 +390,9 @@ class HACluster:
                     "retry_timeout": RETRY_TIMEOUT_S,
                     "maximum_lag_on_failover": 1024 * 1024,
                     "synchronous_mode": state.synchronous,
+                    # Patroni drops replication slots it was not told of; a mirror's slot (CREATE SUBSCRIPTION
+                    # makes it) is callvault's: leave logical ones alone (docs/ha.md: permanent slots)
+                    "ignore_slots": [{"type": "logical", "plugin": "pgoutput"}],
                     "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
                 },
                 "initdb": [{"encoding": "UTF8"}, "no-locale", {"auth": "scram-sha-256"}],

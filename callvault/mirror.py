@@ -222,29 +222,34 @@ def create(
             publish(settings, name=pub.name, columns=",".join(cols), tenants=list(who))
             done.append("publication")
             report.steps.append(f"publication {full} on the primary (via the partition root)")
-            same_cluster = _identity(prim)[0] == _identity(tgt)[0]
-            if same_cluster:  # CREATE SUBSCRIPTION would wait for itself: make the slot first
-                prim.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (full,))
-                done.append("slot")
-            tgt.execute(
-                sql.SQL(
-                    "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, create_slot = {}, "
-                    "slot_name = {})"
-                ).format(
-                    sql.Identifier(full),
-                    sql.Literal(primary_dsn),
-                    sql.Identifier(full),
-                    sql.Literal(not same_cluster),
-                    sql.Literal(full),
-                )
-            )
-            done.append("subscription")
+            _subscribe(prim, tgt, full, primary_dsn, done)
             report.steps.append(f"subscription {full} on the target, with the initial copy; slot {full} on the primary")
             _record(prim, tgt, full, target_dsn)
         except Exception:
             _undo(prim, tgt, full, done)
             raise
     return report
+
+
+def _subscribe(prim: Conn, tgt: Conn, full: str, primary_dsn: str, done: list[str]) -> None:
+    """The subscription ``full`` on the target, with the initial copy, and its slot on the primary."""
+    same_cluster = _identity(prim)[0] == _identity(tgt)[0]
+    if same_cluster:  # CREATE SUBSCRIPTION would wait for itself: make the slot first
+        prim.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (full,))
+        done.append("slot")
+    tgt.execute(
+        sql.SQL(
+            "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (copy_data = true, create_slot = {}, "
+            "slot_name = {})"
+        ).format(
+            sql.Identifier(full),
+            sql.Literal(primary_dsn),
+            sql.Identifier(full),
+            sql.Literal(not same_cluster),
+            sql.Literal(full),
+        )
+    )
+    done.append("subscription")
 
 
 def _require_empty_target(tgt: Conn, settings: Settings, target_dsn: str, truncate: bool) -> str:
@@ -497,20 +502,93 @@ def drop(settings: Settings, name: str, *, target_dsn: str | None = None, force:
     return report
 
 
+def resync(settings: Settings, name: str, *, target_dsn: str | None = None) -> MirrorReport:
+    """Subscribe a mirror again from the start: after a failover left its slot behind on the old primary
+    (PostgreSQL 15 keeps a logical slot on one server), or when its target fell behind for good.
+
+    On the target its subscription is dropped (not the slot), its table emptied and its partitions made to
+    cover the primary's range again, in one transaction; on the primary the mirror's slot and its old
+    subscription's tablesync slots are dropped when present; then a new subscription copies every row of
+    the publication (its columns and tenants, unchanged) once. Rerun after a failure: it starts over.
+
+    :raises InvalidSetting: no such mirror on this primary, no target given or recorded, or the target is
+        another server than the mirror's (exit 2).
+    :raises NotPrimary: the DSN reaches a standby (exit 69).
+    :raises DatabaseUnavailable: the target cannot be reached (exit 69).
+    """
+    from callvault.db import require_primary
+
+    full = name if name.startswith(PREFIX) else mirror_name(name, "")
+    primary_dsn = resolve_dsn(settings)
+    with connect(settings, autocommit=True) as prim:
+        require_primary(prim, primary_dsn, "mirror resync")
+        rec = records(prim).get(full)
+        if rec is None:
+            raise InvalidSetting(
+                f"no mirror {full} on this primary (no publication of that name): see `callvault mirror status`; "
+                "`callvault mirror create --to DSN` makes one"
+            )
+        target = target_dsn if target_dsn is not None else rec.target
+        if target is None:
+            raise InvalidSetting(f"mirror {full}: no target recorded for it: pass --to with the target's DSN")
+        report = MirrorReport(full, _safe(target))
+        with _connect_target(target) as tgt:
+            sysid = _identity(tgt)[0]
+            if rec.target_system_identifier is not None and rec.target_system_identifier != sysid:
+                raise InvalidSetting(
+                    f"mirror {full}: --to {_safe(target)} is another server than its target ({rec.target}, recorded "
+                    "when it was made): point --to at that one"
+                )
+            old = _drop_subscription(tgt, full)
+            if old is not None:
+                report.steps.append(f"subscription {full} dropped on the target")
+            if _drop_slot(prim, full):
+                report.steps.append(f"slot {full} dropped on the primary")
+            for slot in sync_slots(prim):
+                mine = slot.subscription_oid in (old, rec.subscription_oid) and slot.system_identifier == sysid
+                if mine and _drop_slot(prim, slot.name):
+                    report.steps.append(f"tablesync slot {slot.name} dropped on the primary")
+            target_settings = Settings(dsn=target, schema=settings.schema, table=settings.table,
+                                       lifecycle=settings.lifecycle, roles=settings.roles)  # fmt: skip
+            with psycopg.connect(target, prepare_threshold=None) as t2:  # cover and empty: one transaction
+                t2.execute("SET timezone TO 'UTC'")
+                _cover(prim, t2, settings, target_settings)
+                t2.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(settings.schema, settings.table)))
+                t2.commit()
+            report.steps.append(f"target table {settings.qualified} emptied (its partitions cover the primary's range)")
+            done: list[str] = []
+            try:
+                _subscribe(prim, tgt, full, primary_dsn, done)
+            except Exception:
+                _undo(prim, tgt, full, done)  # the subscription and slot only: the publication stays
+                raise
+            report.steps.append(f"subscription {full} on the target, with the initial copy; slot {full} on the primary")
+            _record(prim, tgt, full, target)
+    return report
+
+
 def status(settings: Settings, target_dsn: str | None = None) -> dict[str, object]:
     """Every callvault mirror of this primary (slots, lag, WAL retained; tablesync slots left by initial
     copies) and, with ``target_dsn``, the target's side: subscription state, each table's sync state,
     last message, rows mirrored, rows in its default partition. ``problems`` (``healthy`` when none):
     the verdicts ``health`` gives, plus, with the target, its tables not ready and tablesync slots of
     subscriptions it no longer has."""
-    from callvault.replication_state import mirror_table_problems, slot_problems, slot_wal_limit, sync_slot_problems
+    from callvault.replication_state import (
+        mirror_table_problems,
+        slot_problems,
+        slot_wal_limit,
+        slotless_mirrors,
+        slotless_problems,
+        sync_slot_problems,
+    )
 
     limit = slot_wal_limit()
     with connect(settings, autocommit=True) as prim:
         main = [s.to_dict() for s in slots(prim)]
         sync = sync_slots(prim, records(prim))
-    out: dict[str, object] = {"slots": main}
-    problems = slot_problems(main, limit)
+        slotless = slotless_mirrors(prim)
+    out: dict[str, object] = {"slots": main, "mirrors_without_slot": slotless}
+    problems = slot_problems(main, limit) + slotless_problems(slotless)
     table_problems: list[str] = []
     if target_dsn is not None:
         with _connect_target(target_dsn) as tgt:

@@ -22,6 +22,7 @@ from callvault.replication_state import (
     server_problems,
     slot_problems,
     slot_wal_limit,
+    slotless_problems,
     sync_slot_problems,
 )
 from callvault.tenancy.audit import ERROR, LEAK, WARNING
@@ -97,6 +98,7 @@ class Status:
     partman_keeps_tables: bool = True
     # the server read (HA: which node): primary or standby, timeline, when it was promoted, its standbys
     server: dict[str, object] = field(default_factory=dict)
+    mirrors_without_slot: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth acting on, not unhealthy (status prints them)
 
@@ -165,6 +167,7 @@ class Status:
             "server": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in self.server.items()},
             "tablesync_slots": self.tablesync_slots,
             "mirror_tables": self.mirror_tables,
+            "mirrors_without_slot": self.mirrors_without_slot,
             "healthy": not self.problems,
             "problems": self.problems,
         }
@@ -254,12 +257,13 @@ def _collect(conn: Conn, settings: Settings, now: datetime | None = None) -> Sta
     findings = tenancy.audit(conn, settings).findings
     status.isolation_leaks = [f.problem for f in findings if f.severity == LEAK]
     status.isolation_findings = {sev: sum(1 for f in findings if f.severity == sev) for sev in (LEAK, ERROR, WARNING)}
-    from callvault.replication_state import records, server, slots, subscription_tables, sync_slots
+    from callvault.replication_state import records, server, slotless_mirrors, slots, subscription_tables, sync_slots
 
     status.server = server(conn)
     status.replication_slots = [s.to_dict() for s in slots(conn)]
     status.tablesync_slots = [s.to_dict() for s in sync_slots(conn, records(conn))]
     status.mirror_tables = subscription_tables(conn)
+    status.mirrors_without_slot = slotless_mirrors(conn)
     plan = current_plan(conn, settings, pm, now)
     status.gaps = [(r.start, r.end) for r in plan.gaps]
     status.expected_horizon = plan.horizon_after
@@ -371,6 +375,7 @@ def problems(status: Status) -> list[str]:
     out += sync_slot_problems(status.tablesync_slots, limit)
     out += mirror_table_problems(status.mirror_tables, "this database")
     out += server_problems(status.server)
+    out += slotless_problems(status.mirrors_without_slot)
     if len(status.partitions) > status.partition_warn:
         out.append(
             f"{len(status.partitions)} partitions exceed the warning threshold {status.partition_warn} "

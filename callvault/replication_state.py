@@ -223,6 +223,28 @@ def slot_problems(slots: list[dict[str, object]], limit: int) -> list[str]:
     return out
 
 
+def slotless_mirrors(prim: Conn) -> list[str]:
+    """callvault mirrors recorded on this primary (their publications) whose slot is not here: the slot
+    was on a primary that failed (PostgreSQL 15 keeps logical slots on one server only), or was dropped.
+    None on a standby (slots are not replicated; its publications are)."""
+    row = prim.execute("SELECT pg_is_in_recovery()").fetchone()
+    if row is None or row[0]:
+        return []
+    have = {s.name for s in slots(prim)}
+    return [name for name in records(prim) if name not in have]
+
+
+def slotless_problems(names: list[str]) -> list[str]:
+    """Health verdicts on :func:`slotless_mirrors` (pure): each names the mirror and the command."""
+    return [
+        f"mirror {n}: its replication slot is missing on this primary (a failover or switchover? PostgreSQL 15 "
+        f"keeps a logical slot on one server only): its target receives nothing; run `callvault mirror resync "
+        f"--name {n.removeprefix(PREFIX)}` (re-copies the table, no duplicates), or keep the slot across failovers "
+        "with Patroni's permanent slots (docs/ha.md)"
+        for n in names
+    ]
+
+
 def sync_slot_problems(slots: list[dict[str, object]], limit: int) -> list[str]:
     """Health verdicts on the tablesync slots on a primary (pure; ``callvault.mirror.SyncSlot.to_dict``).
 
@@ -281,19 +303,18 @@ def mirror_table_problems(tables: list[dict[str, object]], where: str) -> list[s
 # -- this server's role: primary or standby, its timeline, its standbys (HA: which node is primary) --------
 SERVER_SQL = """
 SELECT pg_is_in_recovery(),
-       CASE WHEN has_function_privilege('pg_control_checkpoint()', 'execute')
-            THEN (SELECT timeline_id FROM pg_control_checkpoint()) END,
-       CASE WHEN has_function_privilege('pg_control_checkpoint()', 'execute')
-             AND has_function_privilege('pg_ls_waldir()', 'execute')
-            THEN (SELECT modification FROM pg_ls_waldir()
-                  WHERE name = lpad(upper(to_hex((SELECT timeline_id FROM pg_control_checkpoint()))), 8, '0')
-                               || '.history') END,
+       has_function_privilege('pg_control_checkpoint()', 'execute'),
+       has_function_privilege('pg_ls_waldir()', 'execute'),
        current_setting('synchronous_standby_names'),
        (SELECT coalesce(json_agg(json_build_object('name', application_name, 'state', state, 'sync_state', sync_state,
                                                    'replay_lag_s', extract(epoch FROM replay_lag))
                                  ORDER BY application_name), '[]'::json)
         FROM pg_stat_replication WHERE application_name IS NOT NULL)
 """
+# Separate statements: Postgres checks EXECUTE on every function of a statement when it starts, even in a
+# CASE branch never taken (a role without pg_monitor may call neither).
+TIMELINE_SQL = "SELECT timeline_id FROM pg_control_checkpoint()"
+PROMOTED_SQL = "SELECT modification FROM pg_ls_waldir() WHERE name = lpad(upper(to_hex(%s::int)), 8, '0') || '.history'"
 RECENT_PROMOTION_S = 24 * 3600  # a promotion this recent is reported (status notes, metrics always)
 
 
@@ -304,7 +325,14 @@ def server(conn: Conn) -> dict[str, object]:
     ``standbys`` streaming from it (name, state, sync_state, replay lag in seconds)."""
     row = conn.execute(SERVER_SQL).fetchone()
     assert row is not None
-    in_recovery, timeline, promoted, sync_names, standbys = row
+    in_recovery, may_control, may_ls_wal, sync_names, standbys = row
+    timeline = promoted = None
+    if may_control:
+        tl = conn.execute(TIMELINE_SQL).fetchone()
+        timeline = tl[0] if tl else None
+        if may_ls_wal and timeline is not None:
+            when = conn.execute(PROMOTED_SQL, (timeline,)).fetchone()
+            promoted = when[0] if when else None
     return {
         "host": conn.info.host, "port": conn.info.port, "in_recovery": bool(in_recovery),
         "timeline": int(timeline) if timeline is not None else None,

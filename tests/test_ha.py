@@ -138,14 +138,14 @@ def _outage(flushes: list[tuple[float, float]], t0: float, t1: float) -> float:
     return max((took for start, took in flushes if t0 - 5 <= start <= t1), default=0.0)
 
 
-def test_acknowledged_calls_survive_kill_stop_and_switchover(ha: HACluster) -> None:
+def test_acknowledged_calls_survive_kill_stop_isolation_and_switchover(ha: HACluster) -> None:
     ledger = Ledger(ha)
     ledger.start()
     time.sleep(3)
     reads = Reads(ha, _call_rows(1, seed=31)[0]["tenant_id"], ledger.tenant_of)  # the ledger's first tenant
     reads.start()
     events: list[dict[str, Any]] = []
-    for how in ("kill", "stop", "switchover"):
+    for how in ("kill", "stop", "isolate", "switchover"):
         old = ha.wait_healthy(180)  # both standbys back and streaming, one synchronous: then fail again
         t0 = time.monotonic()
         if how == "kill":
@@ -154,6 +154,10 @@ def test_acknowledged_calls_survive_kill_stop_and_switchover(ha: HACluster) -> N
         elif how == "stop":
             ha.stop_node(old)
             new = ha.wait_primary(120, other_than=old)
+        elif how == "isolate":  # cut off from etcd: its Postgres still serves its clients until Patroni demotes it
+            ha.isolate_node(old)
+            new = ha.wait_primary(120, other_than=old)
+            ha.heal_node(old)
         else:
             new = ha.switchover()
         t1 = time.monotonic()
@@ -177,7 +181,7 @@ def test_acknowledged_calls_survive_kill_stop_and_switchover(ha: HACluster) -> N
     # status/health/metrics say which node is primary, its standbys, and the promotion that just happened
     st = run_json("status", "--dsn", ha.dsn())
     assert st["server"]["in_recovery"] is False and st["server"]["port"] == ha._need().pg_ports[events[-1]["to"]]
-    assert st["server"]["timeline"] >= 4 and st["server"]["promoted_at"] is not None  # three promotions
+    assert st["server"]["timeline"] >= 5 and st["server"]["promoted_at"] is not None  # four promotions
     assert any("became the primary" in n for n in st["notes"])
     assert {s["sync_state"] for s in st["server"]["standbys"]} >= {"sync"}
     standby = run_json("status", "--dsn", ha.node_dsn(events[-1]["from"]))
@@ -250,6 +254,49 @@ def test_after_a_failover_an_archive_resumes_and_pg_cron_maintains_on_the_new_pr
         with psycopg.connect(ha.dsn(database="postgres"), autocommit=True) as cron:
             cron.execute("SELECT cron.unschedule('callvault-ha-test')")
     ha.wait_healthy(180)
+
+
+def test_a_mirror_whose_slot_stayed_on_the_old_primary_is_reported_and_resynced_once(
+    ha: HACluster, empty_dsn: str
+) -> None:
+    """PostgreSQL 15 keeps a logical slot on one server: after a switchover the mirror's slot is not on the
+    new primary. `mirror status` and `health` say so and name `mirror resync`, which copies the table
+    again: every row on the target once, rows written after the failover included."""
+    from tests.test_publish import wait_for
+
+    s = Settings(dsn=ha.dsn())
+    with Writer(s) as w:
+        w.write_many(_call_rows(400, seed=91))
+        w.flush()
+    run("mirror", "create", "--dsn", ha.dsn(), "--to", empty_dsn, "--name", "ha")
+    count = "SELECT count(*), count(DISTINCT call_id) FROM call_logs"
+    try:
+        with psycopg.connect(ha.dsn()) as prim:
+            total = prim.execute(count).fetchone()
+        with psycopg.connect(empty_dsn, autocommit=True) as tgt:
+            assert wait_for(tgt, count, total, timeout=120) == total
+        ha.wait_healthy(180)
+        ha.switchover()
+        with Writer(s) as w:  # after the failover: only a resync brings these to the target
+            w.write_many(_call_rows(300, seed=92))
+            w.flush()
+        st = run_json("mirror", "status", "--dsn", ha.dsn())
+        assert st["mirrors_without_slot"] == ["callvault_mirror_ha"] and not st["healthy"]
+        assert any("mirror resync --name ha" in p for p in st["problems"])
+        sick = run("health", "--dsn", ha.dsn(), ok=False)
+        assert sick.exit_code == 3 and "mirror resync --name ha" in sick.stdout + sick.stderr
+        done = run_json("mirror", "resync", "--dsn", ha.dsn(), "--name", "ha", "--to", empty_dsn)
+        assert any("emptied" in step for step in done["steps"]) and any("subscription" in x for x in done["steps"])
+        with psycopg.connect(ha.dsn()) as prim:
+            total = prim.execute(count).fetchone()
+        assert total is not None and total[0] == total[1]
+        with psycopg.connect(empty_dsn, autocommit=True) as tgt:
+            assert wait_for(tgt, count, total, timeout=120) == total  # every row once
+        assert run_json("mirror", "status", "--dsn", ha.dsn())["mirrors_without_slot"] == []
+    finally:
+        run("mirror", "drop", "--dsn", ha.dsn(), "--name", "ha", "--to", empty_dsn, ok=False)
+    bad = run("mirror", "resync", "--dsn", ha.dsn(), "--name", "nope", ok=False)
+    assert bad.exit_code == 2 and "no mirror callvault_mirror_nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # -- bad input ------------------------------------------------------------------------------------------

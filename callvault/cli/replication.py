@@ -103,6 +103,25 @@ def mirror_drop(dsn: str | None, schema: str, table: str, name: str, target: str
         out.print(step, markup=False, soft_wrap=True)
 
 
+@mirror_group.command(name="resync")
+@target_options
+@click.option("--name", required=True, help="The mirror (as `mirror status` names it, with or without the prefix).")
+@click.option("--to", "target", default=None, metavar="DSN",
+              help="The target [default: the one recorded when the mirror was made].")  # fmt: skip
+@json_option
+def mirror_resync(dsn: str | None, schema: str, table: str, name: str, target: str | None, as_json: bool) -> None:
+    """Subscribe a mirror again from the start (after a failover lost its slot): the target's table is
+    emptied and copied again, every row once."""
+    from callvault import mirror
+
+    rep = mirror.resync(settings_of(dsn, schema, table), name, target_dsn=target)
+    if as_json:
+        emit(rep.to_dict())
+        return
+    for step in rep.steps:
+        out.print(step, markup=False, soft_wrap=True)
+
+
 @main.command(name="publish")
 @target_options
 @click.option("--name", default=None, help="Publication name [default: callvault_<table>].")
