@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from callvault import query_base as qb
 from callvault.config import Settings
 from callvault.errors import InvalidSetting
 from callvault.query_base import ATTACHED_SQL, BOUNDS_SQL, DEFAULT_LIMIT, CallRecord, DayStat, Page
+from callvault.search import DEFAULT_LANGUAGE, LANGUAGE_SQL, WORDS, Match, language_from, language_param
 from callvault.tenancy._async_session import atenant
 
 Source = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
@@ -132,6 +134,44 @@ class AsyncReader(qb.ReaderBase):
         """
         read = qb.recent(self, tenant_id, since, until, limit, cursor, where, tuple(columns))
         return await self._run(read)  # type: ignore[no-any-return]
+
+    async def search(
+        self, tenant_id: UUID | str, text: str, *, since: datetime | None = None, until: datetime | None = None,
+        limit: int = DEFAULT_LIMIT, cursor: str | None = None, mode: str = "phrase", language: str | None = None,
+    ) -> Page:  # fmt: skip
+        """The tenant's calls in ``[since, until)`` whose transcript matches ``text``, newest first, one page
+        (the same window, limit and ``cursor`` as :meth:`recent_calls`); each ``CallSummary.snippet`` holds
+        the match in its context, marked « ». With an archive store, archived weeks of the window are
+        searched too (only the tenant's objects; ``CallSummary.tier`` says where each hit was found).
+
+        ``mode="phrase"`` (default): the transcript contains ``text`` as written, ignoring case (at least 3
+        characters). ``mode="words"``: every word of ``text``, by PostgreSQL full-text search in the
+        language of the table's index (``callvault search index --language``; ``language=`` overrides;
+        the archive matches whole words without stemming). See :mod:`callvault.search`.
+
+        :raises InvalidSetting: an empty, too short or too long text, a bad mode, tenant, cursor or limit
+            (the message never repeats the text: it is call content).
+        :raises WindowRefused: a missing, naive, empty or too-wide window (before any SQL).
+        """
+        match = Match.parse(text, mode, language)  # bad input is named before any SQL
+        if mode == WORDS and language is None:
+            match = replace(match, language=await self._search_language())
+        return await self._run(qb.recent(self, tenant_id, since, until, limit, cursor, match=match))  # type: ignore[no-any-return]
+
+    async def _search_language(self) -> str:
+        """The language of the table's full-text index, read once per reader (the default without one)."""
+        if self._language is None:
+            if isinstance(self.source, psycopg.AsyncConnection):
+                self._language = await self._read_language(self.source)
+            else:
+                async with self.source.connection() as conn:
+                    self._language = await self._read_language(conn)
+        return self._language
+
+    async def _read_language(self, conn: psycopg.AsyncConnection[Any]) -> str:
+        async with conn.transaction():
+            cur = await conn.execute(LANGUAGE_SQL, language_param(self.settings), prepare=False)
+            return language_from(await cur.fetchone()) or DEFAULT_LANGUAGE
 
     async def get_call(
         self, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None = None

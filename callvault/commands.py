@@ -356,7 +356,8 @@ def archive_policy(
 
 def calls(
     settings: Settings, tenant_id: str | UUID, *, since: datetime, until: datetime | None = None, limit: int = 100,
-    cursor: str | None = None, store_url: str | None = None,
+    cursor: str | None = None, store_url: str | None = None, search: str | None = None, mode: str = "phrase",
+    language: str | None = None,
 ) -> Page:  # fmt: skip
     """``callvault calls``: one page of a tenant's calls in ``[since, until)``, newest first, from
     whichever tier holds them: attached partitions from Postgres, archived weeks from the store
@@ -369,6 +370,8 @@ def calls(
     :param until: exclusive end; default now.
     :param limit: calls per page (1..10,000).
     :param cursor: the previous page's ``next_cursor``: the next, older page.
+    :param search: only calls whose transcript matches it (:meth:`callvault.query.Reader.search`:
+        ``mode`` ``phrase`` or ``words``, ``language`` for ``words``); each call then has a ``snippet``.
     :return: the :class:`callvault.query.Page` (``to_dict()`` is the ``--json`` document).
     :raises InvalidSetting: a bad tenant id, window, limit or cursor; or the window reaches before the
         oldest attached partition and no archive store is configured (exit code 2).
@@ -385,6 +388,10 @@ def calls(
     from callvault.archive.store import LocalStore, open_store
 
     # bad input is named before connecting
+    if search is not None:
+        from callvault.search import Match
+
+        Match.parse(search, mode, language)
     window = reads.window_params(tenant_id, since, until, reads.max_window_of(settings))
     reads.check_limit(limit)
     if cursor:
@@ -414,7 +421,27 @@ def calls(
                     "pass --store-url s3://bucket/prefix (or file:///dir), or set CALLVAULT_ARCHIVE_URL"
                 )
         reader = reads.Reader(conn, settings, store_url=url)
+        if search is not None:
+            return reader.search(tenant_id, search, since=since, until=until, limit=limit, cursor=cursor, mode=mode,
+                                 language=language)  # fmt: skip
         return reader.recent_calls(tenant_id, since=since, until=until, limit=limit, cursor=cursor)
+
+
+def search_index(settings: Settings, *, language: str = "simple", phrase: bool = True, words: bool = True) -> Any:
+    """``callvault search index``: the transcript search indexes on every partition, built without
+    blocking writes (:func:`callvault.search.build_indexes`); ``to_dict()`` says what exists."""
+    from callvault import search
+
+    with connect(settings, autocommit=True) as conn:
+        return search.build_indexes(conn, settings, language=language, phrase=phrase, words=words)
+
+
+def search_status(settings: Settings) -> Any:
+    """``callvault search status``: the search indexes, valid or not, their size and language."""
+    from callvault import search
+
+    with connect(settings, autocommit=True) as conn:
+        return search.index_status(conn, settings)
 
 
 # re-exported so ``commands`` is the one place to look

@@ -135,51 +135,7 @@ def add_column(conn: Conn, settings: Settings, name: str, type_text: str, *, ind
 def build_index(conn: Conn, settings: Settings, name: str) -> str:
     """``(tenant_id, name, started_at)`` on every partition ``CONCURRENTLY`` (writes go on), attached to
     an index made ``ON ONLY`` the parent; partitions made later get it from the parent."""
-    from callvault.maintain import retry_locks
+    from callvault.indexes import build_on_every_partition
 
-    idx = index_name(settings, name)
-    parent = sql.Identifier(settings.schema, idx)
-    table = sql.Identifier(settings.schema, settings.table)
     cols = sql.SQL("(tenant_id, {}, started_at)").format(sql.Identifier(name))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON ONLY {} {}").format(sql.Identifier(idx), table, cols))
-    for row in catalog.list_partitions(conn, settings):
-        part = row.info
-        if part.is_default:
-            continue
-        child = f"{part.name[:40]}_{name[:20]}_idx"
-        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(settings.schema, child))
-                     if _invalid(conn, settings.schema, child) else sql.SQL("SELECT 1"))  # fmt: skip
-        conn.execute(
-            sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {}").format(
-                sql.Identifier(child), sql.Identifier(settings.schema, part.name), cols
-            )
-        )
-        if not _attached(conn, settings.schema, child):
-
-            def attach(child: str = child) -> None:
-                with conn.transaction():
-                    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
-                    conn.execute(
-                        sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(
-                            parent, sql.Identifier(settings.schema, child)
-                        )
-                    )
-
-            retry_locks(attach, f"attaching index {child}")
-    return idx
-
-
-def _invalid(conn: Conn, schema: str, index: str) -> bool:
-    row = conn.execute(
-        "SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
-        (sql.Identifier(schema, index).as_string(conn),),
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _attached(conn: Conn, schema: str, index: str) -> bool:
-    row = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(%s))",
-        (sql.Identifier(schema, index).as_string(conn),),
-    ).fetchone()
-    return bool(row and row[0])
+    return build_on_every_partition(conn, settings, index_name(settings, name), cols, f"{name[:20]}_idx")

@@ -28,6 +28,7 @@ from callvault.window import check_window as check_window
 
 if TYPE_CHECKING:  # the archive tier loads only when a read reaches it
     from callvault.archive.store import Store
+    from callvault.search import Match
 
 
 DEFAULT_LIMIT = 100
@@ -52,6 +53,7 @@ class CallSummary:
     duration_sec: int | None
     tier: str = HOT
     extra: dict[str, Any] = field(default_factory=dict)  # the table's own columns asked with columns=
+    snippet: str | None = None  # a search hit: the match in its context, marked « » (Reader.search only)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ class Page:
         return {
             "calls": [
                 {"id": c.id, "call_id": str(c.call_id), "started_at": iso(c.started_at), "ended_at": iso(c.ended_at),
-                 "duration_sec": c.duration_sec, "tier": c.tier}
+                 "duration_sec": c.duration_sec, "tier": c.tier,
+                 **({"snippet": c.snippet} if c.snippet is not None else {})}
                 for c in self.calls
             ],
             "next_cursor": self.next_cursor, "tiers": list(self.tiers), "pruned": [d.isoformat() for d in self.pruned],
@@ -190,19 +193,25 @@ def _table(settings: Settings) -> sql.Identifier:
 
 
 def window_sql(
-    settings: Settings, *, after_cursor: bool = False, where: tuple[str, ...] = (), columns: tuple[str, ...] = ()
-) -> sql.Composed:
+    settings: Settings, *, after_cursor: bool = False, where: tuple[str, ...] = (), columns: tuple[str, ...] = (),
+    match: Match | None = None,
+) -> sql.Composed:  # fmt: skip
     """A tenant's calls in [since, until), newest first: served by the primary key, pruned by the bounds.
     With a cursor, ``started_at <= cursor`` also prunes and ``(started_at, id) < cursor`` continues
     exactly after the last row returned (ties on started_at broken by id). ``where``: the table's own
-    columns that must equal ``%(w0)s``, ``%(w1)s``...; ``columns``: more of them to return."""
+    columns that must equal ``%(w0)s``, ``%(w1)s``...; ``columns``: more of them to return. ``match``: a
+    transcript search (:mod:`callvault.search`): its condition, and its snippet as the last column."""
     cols = sql.SQL(", ").join(map(sql.Identifier, SUMMARY_COLUMNS + columns))
+    if match is not None:
+        cols = sql.SQL("{}, {}").format(cols, match.pg_snippet())
     keyset = (
         sql.SQL(" AND started_at <= %(cts)s AND (started_at, id) < (%(cts)s, %(cid)s)") if after_cursor else sql.SQL("")
     )
     filters = sql.SQL("").join(
         sql.SQL(" AND {} = {}").format(sql.Identifier(c), sql.Placeholder(f"w{i}")) for i, c in enumerate(where)
     )
+    if match is not None:
+        filters = sql.SQL("{} AND {}").format(filters, match.pg_predicate())
     return sql.SQL(
         "SELECT {cols} FROM {t} WHERE tenant_id = %(tenant)s AND started_at >= %(since)s AND started_at < %(until)s"
         "{filters}{keyset} ORDER BY started_at DESC, id DESC LIMIT %(limit)s"
@@ -336,16 +345,19 @@ def tiers_of(r: ReaderBase, after: Callable[[list[Any], list[Range]], Callable[[
 
 def recent(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: datetime | None, limit: int,
             cursor: str | None, where: Mapping[str, object] | None = None,
-            extra: tuple[str, ...] = ()) -> Read:  # fmt: skip
+            extra: tuple[str, ...] = (), match: Match | None = None) -> Read:  # fmt: skip
     params = window_params(tenant_id, since, until, r.max_window)
     params["limit"] = check_limit(limit)
     own_columns(where, extra)
     filters = tuple(where or {})
     params.update({f"w{i}": v for i, v in enumerate((where or {}).values())})
+    if match is not None:
+        params.update(match.params())
     if cursor:
         params["cts"], params["cid"] = decode_cursor(cursor)
-    stmt = window_sql(r.settings, after_cursor=bool(cursor), where=filters, columns=extra)
-    read = Read(params["tenant"], stmt, params, lambda rows: page_of(rows, limit, None, extra))
+    stmt = window_sql(r.settings, after_cursor=bool(cursor), where=filters, columns=extra, match=match)
+    found = match is not None
+    read = Read(params["tenant"], stmt, params, lambda rows: page_of(rows, limit, None, extra, found))
     if r.store_url is None:
         return read
     before = (params["cts"], params["cid"]) if cursor else None
@@ -359,9 +371,9 @@ def recent(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: 
             gaps = [(lo, min(hi, before[0] + _US)) for lo, hi in gaps if lo <= before[0]]
         if not gaps or (len(rows) == limit and rows[-1][2] >= gaps[-1][1]):
             return None  # the hot rows fill the page and are all newer than anything archived
-        return lambda: archive._page(r._archive_store(), r.settings, who, gaps, before, limit, where, extra)
+        return lambda: archive._page(r._archive_store(), r.settings, who, gaps, before, limit, where, extra, match)
 
-    return replace(read, tiers=tiers_of(r, after, lambda rows, part: page_of(rows, limit, part, extra)))
+    return replace(read, tiers=tiers_of(r, after, lambda rows, part: page_of(rows, limit, part, extra, found)))
 
 
 def get(r: ReaderBase, tenant_id: UUID | str, call_id: UUID | str, started_at: datetime | None) -> Read:
@@ -419,6 +431,7 @@ class ReaderBase:
         self.store_url = checked_store_url(store_url or self.settings.archive_url)
         self._store = None
         self._attached = {}
+        self._language: str | None = None  # the full-text index's language, read at the first words search
 
     def _archive_store(self) -> Store:
         """The archive store, opened (and, when named, checked to exist) on first use, then reused."""
@@ -444,17 +457,20 @@ def checked_store_url(url: str | None) -> str | None:
     return url
 
 
-def _summary(row: Any, extra: tuple[str, ...], tier: str = HOT) -> CallSummary:
+def _summary(row: Any, extra: tuple[str, ...], tier: str = HOT, snippet: bool = False) -> CallSummary:
     rid, call, started, ended, duration = row[:5]
-    return CallSummary(rid, call, started, ended, duration, tier, dict(zip(extra, row[5:], strict=True)))
+    own = row[5 : 5 + len(extra)]
+    return CallSummary(rid, call, started, ended, duration, tier, dict(zip(extra, own, strict=True)),
+                       row[5 + len(extra)] if snippet else None)  # fmt: skip
 
 
-def page_of(rows: list[Any], limit: int, archived: Any = None, extra: tuple[str, ...] = ()) -> Page:
-    calls = [_summary(r, extra) for r in rows]
+def page_of(rows: list[Any], limit: int, archived: Any = None, extra: tuple[str, ...] = (),
+            snippet: bool = False) -> Page:  # fmt: skip
+    calls = [_summary(r, extra, HOT, snippet) for r in rows]
     pruned: tuple[date, ...] = ()
     if archived is not None:  # an ArchivePage: merge by (started_at, id), newest first; hot wins an id
         hot = {c.id for c in calls}
-        calls += [_summary(a, extra, ARCHIVE) for a in archived.calls if a[0] not in hot]
+        calls += [_summary(a, extra, ARCHIVE, snippet) for a in archived.calls if a[0] not in hot]
         calls = sorted(calls, key=lambda c: (c.started_at, c.id), reverse=True)[:limit]
         pruned = archived.pruned
     last = calls[-1] if len(calls) == limit else None

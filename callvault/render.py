@@ -7,6 +7,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from callvault.archive.pipeline import ArchiveReport
 from callvault.history import JobRun
@@ -152,9 +153,13 @@ def calls(console: Console, page: Page) -> None:
         for col, just in (("started_at", "left"), ("call_id", "left"), ("duration", "right"), ("tier", "left"),
                           ("id", "right")):  # fmt: skip
             table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        snippets = any(c.snippet is not None for c in page.calls)
+        if snippets:  # a search: the match in its context
+            table.add_column("snippet", justify="left", overflow="fold")
         for c in page.calls:
             duration = "-" if c.duration_sec is None else f"{c.duration_sec} s"
-            table.add_row(f"{c.started_at:%Y-%m-%d %H:%M:%S}", str(c.call_id), duration, c.tier, str(c.id),
+            cells = [f"{c.started_at:%Y-%m-%d %H:%M:%S}", str(c.call_id), duration, c.tier, str(c.id)]
+            table.add_row(*cells, *([Text(c.snippet or "")] if snippets else []),  # Text: no markup from transcripts
                           style="cyan" if c.tier == "archive" else None)  # fmt: skip
         console.print(table)
     if page.pruned:

@@ -17,7 +17,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,7 +99,8 @@ class World:
         return sorted(mine, key=lambda r: (r.started_at, r.id), reverse=True)
 
 
-def build(dsn: str, store_dir: Path, *, fmt: str = "parquet", store: str | None = None) -> World:
+def build(dsn: str, store_dir: Path, *, fmt: str = "parquet", store: str | None = None,
+          before_archive: Callable[[str], None] | None = None) -> World:  # fmt: skip
     prefix = f"cvtier{os.getpid()}_{next(_counter)}"
     roles = Roles.with_prefix(prefix)
     run("init", "--dsn", dsn, "--roles", "--role-prefix", prefix)
@@ -115,6 +116,10 @@ def build(dsn: str, store_dir: Path, *, fmt: str = "parquet", store: str | None 
                FROM call_logs, generate_series(1, 3) WHERE tenant_id = %s AND metadata->>'g' = '9'""",
             (TENANTS[0],),
         )
+    if before_archive is not None:  # e.g. transcripts to search for, and the search indexes
+        before_archive(dsn)
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("SET timezone TO 'UTC'")
         rows = [Row(*r) for r in c.execute("SELECT * FROM call_logs").fetchall()]
     run("archive", "--dsn", dsn, "--to", store or store_dir.as_uri(), "--at", AT, "--format", fmt)
     settings = Settings(dsn=dsn).with_(roles=roles)

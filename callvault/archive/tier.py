@@ -19,6 +19,7 @@ from callvault.archive.reader import _LONGEST_PERIOD, _PERIODS
 from callvault.archive.store import Store
 from callvault.config import Settings, from_env
 from callvault.errors import ArchivePruned, ArchiveVerifyFailed, InvalidSetting, StoreUnavailable
+from callvault.search import Match
 from callvault.tenancy.ids import tenant_value, uuid_text
 from callvault.window import aware_window
 
@@ -306,11 +307,12 @@ def _json_text(value: object) -> str:
 
 def _page(
     store: Store, settings: Settings, tenant: str, ranges: list[Range], before: tuple[datetime, int] | None,
-    limit: int, where: Mapping[str, object] | None = None, extra: tuple[str, ...] = (),
+    limit: int, where: Mapping[str, object] | None = None, extra: tuple[str, ...] = (), match: Match | None = None,
 ) -> ArchivePage:  # fmt: skip
     """The archive tier of a page: ``ranges`` already exclude what the hot table serves. ``where``: the
     table's own columns that must equal these values (an object archived before such a column existed has
-    none: it never matches); ``extra``: own columns returned after the summary's five (NULL where absent)."""
+    none: it never matches); ``extra``: own columns returned after the summary's five (NULL where absent);
+    ``match``: a transcript search (:mod:`callvault.search`), its snippet returned last."""
     if before is not None:  # a keyset: nothing newer than the cursor's started_at can be on the page
         edge = before[0].astimezone(UTC) + timedelta(microseconds=1)
         ranges = [(lo, min(hi, edge)) for lo, hi in ranges if lo < edge]
@@ -321,11 +323,16 @@ def _page(
 
     parts: list[str] = []
     params: list[Any] = []
+    snippet, snippet_params = match.duck_snippet() if match is not None else ("NULL", [])
     with _duck(store, sources) as (con, rels):
         for src, rel in zip(sources, rels, strict=True):
             spans = " OR ".join("(started_at >= ?::TIMESTAMPTZ AND started_at < ?::TIMESTAMPTZ)" for _ in src.ranges)
             clause = f"tenant_hex = ? AND ({spans})"
-            params += [tenant.replace("-", ""), *(t for span in src.ranges for t in span)]
+            params += [*snippet_params, tenant.replace("-", ""), *(t for span in src.ranges for t in span)]
+            if match is not None:
+                found, found_params = match.duck_predicate()
+                clause += f" AND ({found})"
+                params += found_params
             if before is not None:
                 clause += " AND (started_at < ?::TIMESTAMPTZ OR (started_at = ?::TIMESTAMPTZ AND id < ?))"
                 params += [before[0], before[0], before[1]]
@@ -333,8 +340,8 @@ def _page(
                 clause += f" AND json_extract_string(extra, '$.\"{name}\"') = ?"
                 params.append(_json_text(value))
             parts.append(
-                "SELECT id, call_hex, epoch_us(started_at) AS us, epoch_us(ended_at) AS ended_us, duration_sec, "
-                f"extra FROM {rel} WHERE {clause}"
+                f"SELECT {snippet} AS snippet, id, call_hex, epoch_us(started_at) AS us, "
+                f"epoch_us(ended_at) AS ended_us, duration_sec, extra FROM {rel} WHERE {clause}"
             )
         statement = " UNION ALL ".join(parts) + " ORDER BY us DESC, id DESC LIMIT ?"
         try:
@@ -342,10 +349,10 @@ def _page(
         except (duckdb.Error, OSError, ValueError) as exc:
             raise _unreadable(store, sources[0], exc) from exc
     calls: list[ArchivedSummary] = []
-    for i, c, us, end, d, own in rows:
+    for snip, i, c, us, end, d, own in rows:
         values = json.loads(own) if extra and own else {}
         calls.append((int(i), uuid.UUID(hex=c), _EPOCH + timedelta(microseconds=us), _us(end), d,
-                      *(values.get(n) for n in extra)))  # fmt: skip
+                      *(values.get(n) for n in extra), *((snip,) if match is not None else ())))  # fmt: skip
     return ArchivePage(calls, tuple(periods), tuple(pruned))
 
 

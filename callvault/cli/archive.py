@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -79,15 +80,32 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
               help="Window end (exclusive), ISO 8601; naive means UTC. Default: now.")  # fmt: skip
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Calls per page.")
 @click.option("--cursor", default=None, help="next_cursor of the previous page: print the next, older page.")
+@click.option("--search", default=None, metavar="TEXT",
+              help="Only calls whose transcript contains TEXT (ignoring case; at least 3 characters).")  # fmt: skip
+@click.option(
+    "--words",
+    is_flag=True,
+    help="With --search: every word of TEXT, by full-text search (the index's language), not the phrase.",
+)
+@click.option(
+    "--language",
+    default=None,
+    metavar="CONFIG",
+    help="With --search --words: the text search configuration [default: the index's, else simple].",
+)
 @json_option
 def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, tenant: str, since: str,
-              until: str | None, limit: int, cursor: str | None, as_json: bool) -> None:  # fmt: skip
+              until: str | None, limit: int, cursor: str | None, search: str | None, words: bool,
+              language: str | None, as_json: bool) -> None:  # fmt: skip
     """A tenant's calls in [--since, --until), newest first, one page: attached partitions from Postgres,
     archived weeks from the store (DuckDB), merged; each call says which tier served it.
 
     The window is at most the hot retention wide (90 days by default). Pass the printed next cursor as
-    --cursor for the next page. Exit 2: bad input, or the window reaches archived weeks and no store is
-    configured; 69: the store cannot be read."""
+    --cursor for the next page. With --search, only the calls whose transcript matches, each with a
+    snippet of the match (`callvault search index` builds the indexes that make it fast). Exit 2: bad
+    input, or the window reaches archived weeks and no store is configured; 69: the store cannot be read."""
+    if (words or language) and search is None:
+        raise InvalidSetting("--words and --language are for --search TEXT: add --search, or drop them")
     tenant_id = parse_uuid(tenant, "--tenant-id")
     lo = parse_at(since, "--since")
     hi = parse_at(until, "--until")
@@ -97,11 +115,58 @@ def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, t
             f"--until {until} is not after --since {since}: the window is [since, until); pass a later --until"
         )
     s = settings_of(dsn, schema, table)
-    page = commands.calls(s, tenant_id, since=lo, until=hi, limit=limit, cursor=cursor, store_url=store_url)
+    page = commands.calls(s, tenant_id, since=lo, until=hi, limit=limit, cursor=cursor, store_url=store_url,
+                          search=search, mode="words" if words else "phrase", language=language)  # fmt: skip
     if as_json:
         emit(page.to_dict())
     else:
         render.calls(out, page)
+
+
+@main.group(name="search")
+def search_group() -> None:
+    """Transcript search: its indexes (searching is `callvault calls --search`)."""
+
+
+@search_group.command(name="index")
+@target_options
+@click.option(
+    "--language",
+    default="simple",
+    show_default=True,
+    metavar="CONFIG",
+    help="Text search configuration of the full-text index (simple: words as they are, mixed languages).",
+)
+@click.option("--phrase/--no-phrase", default=True, show_default=True,
+              help="The trigram index (pg_trgm) for phrases and substrings.")  # fmt: skip
+@click.option("--words/--no-words", default=True, show_default=True, help="The full-text index for --words.")
+@json_option
+def search_index_cmd(dsn: str | None, schema: str, table: str, language: str, phrase: bool, words: bool,
+                     as_json: bool) -> None:  # fmt: skip
+    """Build the search indexes on every partition without blocking writes (each partition CONCURRENTLY,
+    then attached); partitions made later get them. Run again to resume, or to change the language."""
+    if not phrase and not words:
+        raise InvalidSetting("--no-phrase and --no-words leave nothing to build: drop one of them")
+    rep = commands.search_index(settings_of(dsn, schema, table), language=language, phrase=phrase, words=words)
+    _search_report(rep, as_json)
+
+
+@search_group.command(name="status")
+@target_options
+@json_option
+def search_status_cmd(dsn: str | None, schema: str, table: str, as_json: bool) -> None:
+    """The search indexes: built on every partition (valid) or not, size, language."""
+    _search_report(commands.search_status(settings_of(dsn, schema, table)), as_json)
+
+
+def _search_report(rep: Any, as_json: bool) -> None:
+    if as_json:
+        emit(rep.to_dict())
+        return
+    for ix in rep.indexes:
+        state = "valid" if ix["valid"] else ("INVALID (run `callvault search index` again)" if ix["exists"] else "none")
+        out.print(f"{ix['mode']:7} {ix['index']}: {state}, {int(str(ix['bytes'])) / 1e6:,.1f} MB", markup=False)
+    out.print(f"language: {rep.language or '-'}", markup=False)
 
 
 @archive_cmd.command(name="list")
