@@ -427,6 +427,38 @@ def calls(
         return reader.recent_calls(tenant_id, since=since, until=until, limit=limit, cursor=cursor)
 
 
+def explain_calls(
+    settings: Settings,
+    tenant_id: str | UUID,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    limit: int = 100,
+    search: str | None = None,
+    mode: str = "phrase",
+    language: str | None = None,
+) -> Any:
+    """``callvault calls --explain``: the EXPLAIN of the hot half of that read, as the Reader sends it (the
+    tenant and window pinned, the search condition in it): which partitions it touches, out of all.
+    Returns an :class:`callvault.explain.ExplainReport`; nothing is executed."""
+    from callvault import query_base as qb
+    from callvault.explain import explain_read
+    from callvault.query import Reader
+    from callvault.search import WORDS, Match
+
+    match = Match.parse(search, mode, language) if search is not None else None
+    with connect(settings) as conn:
+        conn.execute("RESET row_security")
+        conn.commit()
+        reader = Reader(conn, settings)
+        if match is not None and match.mode == WORDS and language is None:
+            from dataclasses import replace as _replace
+
+            match = _replace(match, language=reader._search_language())
+        read = qb.recent(reader, tenant_id, since, until, limit, None, match=match)
+        return explain_read(conn, settings, read.statement, read.params)
+
+
 def search_index(settings: Settings, *, language: str = "simple", phrase: bool = True, words: bool = True) -> Any:
     """``callvault search index``: the transcript search indexes on every partition, built without
     blocking writes (:func:`callvault.search.build_indexes`); ``to_dict()`` says what exists."""

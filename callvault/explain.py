@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,4 +331,21 @@ def explain(
     return ExplainReport(
         table=settings.qualified, partitions_total=len(names), scanned=scanned, subplans_removed=removed,
         plan=[r[0] for r in text], max_partitions=max_partitions, reads=reads, tasks=task_count(doc[0]["Plan"]),
+    )  # fmt: skip
+
+
+def explain_read(conn: Conn, settings: Settings, statement: sql.Composable, params: Mapping[str, Any]) -> ExplainReport:
+    """EXPLAIN a statement callvault composed itself — a Reader's read with its parameters, e.g. the hot
+    half of ``callvault calls --search`` — judged as :func:`explain` judges a query (never executed)."""
+    names = {r.info.name for r in catalog.list_partitions(conn, settings)}
+    with conn.transaction(force_rollback=True):
+        raw = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(statement), params).fetchone()
+        text = conn.execute(sql.SQL("EXPLAIN (COSTS OFF) {}").format(statement), params).fetchall()
+    assert raw is not None
+    doc = raw[0] if not isinstance(raw[0], str) else json.loads(raw[0])
+    rels, removed = walk(doc[0]["Plan"])
+    scanned = sorted({p for r in rels if (p := partition_of(r, names)) is not None})
+    return ExplainReport(
+        table=settings.qualified, partitions_total=len(names), scanned=scanned, subplans_removed=removed,
+        plan=[r[0] for r in text], reads=True, tasks=task_count(doc[0]["Plan"]),
     )  # fmt: skip

@@ -138,6 +138,11 @@ def test_explain_touches_only_the_windows_partitions(world: World) -> None:
             scanned, _ = walk(plan[0][0]["Plan"])
             assert set(scanned) == {first.name}, f"{mode}: {scanned}"
         conn.rollback()
+    for extra in ([], ["--words"]):  # the same proof from the CLI, as the app role
+        doc = run_json("calls", "--dsn", world.app(), "--tenant-id", TENANTS[0], "--since", world.hot_start.isoformat(),
+                       "--until", (world.hot_start + timedelta(days=7)).isoformat(), "--search", "asked for a refund",
+                       *extra, "--explain")  # fmt: skip
+        assert doc["scanned"] == [first.name] and doc["partitions_total"] > 5
 
 
 def test_the_indexes_are_on_every_partition_and_on_partitions_made_later(world: World) -> None:

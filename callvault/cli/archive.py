@@ -93,10 +93,16 @@ def archive_cmd(ctx: click.Context, dsn: str | None, schema: str, table: str, st
     metavar="CONFIG",
     help="With --search --words: the text search configuration [default: the index's, else simple].",
 )
+@click.option(
+    "--explain",
+    "explain_",
+    is_flag=True,
+    help="Print the EXPLAIN of the read's hot half instead (the partitions it touches, of all).",
+)
 @json_option
 def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, tenant: str, since: str,
               until: str | None, limit: int, cursor: str | None, search: str | None, words: bool,
-              language: str | None, as_json: bool) -> None:  # fmt: skip
+              language: str | None, explain_: bool, as_json: bool) -> None:  # fmt: skip
     """A tenant's calls in [--since, --until), newest first, one page: attached partitions from Postgres,
     archived weeks from the store (DuckDB), merged; each call says which tier served it.
 
@@ -115,6 +121,21 @@ def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, t
             f"--until {until} is not after --since {since}: the window is [since, until); pass a later --until"
         )
     s = settings_of(dsn, schema, table)
+    if explain_:
+        from callvault.explain import NotPruned
+
+        report = commands.explain_calls(s, tenant_id, since=lo, until=hi, limit=limit, search=search,
+                                        mode="words" if words else "phrase", language=language)  # fmt: skip
+        if as_json:
+            emit(report.to_dict())
+        else:
+            for line in report.plan:
+                out.print(line, soft_wrap=True, markup=False)
+            out.print(f"{s.qualified}: {len(report.scanned)} of {report.partitions_total} partitions in the plan; "
+                      f"pruning: {report.pruning}", markup=False)  # fmt: skip
+        if report.problem:
+            raise NotPruned(report.problem)
+        return
     page = commands.calls(s, tenant_id, since=lo, until=hi, limit=limit, cursor=cursor, store_url=store_url,
                           search=search, mode="words" if words else "phrase", language=language)  # fmt: skip
     if as_json:
