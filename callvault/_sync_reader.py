@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from callvault import query_base as qb
 from callvault.config import Settings
 from callvault.errors import InvalidSetting
-from callvault.query_base import ATTACHED_SQL, BOUNDS_SQL, DEFAULT_LIMIT, CallRecord, DayStat, Page
+from callvault.query_base import ATTACHED_SQL, BOUNDS_SQL, DEFAULT_LIMIT, CallRecord, DayStat, Page, UsageRow
 from callvault.search import DEFAULT_LANGUAGE, LANGUAGE_SQL, WORDS, Match, language_from, language_param
 from callvault.tenancy._sync_session import tenant
 
@@ -189,6 +189,19 @@ class Reader(qb.ReaderBase):
     ) -> int:
         """How many calls the tenant has in ``[since, until)``."""
         return self._run(qb.count(self, tenant_id, since, until))  # type: ignore[no-any-return]
+
+    def usage(
+        self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None, by: str = "day"
+    ) -> list[UsageRow]:
+        """The tenant's calls and talk seconds from the usage rollup (:mod:`callvault.usage`), which keeps
+        counting weeks after they are archived and dropped: per UTC day (``by="day"``), hour (``"hour"``, a
+        window of at most 93 days) or value of the table's usage dimension (``by="agent"``: the metadata key
+        set with ``callvault usage dimension``), oldest first. The window is widened to whole UTC hours.
+
+        :raises InvalidSetting: a bad tenant, a ``by`` that is not day, hour or the configured dimension.
+        :raises WindowRefused: a missing, naive, empty or too-wide window (ten years; 93 days by hour).
+        """
+        return self._run(qb.usage(self, tenant_id, since, until, by))  # type: ignore[no-any-return]
 
     def daily_stats(
         self, tenant_id: UUID | str, *, since: datetime | None = None, until: datetime | None = None

@@ -367,11 +367,23 @@ def init_steps(
     meta = _meta_steps(conn, pm)
     steps += meta
     steps += _rls_steps(conn, settings)
+    steps += _usage_steps(conn, settings, steps)
     if roles:
         # a (re)installed pg_partman has lost the owner's grants on its schema
         fresh = bool(meta) or not partman_installed or not (conn is not None and catalog.table_exists(conn, settings))
         steps += [Step(s.what, s.statement) for s in role_steps(conn, settings, pm, fresh=fresh)]
     return steps
+
+
+def _usage_steps(conn: Conn | None, settings: Settings, steps: list[Step]) -> list[Step]:
+    """The usage rollup (:mod:`callvault.usage`): not on Citus (its triggers cannot run on distributed tables)."""
+    from callvault import usage
+
+    if any(st.what.startswith("distribute ") for st in steps):
+        return []
+    if conn is not None and catalog.table_exists(conn, settings) and citus.is_distributed(conn, settings):
+        return []
+    return [Step(what, stmt) for what, stmt in usage.install_steps(conn, settings)]
 
 
 def _distribute(

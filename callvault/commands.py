@@ -459,10 +459,46 @@ def explain_calls(
         return explain_read(conn, settings, read.statement, read.params)
 
 
+def usage(
+    settings: Settings, tenant_id: str | UUID, *, since: datetime, until: datetime | None = None, by: str = "day"
+) -> list[Any]:
+    """``callvault usage``: the tenant's calls and talk seconds per day, hour or dimension value from the
+    usage rollup (:meth:`callvault.query.Reader.usage`), archived and dropped weeks included."""
+    from callvault import query_base as qb
+    from callvault.query import Reader
+
+    qb.check_window(since, until, qb.USAGE_MAX_HOURS if by == "hour" else qb.USAGE_MAX_WINDOW)  # before connecting
+    with connect(settings) as conn:
+        conn.execute("RESET row_security")
+        conn.commit()
+        from callvault import usage as rollup
+
+        rollup.require_installed(conn, settings, reading=True)
+        conn.commit()
+        return Reader(conn, settings).usage(tenant_id, since=since, until=until, by=by)
+
+
+def usage_check(settings: Settings, *, store_url: str | None = None, rebuild: bool = False) -> Any:
+    """``callvault usage --check`` / ``--rebuild``: the rollup against a recount of the calls in the
+    attached and detached partitions and the archive; ``rebuild`` replaces it by the recount."""
+    from callvault import usage as rollup
+
+    with connect(settings, autocommit=True) as conn:
+        return (rollup.rebuild if rebuild else rollup.check)(conn, settings, store_url)
+
+
+def usage_dimension(settings: Settings, metadata_key: str | None, *, store_url: str | None = None) -> Any:
+    """``callvault usage --dimension KEY`` (``--no-dimension``): count usage by a metadata key, recounted."""
+    from callvault import usage as rollup
+
+    with connect(settings, autocommit=True) as conn:
+        return rollup.set_dimension(conn, settings, metadata_key, store_url)
+
+
 def search_index(settings: Settings, *, language: str = "simple", phrase: bool = True, words: bool = True) -> Any:
     """``callvault search index``: the transcript search indexes on every partition, built without
-    blocking writes (:func:`callvault.search.build_indexes`); ``to_dict()`` says what exists."""
-    from callvault import search
+    blocking writes (:func:`callvault.search_index.build_indexes`); ``to_dict()`` says what exists."""
+    from callvault import search_index as search
 
     with connect(settings, autocommit=True) as conn:
         return search.build_indexes(conn, settings, language=language, phrase=phrase, words=words)
@@ -470,7 +506,7 @@ def search_index(settings: Settings, *, language: str = "simple", phrase: bool =
 
 def search_status(settings: Settings) -> Any:
     """``callvault search status``: the search indexes, valid or not, their size and language."""
-    from callvault import search
+    from callvault import search_index as search
 
     with connect(settings, autocommit=True) as conn:
         return search.index_status(conn, settings)

@@ -52,6 +52,7 @@ from callvault.query_base import (
     CallSummary,
     DayStat,
     Page,
+    UsageRow,
     WindowRefused,
     attached_ranges,
     call_value,
@@ -69,9 +70,9 @@ from callvault.query_base import (
 
 __all__ = [
     "ARCHIVE", "ATTACHED_SQL", "BOUNDS_SQL", "DEFAULT_LIMIT", "HOT", "MAX_LIMIT", "SUMMARY_COLUMNS", "AsyncReader",
-    "CallRecord", "CallSummary", "DayStat", "Page", "Reader", "WindowRefused", "attached_ranges", "call_value",
-    "check_limit", "check_window", "count_sql", "daily_sql", "decode_cursor", "encode_cursor", "explain_window",
-    "get_call_sql", "max_window_of", "window_params", "window_sql",
+    "CallRecord", "CallSummary", "DayStat", "Page", "Reader", "UsageRow", "WindowRefused", "attached_ranges",
+    "call_value", "check_limit", "check_window", "count_sql", "daily_sql", "decode_cursor", "encode_cursor",
+    "explain_window", "get_call_sql", "max_window_of", "window_params", "window_sql",
 ]  # fmt: skip
 
 

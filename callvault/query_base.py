@@ -144,6 +144,26 @@ class DayStat:
     total_duration_sec: int
 
 
+@dataclass(frozen=True)
+class UsageRow:
+    """One row of :meth:`Reader.usage`: calls and talk seconds of the tenant in one ``period`` (the UTC
+    hour or day it starts, with ``by="hour"``/``"day"``), or for one ``dimension`` value over the whole
+    window (``by=<the dimension's key>``; ``None``: calls without that key)."""
+
+    period: datetime | None
+    dimension: str | None
+    calls: int
+    seconds: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"period": self.period.astimezone(UTC).isoformat() if self.period else None,
+                "dimension": self.dimension, "calls": self.calls, "seconds": self.seconds}  # fmt: skip
+
+
+USAGE_MAX_HOURS = timedelta(days=93)  # by="hour": at most this wide (2,232 rows)
+USAGE_MAX_WINDOW = timedelta(days=3700)  # by day or dimension: ten years
+
+
 # -- pure: windows and cursors --------------------------------------------------------------------
 def max_window_of(settings: Settings) -> timedelta:
     """The widest read window a Reader accepts by default: the table's hot retention."""
@@ -412,6 +432,60 @@ def daily(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: d
     params = window_params(tenant_id, since, until, r.max_window)
     return Read(params["tenant"], daily_sql(r.settings), params,
                  lambda rows: [DayStat(day, int(n), int(total)) for day, n, total in rows])  # fmt: skip
+
+
+def _hour_floor(ts: datetime) -> datetime:
+    ts = ts.astimezone(UTC)
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def usage_sql(settings: Settings, by: str) -> sql.Composed:
+    """The rollup of a tenant's window, grouped by hour, day or the dimension; the configured dimension
+    (its key path) rides along in the first column, so a wrong ``by`` is told apart from no usage."""
+    from callvault.config import META_SCHEMA
+
+    group = {"hour": sql.SQL("hour"), "day": sql.SQL("date_trunc('day', hour, 'UTC')")}.get(by, sql.SQL("dimension"))
+    return sql.SQL(
+        "SELECT cfg.path, g.k, g.calls, g.seconds FROM (SELECT (SELECT path FROM {dims} WHERE parent_table = "
+        "%(tbl)s) AS path) cfg LEFT JOIN LATERAL (SELECT {group} AS k, sum(calls)::bigint AS calls, "
+        "sum(seconds)::bigint AS seconds FROM {u} WHERE parent_table = %(tbl)s AND tenant_id = %(tenant)s "
+        "AND hour >= %(since)s AND hour < %(until)s GROUP BY 1 HAVING sum(calls) <> 0 ORDER BY 1) g ON true"
+    ).format(dims=sql.Identifier(META_SCHEMA, "usage_dimension"), u=sql.Identifier(META_SCHEMA, "usage"), group=group)
+
+
+def usage(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: datetime | None, by: str) -> Read:
+    """The plan of :meth:`Reader.usage`: the window widened to whole UTC hours (the rollup's grain)."""
+    if not isinstance(by, str) or not by:
+        raise InvalidSetting("by= must be 'day', 'hour' or the usage dimension's metadata key (e.g. 'agent')")
+    cap = USAGE_MAX_HOURS if by == "hour" else USAGE_MAX_WINDOW
+    lo, hi = check_window(since, until, cap)
+    lo, hi = _hour_floor(lo), _hour_floor(hi - _US) + timedelta(hours=1)
+    who = tenant_value(tenant_id)
+    params: dict[str, Any] = {"tenant": who, "since": lo, "until": hi, "tbl": r.settings.qualified}
+    key = None if by in ("day", "hour") else by.removeprefix("metadata.")
+
+    def result(rows: list[Any]) -> list[UsageRow]:
+        configured = rows[0][0] if rows else None
+        if key is not None:
+            have = ".".join(configured) if configured else None
+            if have != key:
+                now = f"it is {have}" if have else "none is set"
+                raise InvalidSetting(
+                    f"by={by!r}: usage is counted by one metadata key per table, and {now} for "
+                    f"{r.settings.qualified}: `callvault usage dimension --metadata-key {key}` sets it (and recounts), "
+                    "or use by='day' / by='hour'"
+                )
+        out = []
+        for _, k, calls, seconds in rows:
+            if k is None and calls is None:
+                continue  # no usage in the window
+            if key is None:
+                out.append(UsageRow(k, None, int(calls), int(seconds)))
+            else:
+                out.append(UsageRow(None, k or None, int(calls), int(seconds)))
+        return out
+
+    return Read(who, usage_sql(r.settings, by), params, result)
 
 
 class ReaderBase:

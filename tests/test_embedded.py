@@ -38,7 +38,7 @@ def test_session_cluster_is_usable(cluster: Cluster) -> None:
         assert "pg_cron" in conn.execute("SHOW shared_preload_libraries").fetchone()[0]
         assert conn.execute("SHOW listen_addresses").fetchone() == ("127.0.0.1",)
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    uid = os.stat(f"/proc/{pid}").st_uid
+        uid = os.stat(f"/proc/{pid}").st_uid  # while the backend lives: it exits once the connection closes
     assert uid != 0, "Postgres must not run as root"
     assert pwd.getpwuid(uid).pw_name == st.os_user
     assert Path(st.data_dir, f".s.PGSQL.{st.port}").is_socket()  # socket lives in the data dir

@@ -219,6 +219,9 @@ def restore(
                 tenancy.secure(conn, settings).require(f"restore of {name}", only=name)
                 report.attached = True
             elif hot:
+                from callvault.usage import SKIP_SQL
+
+                conn.execute(SKIP_SQL)  # these calls were counted in the usage rollup when first written
                 report.inserted, report.already_present = insert_from_stage(conn, parent)
             else:
                 conn.execute(

@@ -144,6 +144,87 @@ def calls_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, t
         render.calls(out, page)
 
 
+@main.command(name="usage")
+@target_options
+@store_option
+@click.option("--tenant-id", "--tenant", "tenant", default=None, metavar="UUID", help="The tenant (UUID).")
+@click.option("--since", default=None, metavar="TS", help="Window start (inclusive), ISO 8601; naive means UTC.")
+@click.option("--until", default=None, metavar="TS", help="Window end (exclusive); default now.")
+@click.option(
+    "--by",
+    default="day",
+    show_default=True,
+    metavar="day|hour|KEY",
+    help="Per UTC day, per hour, or per value of the usage dimension (its metadata key).",
+)
+@click.option(
+    "--check", "check_", is_flag=True, help="Compare the rollup with a recount of hot, detached and archived calls."
+)
+@click.option("--rebuild", is_flag=True, help="Replace the rollup by a recount of hot, detached and archived calls.")
+@click.option(
+    "--dimension",
+    default=None,
+    metavar="KEY",
+    help="Count usage by this metadata key (e.g. agent) from now on; the past is recounted.",
+)
+@click.option("--no-dimension", is_flag=True, help="Stop counting by a dimension (recounted).")
+@json_option
+def usage_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, tenant: str | None, since: str | None,
+              until: str | None, by: str, check_: bool, rebuild: bool, dimension: str | None, no_dimension: bool,
+              as_json: bool) -> None:  # fmt: skip
+    """Calls and talk seconds per tenant and day (or hour, or dimension value) from the usage rollup, which
+    outlives retention: weeks archived and dropped are still counted. --check / --rebuild compare with /
+    replace by a recount from the hot table, detached partitions and the archive; --dimension sets the
+    metadata key usage is also counted by. Exit 3 when --check finds a difference."""
+    modes = [m for m, on in (("--check", check_), ("--rebuild", rebuild), ("--dimension", dimension is not None),
+                             ("--no-dimension", no_dimension)) if on]  # fmt: skip
+    s = settings_of(dsn, schema, table)
+    if len(modes) > 1:
+        raise InvalidSetting(f"{' and '.join(modes)} do different things: give one of them")
+    if modes:
+        if tenant or since or until or by != "day":
+            raise InvalidSetting(f"{modes[0]} works on the whole table: drop --tenant-id/--since/--until/--by")
+        if check_ or rebuild:
+            rep = commands.usage_check(s, store_url=store_url, rebuild=rebuild)
+        else:
+            rep = commands.usage_dimension(s, None if no_dimension else dimension, store_url=store_url)
+        if as_json:
+            emit(rep.to_dict())
+        else:
+            counted = ", ".join(f"{k} {v:,}" for k, v in rep.sources.items())
+            out.print(f"{rep.table}: {rep.keys_checked:,} tenant-hours, calls counted: {counted}; "
+                      + (f"{len(rep.differences):,} differed" + (" (replaced)" if rep.rebuilt else "")
+                         if rep.differences else "the rollup matches"), markup=False)  # fmt: skip
+            for d in rep.differences[:20]:
+                line = (f"  {d['tenant_id']} {d['hour']} {d['dimension'] or '-'}: rollup {d['calls']} calls / "
+                        f"{d['seconds']} s, counted {d['calls_counted']} / {d['seconds_counted']} s")  # fmt: skip
+                out.print(line, markup=False)
+        if check_ and rep.differences:
+            from callvault.errors import Unhealthy
+
+            raise Unhealthy(f"usage of {rep.table}: {len(rep.differences):,} tenant-hours differ from a recount; "
+                            "`callvault usage --rebuild` replaces the rollup by the recount")  # fmt: skip
+        return
+    if tenant is None or since is None:
+        raise InvalidSetting("usage needs --tenant-id and --since (or one of --check, --rebuild, --dimension)")
+    tenant_id = parse_uuid(tenant, "--tenant-id")
+    lo, hi = parse_at(since, "--since"), parse_at(until, "--until")
+    assert lo is not None
+    rows = commands.usage(s, tenant_id, since=lo, until=hi, by=by)
+    if as_json:
+        emit({"tenant_id": tenant_id, "by": by, "rows": [r.to_dict() for r in rows],
+              "calls": sum(r.calls for r in rows), "seconds": sum(r.seconds for r in rows)})  # fmt: skip
+        return
+    for r in rows:
+        label = (
+            r.period.strftime("%Y-%m-%d %H:%M" if by == "hour" else "%Y-%m-%d") if r.period else (r.dimension or "-")
+        )
+        out.print(f"{label:20} {r.calls:>10,} calls {r.seconds:>12,} s", markup=False)
+    out.print(
+        f"{'total':20} {sum(r.calls for r in rows):>10,} calls {sum(r.seconds for r in rows):>12,} s", markup=False
+    )
+
+
 @main.group(name="search")
 def search_group() -> None:
     """Transcript search: its indexes (searching is `callvault calls --search`)."""

@@ -41,7 +41,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from callvault import catalog, locks, waits
+from callvault import catalog, locks, usage, waits
 from callvault.archive import journal, layout
 from callvault.archive.layout import Manifest, ObjectEntry, TenantEntry
 from callvault.archive.location import default_spool, recorded_stores
@@ -365,9 +365,13 @@ def _detached(conn: Conn, settings: Settings, req: _Request) -> None:
     spool: Path | None = None
     with conn.transaction():
         jobs = {job.partition: job for job in journal.load(conn, settings).values()}
+        counted = _usage_counted(conn, settings)
         for name, _ in catalog.list_detached(conn, settings):
             with as_tenant(conn, req.tenant):
                 table = sql.Identifier(settings.schema, name)
+                if counted:  # the parent's usage triggers do not see a detached partition: subtract here
+                    for stmt in usage.subtract_sql(settings, usage.dimension_of(conn, settings), table, match):
+                        conn.execute(stmt, params)
                 gone = conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(table, match), params).rowcount
             req.counts["detached_rows"] = req.counts.get("detached_rows", 0) + gone
             job = jobs.get(name)
@@ -379,6 +383,12 @@ def _detached(conn: Conn, settings: Settings, req: _Request) -> None:
                 shutil.rmtree(spool / job.partition, ignore_errors=True)
                 req.counts["spool_partitions_reset"] = req.counts.get("spool_partitions_reset", 0) + 1
         _save(conn, req, "quarantine")
+
+
+def _usage_counted(conn: Conn, settings: Settings) -> bool:
+    """Whether the table keeps a usage rollup (an erasure outside the parent must adjust it)."""
+    have_table, triggers, _ = usage.state(conn, settings)
+    return have_table and triggers > 0
 
 
 def _quarantine(conn: Conn, settings: Settings, req: _Request) -> None:
@@ -516,6 +526,17 @@ def _erase_period(
             if not found:
                 return
             erased_ids = [int(r[0]) for r in found]
+            dim = usage.dimension_of(conn, settings)
+            dim_expr = f"coalesce({dim.duck()}, '')" if dim is not None else "''"
+            deltas: list[usage.Delta] = [
+                (req.tenant, hour, str(value), -int(n), -int(secs or 0))
+                for hour, value, n, secs in con.execute(
+                    f"SELECT date_trunc('hour', started_at::TIMESTAMPTZ), {dim_expr}, count(*), "
+                    f"sum(coalesce(duration_sec, 0))::BIGINT FROM read_parquet($files, hive_partitioning = false) "
+                    f"WHERE {predicate} GROUP BY 1, 2",
+                    {"files": paths, **args},
+                ).fetchall()
+            ]
             table = pa.concat_tables([pq.read_table(p) for p in paths])
             kept = table.filter(pc.invert(pc.is_in(table["id"], value_set=_int_array(erased_ids))))
             changed = dict(manifest.tenants)
@@ -550,7 +571,13 @@ def _erase_period(
     req.counts["archive_rows"] = req.counts.get("archive_rows", 0) + len(erased_ids)
     req.counts["archive_objects_rewritten"] = req.counts.get("archive_objects_rewritten", 0) + (1 if new_entry else 0)
     req.counts["archive_periods"] = req.counts.get("archive_periods", 0) + 1
-    _save(conn, req, "archive")  # the old keys are journaled before the manifest stops naming them
+    with conn.transaction():  # the usage of the erased calls goes with them, once per period (resumable)
+        done = req.state.setdefault("usage_adjusted", [])
+        if mkey not in done:
+            if _usage_counted(conn, settings):
+                usage.apply(conn, settings, deltas)
+            done.append(mkey)
+        _save(conn, req, "archive")  # the old keys are journaled before the manifest stops naming them
     store.put_bytes(mkey, replace(manifest, tenants=changed).to_json())
     event(log, logging.INFO, "erase: archived period rewritten", request=req.id, period=manifest.period,
           rows=len(erased_ids), store=store.url)  # fmt: skip
