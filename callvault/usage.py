@@ -243,6 +243,11 @@ def install_steps(conn: Conn | None, settings: Settings) -> list[tuple[str, sql.
                                                                     strict=True)]  # fmt: skip
         if conn is not None and catalog.table_exists(conn, settings):
             steps.append(("usage rollup: count the calls already in the table", backfill_sql(settings, dim)))
+        else:  # a new table: what an earlier, dropped table of this name counted is not its usage
+            steps.append((
+                "usage rollup: forget what an earlier table of this name counted",
+                sql.SQL("DELETE FROM {} WHERE parent_table = {}").format(USAGE, sql.Literal(settings.qualified)),
+            ))  # fmt: skip
     return steps
 
 

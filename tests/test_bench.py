@@ -146,8 +146,25 @@ def test_benches_run_at_any_instant_of_the_server_clock(
         metrics = run_json("bench", "metrics", "--dsn", clocked_dsn, "--partitions", "20", "--samples", "5",
                            "--seconds", "0.3")  # fmt: skip
         assert metrics["partitions"] >= 19
+        found = run_json("bench", "search", "--dsn", clocked_dsn, "--rows", "3000")
+        assert found["indexed_phrase_90d_hits"] > 0 and found["ingest_indexed_rows_per_s"] > 0
     finally:
         clocked[1].set(real_now())
+
+
+def test_bench_search_reports_every_figure(dsn: str) -> None:
+    r = run_json("bench", "search", "--dsn", dsn, "--rows", "4000")
+    for key in ("ingest_live_plain_rows_per_s", "ingest_live_usage_rows_per_s", "live_usage_vs_plain",
+                "ingest_plain_rows_per_s", "ingest_usage_rows_per_s", "ingest_indexed_rows_per_s", "usage_vs_plain",
+                "indexed_vs_usage", "trgm_index_mb", "fts_index_mb"):  # fmt: skip
+        assert r[key] > 0, key
+    for kind in ("indexed", "noindex"):
+        for name in ("phrase", "words", "rare"):
+            for window in ("7d", "90d"):
+                assert r[f"{kind}_{name}_{window}_p50_ms"] > 0 and r[f"{kind}_{name}_{window}_p95_ms"] > 0
+    # one page of the heavy tenant's matches, the same with and without the indexes
+    assert r["indexed_phrase_90d_hits"] == r["noindex_phrase_90d_hits"] > 0
+    assert r["indexed_words_90d_hits"] == r["noindex_words_90d_hits"] > 0
 
 
 def test_bench_scale_reports_every_figure(dsn: str, tmp_path: object) -> None:
