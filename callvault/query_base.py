@@ -156,6 +156,7 @@ class UsageRow:
     seconds: int
 
     def to_dict(self) -> dict[str, object]:
+        """``{"period", "dimension", "calls", "seconds"}`` (period ISO 8601 UTC, or None by dimension)."""
         return {"period": self.period.astimezone(UTC).isoformat() if self.period else None,
                 "dimension": self.dimension, "calls": self.calls, "seconds": self.seconds}  # fmt: skip
 

@@ -41,6 +41,7 @@ class IndexReport:
     indexes: list[dict[str, object]]
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready: ``{"table", "language", "indexes": [{"mode", "index", "exists", "valid", "bytes"}]}``."""
         return {"table": self.table, "language": self.language, "indexes": self.indexes}
 
 

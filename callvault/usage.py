@@ -444,6 +444,7 @@ class UsageCheck:
         return not self.differences
 
     def to_dict(self) -> dict[str, object]:
+        """JSON-ready (``callvault usage --check --json``): at most 100 differences, and their total."""
         return {"table": self.table, "ok": self.ok, "rebuilt": self.rebuilt, "keys_checked": self.keys_checked,
                 "calls_counted": self.sources, "differences": self.differences[:100],
                 "differences_total": len(self.differences)}  # fmt: skip
