@@ -196,7 +196,7 @@ class Reader(qb.ReaderBase):
         """The tenant's calls and talk seconds from the usage rollup (:mod:`callvault.usage`), which keeps
         counting weeks after they are archived and dropped: per UTC day (``by="day"``), hour (``"hour"``, a
         window of at most 93 days) or value of the table's usage dimension (``by="agent"``: the metadata key
-        set with ``callvault usage dimension``), oldest first. The window is widened to whole UTC hours.
+        set with ``callvault usage --dimension``), oldest first. The window is widened to whole UTC hours.
 
         :raises InvalidSetting: a bad tenant, a ``by`` that is not day, hour or the configured dimension.
         :raises WindowRefused: a missing, naive, empty or too-wide window (ten years; 93 days by hour).

@@ -473,7 +473,7 @@ def usage(r: ReaderBase, tenant_id: UUID | str, since: datetime | None, until: d
                 now = f"it is {have}" if have else "none is set"
                 raise InvalidSetting(
                     f"by={by!r}: usage is counted by one metadata key per table, and {now} for "
-                    f"{r.settings.qualified}: `callvault usage dimension --metadata-key {key}` sets it (and recounts), "
+                    f"{r.settings.qualified}: `callvault usage --dimension {key}` sets it (and recounts), "
                     "or use by='day' / by='hour'"
                 )
         out = []

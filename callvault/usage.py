@@ -23,7 +23,7 @@ local setting ``callvault.usage_skip``.
 detached ones, and the archive (DuckDB over each period's objects; the periods no partition holds).
 Periods whose objects a tenant's archive retention deleted are left as the rollup has them: their calls
 can no longer be counted. ``init`` installs the triggers and counts the rows the table already holds;
-``callvault usage rebuild`` adds the archived weeks.
+``callvault usage --rebuild`` adds the archived weeks.
 
 **Isolation**: row-level security on ``callvault.usage`` with the table's own tenant policy
 (``app.tenant_id``); the app role reads it through :meth:`callvault.query.Reader.usage`. On Citus the
@@ -276,12 +276,12 @@ def require_installed(conn: Conn, settings: Settings, *, reading: bool = False) 
 
         raise PermissionDenied(
             f"role {row[1]} reads {settings.qualified} through row-level security, so it would count one tenant's "
-            "calls only: run usage check/rebuild/dimension as the table's owner (callvault_owner) or a superuser"
+            "calls only: run usage --check/--rebuild/--dimension as the table's owner (callvault_owner) or a superuser"
         )
     if not (have_table and have_fn and triggers == len(TRIGGERS)):
         raise NotInitialised(
             f"{settings.qualified} has no usage rollup yet (made by an older callvault): run `callvault init` once "
-            "(it installs the rollup and counts the calls in the table), then `callvault usage rebuild` for "
+            "(it installs the rollup and counts the calls in the table), then `callvault usage --rebuild` for "
             "archived weeks"
         )
 
@@ -431,7 +431,7 @@ def stored(conn: Conn, settings: Settings) -> dict[Key, tuple[int, int]]:
 
 @dataclass
 class UsageCheck:
-    """``callvault usage check`` / ``rebuild``: the rollup against a recount."""
+    """``callvault usage --check`` / ``--rebuild``: the rollup against a recount."""
 
     table: str
     keys_checked: int

@@ -171,7 +171,7 @@ def test_the_app_role_reads_one_tenants_usage(world: dict[str, Any]) -> None:
     ("args", "code", "says"),
     [
         (["--tenant-id", "nope", "--since", "2026-01-01"], 2, "nope"),
-        (["--tenant-id", TENANTS[0], "--since", "2026-01-01", "--by", "agent"], 2, "usage dimension --metadata-key"),
+        (["--tenant-id", TENANTS[0], "--since", "2026-01-01", "--by", "agent"], 2, "usage --dimension agent"),
         (["--tenant-id", TENANTS[0], "--since", "2020-01-01", "--until", "2026-01-01", "--by", "hour"], 2, "wide"),
         (["--tenant-id", TENANTS[0]], 2, "--since"),
         (["--check", "--rebuild"], 2, "give one"),

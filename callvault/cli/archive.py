@@ -190,6 +190,11 @@ def usage_cmd(dsn: str | None, schema: str, table: str, store_url: str | None, t
             rep = commands.usage_dimension(s, None if no_dimension else dimension, store_url=store_url)
         if as_json:
             emit(rep.to_dict())
+        elif not (check_ or rebuild):  # a new dimension: every key changes; the recount is the news
+            counted = ", ".join(f"{k} {v:,}" for k, v in rep.sources.items())
+            what = f"by metadata.{dimension}" if dimension else "without a dimension"
+            out.print(f"{rep.table}: usage is now counted {what}; recounted {rep.keys_checked:,} tenant-hour keys "
+                      f"(calls: {counted})", markup=False)  # fmt: skip
         else:
             counted = ", ".join(f"{k} {v:,}" for k, v in rep.sources.items())
             out.print(f"{rep.table}: {rep.keys_checked:,} tenant-hours, calls counted: {counted}; "
