@@ -148,6 +148,11 @@ class HACluster:
         return (f"postgresql://{state.superuser}:{state.password}@{hosts}/{database or state.database}"
                 f"?target_session_attrs={attrs}&connect_timeout=3")  # fmt: skip
 
+    def api_url(self, name: str | None = None) -> str:
+        """Patroni's REST API of ``name`` (default: the first node), e.g. for ``mirror create --patroni``."""
+        state = self._need()
+        return f"http://127.0.0.1:{state.api_ports[name or NODES[0]]}"
+
     def node_dsn(self, name: str, database: str | None = None) -> str:
         """One node's URL (whatever its role)."""
         state = self._need()

@@ -40,6 +40,7 @@ cannot reach the target.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -149,10 +150,13 @@ def create(
     tenants: list[str] | tuple[str, ...] = (),
     roles: bool = True,
     truncate_target: bool = False,
+    patroni: str | None = None,
 ) -> MirrorReport:
     """Mirror the settings' table into the database at ``target_dsn`` (see the module docstring).
 
     :param truncate_target: the target's table may hold rows: delete them first (else refused).
+    :param patroni: a Patroni REST API URL: the mirror's slot is declared permanent there, so it survives
+        failovers (Patroni keeps a copy on every standby); ``drop`` undeclares it.
     :raises InvalidSetting: bad columns/tenants/name, the target is the primary itself, a mirror of
         that name exists, or the target's table already receives another subscription (exit 2).
     :raises DatabaseUnavailable: the target cannot be reached (exit 69).
@@ -164,6 +168,7 @@ def create(
     """
     who = parse_tenants(tenants)
     full = mirror_name(name, target_dsn)
+    patroni = patroni_url(patroni) if patroni else None
     report = MirrorReport(full, _safe(target_dsn), (), who)
     primary_dsn = resolve_dsn(settings)
     with connect(settings, autocommit=True) as prim, _connect_target(target_dsn) as tgt:
@@ -224,8 +229,15 @@ def create(
             report.steps.append(f"publication {full} on the primary (via the partition root)")
             _subscribe(prim, tgt, full, primary_dsn, done)
             report.steps.append(f"subscription {full} on the target, with the initial copy; slot {full} on the primary")
-            _record(prim, tgt, full, target_dsn)
+            if patroni:
+                patroni_slot(patroni, full, _identity(prim)[1])
+                done.append("patroni")
+                report.steps.append(f"slot {full} declared permanent in Patroni ({patroni}): kept across failovers")
+            _record(prim, tgt, full, target_dsn, patroni)
         except Exception:
+            if "patroni" in done and patroni:
+                with contextlib.suppress(CallvaultError):
+                    patroni_slot(patroni, full, None)
             _undo(prim, tgt, full, done)
             raise
     return report
@@ -289,13 +301,16 @@ def _require_empty_target(tgt: Conn, settings: Settings, target_dsn: str, trunca
     return rows
 
 
-def _record(prim: Conn, tgt: Conn, full: str, target_dsn: str) -> None:
+def _record(prim: Conn, tgt: Conn, full: str, target_dsn: str, patroni: str | None = None) -> None:
     """Note on the primary, as the publication's comment, what only the target knows: the subscription's
     oid and the target's system identifier (they name the tablesync slots its initial copy makes on the
-    primary), and the target without its password (``drop`` without ``--to`` tries it)."""
+    primary), the target without its password (``drop`` without ``--to`` tries it), and the Patroni API
+    that keeps the slot permanent, if any."""
     row = tgt.execute("SELECT oid FROM pg_subscription WHERE subname = %s", (full,)).fetchone()
     record = {"target": _without_secrets(target_dsn), "subscription_oid": int(row[0]) if row else None,
               "target_system_identifier": str(_identity(tgt)[0])}  # fmt: skip
+    if patroni:
+        record["patroni"] = patroni
     prim.execute(
         sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
             sql.Identifier(full), sql.Literal(RECORD_TAG + json.dumps(record, sort_keys=True))
@@ -410,6 +425,42 @@ def _drop_slot(prim: Conn, slot: str) -> bool:
     raise CallvaultError(f"replication slot {slot} stays in use on the primary; try `callvault mirror drop` again")
 
 
+def patroni_url(url: str) -> str:
+    """A Patroni REST API base URL (``http://host:8008``), checked without I/O."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
+        raise InvalidSetting(f"--patroni {url!r} is not a Patroni REST API URL: give e.g. http://127.0.0.1:8008")
+    return url.rstrip("/")
+
+
+def patroni_slot(url: str, slot: str, database: str | None) -> None:
+    """Declare ``slot`` a permanent logical slot in Patroni's dynamic configuration (``database`` None:
+    remove it), through its REST API (``PATCH /config``, any member: Patroni keeps it in the DCS). Patroni
+    then keeps the slot on every standby and the subscription continues after a failover (docs/ha.md)."""
+    import urllib.error
+    import urllib.request
+
+    value: object = {"type": "logical", "database": database, "plugin": "pgoutput"} if database else None
+    req = urllib.request.Request(  # noqa: S310 (an http(s) URL, checked by patroni_url)
+        f"{url}/config", data=json.dumps({"slots": {slot: value}}).encode(), method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 (an http(s) URL, checked)
+            r.read()
+    except urllib.error.HTTPError as exc:
+        raise CallvaultError(
+            f"Patroni at {url} refused to change its slots ({exc.code}: {exc.read().decode(errors='replace')[:200]}): "
+            "check --patroni (its REST API, with write access)"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise DatabaseUnavailable(
+            f"Patroni's REST API at {url} cannot be reached ({exc}): check --patroni (http://<any member>:8008)"
+        ) from exc
+
+
 def _reason(exc: BaseException | None) -> str:
     """The first line of a connection failure, without libpq's "connection to server ... failed:"."""
     lines = [ln.strip() for ln in str(exc or "").strip().splitlines() if ln.strip()]
@@ -476,6 +527,9 @@ def drop(settings: Settings, name: str, *, target_dsn: str | None = None, force:
                     f"target {_safe(target)} unreachable: its subscription {full} stays there and fails until "
                     "dropped there"
                 )
+        if rec.patroni:  # else Patroni makes the slot again
+            patroni_slot(rec.patroni, full, None)
+            report.steps.append(f"slot {full} no longer permanent in Patroni ({rec.patroni})")
         if _drop_slot(prim, full):
             report.steps.append(f"slot {full} dropped on the primary")
         others = [r for n, r in known.items() if n != full]
@@ -542,6 +596,8 @@ def resync(settings: Settings, name: str, *, target_dsn: str | None = None) -> M
             old = _drop_subscription(tgt, full)
             if old is not None:
                 report.steps.append(f"subscription {full} dropped on the target")
+            if rec.patroni:  # Patroni would make the slot again under the new subscription
+                patroni_slot(rec.patroni, full, None)
             if _drop_slot(prim, full):
                 report.steps.append(f"slot {full} dropped on the primary")
             for slot in sync_slots(prim):
@@ -563,7 +619,10 @@ def resync(settings: Settings, name: str, *, target_dsn: str | None = None) -> M
                 _undo(prim, tgt, full, done)  # the subscription and slot only: the publication stays
                 raise
             report.steps.append(f"subscription {full} on the target, with the initial copy; slot {full} on the primary")
-            _record(prim, tgt, full, target)
+            if rec.patroni:
+                patroni_slot(rec.patroni, full, _identity(prim)[1])
+                report.steps.append(f"slot {full} declared permanent in Patroni again ({rec.patroni})")
+            _record(prim, tgt, full, target, rec.patroni)
     return report
 
 

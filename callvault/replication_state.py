@@ -52,6 +52,7 @@ class MirrorRecord:
     target: str | None = None  # the target's DSN without its password
     subscription_oid: int | None = None
     target_system_identifier: int | None = None
+    patroni: str | None = None  # the Patroni REST API that keeps the mirror's slot permanent (mirror create --patroni)
 
     def owns(self, slot: SyncSlot) -> bool:
         """Whether ``slot`` is a tablesync slot of this mirror's subscription."""
@@ -82,6 +83,7 @@ def records(prim: Conn) -> dict[str, MirrorRecord]:
             str(data["target"]) if isinstance(data.get("target"), str) else None,
             int(oid) if isinstance(oid, int) else None,
             int(sysid) if isinstance(sysid, str) and sysid.isdigit() else None,
+            str(data["patroni"]) if isinstance(data.get("patroni"), str) else None,
         )
     return out
 

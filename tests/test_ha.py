@@ -299,6 +299,56 @@ def test_a_mirror_whose_slot_stayed_on_the_old_primary_is_reported_and_resynced_
     assert bad.exit_code == 2 and "no mirror callvault_mirror_nope" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_mirror_whose_slot_patroni_keeps_permanent_carries_on_after_a_switchover(
+    ha: HACluster, empty_dsn: str
+) -> None:
+    """`mirror create --patroni`: the slot is declared permanent in Patroni's configuration, Patroni copies it
+    to each standby, and after a switchover the subscription continues on the new primary with no resync:
+    every row on the target once, the rows written after the switchover included."""
+    from tests.test_publish import wait_for
+
+    s = Settings(dsn=ha.dsn())
+    with Writer(s) as w:
+        w.write_many(_call_rows(300, seed=93))
+        w.flush()
+    made = run_json("mirror", "create", "--dsn", ha.dsn(), "--to", empty_dsn, "--name", "perm",
+                    "--patroni", ha.api_url())  # fmt: skip
+    assert any("permanent in Patroni" in step for step in made["steps"])
+    count = "SELECT count(*), count(DISTINCT call_id) FROM call_logs"
+    try:
+        leader = ha.wait_healthy(180)
+        deadline = time.monotonic() + 180  # Patroni copies the slot to each standby (and restarts it once)
+        for node in (n for n in ("node1", "node2", "node3") if n != leader):
+            while True:
+                try:
+                    with psycopg.connect(ha.node_dsn(node), connect_timeout=3) as c:
+                        if c.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'callvault_mirror_perm'"
+                                     ).fetchone():  # fmt: skip
+                            break
+                except psycopg.OperationalError:
+                    pass  # restarting to load the copied slot
+                assert time.monotonic() < deadline, f"Patroni never copied the slot to {node}"
+                time.sleep(1)
+        time.sleep(3)  # the copies' position advanced past the initial copy (every loop_wait)
+        ha.wait_healthy(180)
+        ha.switchover()
+        with Writer(s) as w:
+            w.write_many(_call_rows(200, seed=94))
+            w.flush()
+        with psycopg.connect(ha.dsn()) as prim:
+            total = prim.execute(count).fetchone()
+        assert total is not None and total[0] == total[1]
+        with psycopg.connect(empty_dsn, autocommit=True) as tgt:
+            assert wait_for(tgt, count, total, timeout=120) == total, "the subscription continued on the new primary"
+        st = run_json("mirror", "status", "--dsn", ha.dsn())
+        assert st["mirrors_without_slot"] == [] and [x["slot"] for x in st["slots"]] == ["callvault_mirror_perm"]
+    finally:
+        dropped = run_json("mirror", "drop", "--dsn", ha.dsn(), "--name", "perm", "--to", empty_dsn)
+        assert any("no longer permanent" in step for step in dropped["steps"])
+    bad = run("mirror", "create", "--dsn", ha.dsn(), "--to", empty_dsn, "--patroni", "ftp://x", ok=False)
+    assert bad.exit_code == 2 and "Patroni REST API URL" in bad.stderr
+
+
 # -- bad input ------------------------------------------------------------------------------------------
 def _standbys(ha: HACluster) -> list[str]:
     primary = ha.primary()

@@ -37,14 +37,21 @@ def mirror_group() -> None:
     is_flag=True,
     help="The target's table may hold rows (an earlier mirror's): delete them first; without it, refused.",
 )
+@click.option(
+    "--patroni",
+    default=None,
+    metavar="URL",
+    help="Patroni's REST API (http://member:8008): declare the slot permanent, kept across failovers.",
+)
 @json_option
 def mirror_create(dsn: str | None, schema: str, table: str, target: str, name: str | None, columns: str,
-                  tenants: tuple[str, ...], truncate_target: bool, as_json: bool) -> None:  # fmt: skip
+                  tenants: tuple[str, ...], truncate_target: bool, patroni: str | None,
+                  as_json: bool) -> None:  # fmt: skip
     """Publication here, the table with its own lifecycle there, a subscription with the initial copy."""
     from callvault import mirror
 
     rep = mirror.create(settings_of(dsn, schema, table), target, name=name, columns=columns, tenants=tenants,
-                        truncate_target=truncate_target)  # fmt: skip
+                        truncate_target=truncate_target, patroni=patroni)  # fmt: skip
     if as_json:
         emit(rep.to_dict())
         return
