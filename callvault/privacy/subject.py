@@ -8,6 +8,7 @@ never a scan of the tenant's rows. In the archive the same path is read with Duc
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -101,11 +102,14 @@ def set_subject(conn: Conn, settings: Settings, subject: Subject) -> str:
                 sql.Identifier(name), sql.Identifier(settings.schema, settings.table), subject.pg()
             )
         )
+        # the archive's filter key is made here, committed with the subject: made lazily inside an archive
+        # step, a rollback of that step (a lock timeout, retried) lost it while filters keyed by it stayed
         conn.execute(
             sql.SQL(
-                "INSERT INTO {} (parent_table, path, index_name) VALUES (%s, %s, %s) ON CONFLICT (parent_table) "
-                "DO UPDATE SET path = excluded.path, index_name = excluded.index_name, set_at = now()"
-            ).format(sql.Identifier(META_SCHEMA, "privacy_subject")),
-            (settings.qualified, list(subject.path), name),
+                "INSERT INTO {} (parent_table, path, index_name, bloom_key) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (parent_table) DO UPDATE SET path = excluded.path, index_name = excluded.index_name, "
+                "set_at = now(), bloom_key = coalesce({}.bloom_key, excluded.bloom_key)"
+            ).format(sql.Identifier(META_SCHEMA, "privacy_subject"), sql.Identifier("privacy_subject")),
+            (settings.qualified, list(subject.path), name, os.urandom(32)),
         )
     return name
