@@ -146,14 +146,14 @@ def test_benches_run_at_any_instant_of_the_server_clock(
         metrics = run_json("bench", "metrics", "--dsn", clocked_dsn, "--partitions", "20", "--samples", "5",
                            "--seconds", "0.3")  # fmt: skip
         assert metrics["partitions"] >= 19
-        found = run_json("bench", "search", "--dsn", clocked_dsn, "--rows", "3000")
+        found = run_json("bench", "search", "--dsn", clocked_dsn, "--rows", "3000", "--samples", "3")
         assert found["indexed_phrase_90d_hits"] > 0 and found["ingest_indexed_rows_per_s"] > 0
     finally:
         clocked[1].set(real_now())
 
 
 def test_bench_search_reports_every_figure(dsn: str) -> None:
-    r = run_json("bench", "search", "--dsn", dsn, "--rows", "4000")
+    r = run_json("bench", "search", "--dsn", dsn, "--rows", "4000", "--samples", "5")
     for key in ("ingest_live_plain_rows_per_s", "ingest_live_usage_rows_per_s", "live_usage_vs_plain",
                 "ingest_plain_rows_per_s", "ingest_usage_rows_per_s", "ingest_indexed_rows_per_s", "usage_vs_plain",
                 "indexed_vs_usage", "trgm_index_mb", "fts_index_mb"):  # fmt: skip

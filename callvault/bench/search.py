@@ -29,9 +29,10 @@ from typing import Any
 
 from psycopg import sql
 
-from callvault import bootstrap, catalog
+from callvault import catalog
 from callvault.bench import _tables, data
 from callvault.bench._timing import pct, server_now
+from callvault.bench.ingest import _fresh_table
 from callvault.config import Settings
 from callvault.db import connect
 from callvault.ingest import Writer
@@ -70,16 +71,6 @@ def _calls(n: int, now: datetime, since: datetime, heavy_share: float, seed: int
     return out, tenants[0]
 
 
-def _fresh(settings: Settings, name: str) -> Settings:
-    s = settings.with_(schema=SCHEMA, table=name)
-    with connect(s) as conn:
-        _tables.forget(conn, s, name)
-        conn.commit()
-        bootstrap.init(conn, s)
-        conn.commit()
-    return s
-
-
 def _ingest(s: Settings, calls: list[Call]) -> float:
     t0 = time.perf_counter()
     with Writer(s) as w:
@@ -88,7 +79,7 @@ def _ingest(s: Settings, calls: list[Call]) -> float:
     return time.perf_counter() - t0
 
 
-def _searches(s: Settings, heavy: uuid.UUID, now: datetime) -> dict[str, float]:
+def _searches(s: Settings, heavy: uuid.UUID, now: datetime, samples: int) -> dict[str, float]:
     out: dict[str, float] = {}
     with connect(s) as conn:
         conn.execute("RESET row_security")
@@ -100,13 +91,14 @@ def _searches(s: Settings, heavy: uuid.UUID, now: datetime) -> dict[str, float]:
                                      ("rare", RARE, "phrase")):  # fmt: skip
                 for _ in range(3):  # warm-up
                     reader.search(heavy, text, since=since, until=now, limit=100, mode=mode)
-                samples, hits = [], 0
-                for _ in range(SAMPLES):
+                took: list[float] = []
+                hits = 0
+                for _ in range(samples):
                     t0 = time.perf_counter()
                     hits = len(reader.search(heavy, text, since=since, until=now, limit=100, mode=mode))
-                    samples.append(time.perf_counter() - t0)
-                out[f"{name}_{label}_p50_ms"] = pct(samples, 50)
-                out[f"{name}_{label}_p95_ms"] = pct(samples, 95)
+                    took.append(time.perf_counter() - t0)
+                out[f"{name}_{label}_p50_ms"] = pct(took, 50)
+                out[f"{name}_{label}_p95_ms"] = pct(took, 95)
                 out[f"{name}_{label}_hits"] = hits
     return out
 
@@ -117,12 +109,12 @@ def _tables_gone(settings: Settings, s: Settings) -> None:
         conn.commit()
 
 
-def run(settings: Settings, rows: int, heavy_share: float = 0.3,
-        progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:  # fmt: skip
+def run(settings: Settings, rows: int, heavy_share: float = 0.3, progress: Callable[[str], None] = lambda _: None,
+        samples: int = SAMPLES) -> dict[str, Any]:  # fmt: skip
     from callvault import search_index, usage
 
     now = server_now(settings)
-    plain, counted, words, indexed = (_fresh(settings, n) for n in ("s_plain", "s_usage", "s_words", "s_indexed"))
+    plain, counted, words, indexed = (_fresh_table(settings, n) for n in ("s_plain", "s_usage", "s_words", "s_indexed"))
     with connect(plain) as conn:
         for name in usage.TRIGGERS.values():  # the baseline: no rollup
             conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name),
@@ -135,7 +127,7 @@ def run(settings: Settings, rows: int, heavy_share: float = 0.3,
     since = max(min(starts), now - SPAN) + timedelta(minutes=1)
     progress(f"making {rows:,} calls")
     calls, heavy = _calls(rows, now - timedelta(minutes=1), since, heavy_share)
-    out: dict[str, Any] = {"rows": rows, "heavy_share": heavy_share, "tenants": TENANTS, "samples": SAMPLES}
+    out: dict[str, Any] = {"rows": rows, "heavy_share": heavy_share, "tenants": TENANTS, "samples": samples}
     # live: the calls of the last two hours, as a platform writes them (a batch spans seconds: one rollup
     # row per tenant); then the backfill (a batch spans days: up to one rollup row per call), kept for searching
     live, _ = _calls(rows, now - timedelta(minutes=1), now - timedelta(hours=2), heavy_share, seed=8)
@@ -170,7 +162,7 @@ def run(settings: Settings, rows: int, heavy_share: float = 0.3,
         out["trgm_index_mb"], out["fts_index_mb"] = round(int(row[0] or 0) / 1e6, 1), round(int(row[1] or 0) / 1e6, 1)
         out["heavy_tenant_rows"] = sum(1 for c in calls if c.tenant_id == heavy)
     progress("searching: with the indexes")
-    out.update({f"indexed_{k}": v for k, v in _searches(indexed, heavy, now).items()})
+    out.update({f"indexed_{k}": v for k, v in _searches(indexed, heavy, now, samples).items()})
     progress("searching: without them")
-    out.update({f"noindex_{k}": v for k, v in _searches(counted, heavy, now).items()})
+    out.update({f"noindex_{k}": v for k, v in _searches(counted, heavy, now, samples).items()})
     return out

@@ -178,13 +178,23 @@ def bench_keys(dsn: str | None, schema: str, table: str, rows: int, as_json: boo
 @target_options
 @click.option("--rows", default=300_000, show_default=True, help="Calls written into each of the three tables.")
 @click.option("--heavy-share", default=0.3, show_default=True, help="The heavy tenant's share of the calls.")
+@click.option(
+    "--samples",
+    default=30,
+    show_default=True,
+    type=click.IntRange(2, 10_000),
+    help="Timed searches per query, after a warm-up.",
+)
 @json_option
-def bench_search(dsn: str | None, schema: str, table: str, rows: int, heavy_share: float, as_json: bool) -> None:
+def bench_search(dsn: str | None, schema: str, table: str, rows: int, heavy_share: float, samples: int,
+                 as_json: bool) -> None:  # fmt: skip
     """Ingest without the usage rollup, with it, and with the search indexes (rows/s and ratios); a heavy
     tenant's 7-day and ~90-day search, p50/p95, with and without the indexes."""
     from callvault.bench import search as sb
 
-    result = sb.run(settings_of(dsn, schema, table), rows, heavy_share, lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    result = sb.run(
+        settings_of(dsn, schema, table), rows, heavy_share, lambda msg: err.print(f"[dim]{msg}[/dim]"), samples
+    )
     if as_json:
         emit(result)
         return
