@@ -183,8 +183,30 @@ class HACluster:
         stopped = False
         for name in NODES:
             stopped = self.stop_node(name) or stopped
+            stopped = self._stop_postmaster(name) or stopped
         stopped = self._stop_pid(self.home / "etcd.pid", "etcd") or stopped
         return stopped
+
+    def _stop_postmaster(self, name: str, timeout: float = 30) -> bool:
+        """Stop a Postgres its Patroni left running (Patroni restarting a standby to load a copied slot
+        when it was told to stop, seen in the tests): fast shutdown, then SIGKILL."""
+        try:
+            pid = int((self.node_dir(name) / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
 
     def start_node(self, name: str) -> None:
         """Start the node's Patroni (it starts, or bootstraps, or joins as a standby its Postgres)."""
@@ -515,6 +537,7 @@ class HACluster:
         pid = self._pid(pidfile)
         assert pid is not None
         with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # a node isolated (frozen) by isolate_node answers SIGTERM only then
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self._alive(pidfile, what) and time.monotonic() < deadline:
