@@ -51,6 +51,12 @@ TTL_S = 20  # Patroni's minimum: a primary that dies is replaced ~TTL_S later
 LOOP_WAIT_S = 1
 RETRY_TIMEOUT_S = 5
 START_TIMEOUT_S = 120
+# ``python -S -m patroni``, except that a ``sitecustomize`` on PYTHONPATH is still imported (-S skips it):
+# the tests' mend of libfaketime's broken sleep (tests/faketime_site) must reach Patroni too.
+PATRONI_MAIN = (
+    "import importlib.util, runpy; importlib.util.find_spec('sitecustomize') and __import__('sitecustomize'); "
+    "runpy.run_module('patroni', run_name='__main__', alter_sys=True)"
+)
 ETCD_INSTALL = "apt-get install etcd-server"
 PATRONI_INSTALL = "pip install 'callvault[ha]'  (Patroni with its etcd3 client)"
 # Cluster-wide settings (Patroni keeps them in etcd and applies them on every node).
@@ -217,7 +223,7 @@ class HACluster:
         conf = self._write_patroni_conf(state, name)
         log = self.node_dir(name) / "patroni.log"
         python, env = self._patroni_python(state)
-        self._spawn(state, [python, "-S", "-m", "patroni", str(conf)], log, pidfile, env)
+        self._spawn(state, [python, "-S", "-c", PATRONI_MAIN, str(conf)], log, pidfile, env)
 
     def stop_node(self, name: str) -> bool:
         """Stop a node cleanly (Patroni hands the leader key over when it was the primary)."""
@@ -473,7 +479,8 @@ class HACluster:
         its path: this one, or the system's of the same version when this one is private (a pyenv under
         /root, say). ``-S``: the system's own site-packages stay out."""
         paths = [p for p in (*site.getsitepackages(), site.getusersitepackages()) if Path(p).is_dir()]
-        env = {"PYTHONPATH": os.pathsep.join(paths)}
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]  # e.g. a sitecustomize
+        env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys([*paths, *inherited]))}
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         for python in dict.fromkeys([sys.executable, os.path.realpath(sys.executable), f"/usr/bin/{version}",
                                      shutil.which(version) or ""]):  # fmt: skip
