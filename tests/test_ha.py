@@ -226,7 +226,8 @@ def test_after_a_failover_an_archive_resumes_and_pg_cron_maintains_on_the_new_pr
     old = ha.wait_healthy(180)  # a synchronous standby to promote: without one Patroni never fails over
     ha.kill_node(old)
     new = ha.wait_primary(120, other_than=old)
-    promoted = datetime.now(UTC)
+    with psycopg.connect(ha.node_dsn(new)) as c:  # the new primary's clock (under libfaketime each process
+        promoted = c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]  # has its own fake start)
     report = archive(s, store_url=store, at=at)
     mine = [p for p in report.partitions if p.partition == oldest.name]
     assert mine and mine[0].error is None and mine[0].step_before == "exported", report.to_dict()
