@@ -42,7 +42,7 @@ MAX_WORDS = 16
 DEFAULT_LANGUAGE = "simple"
 SNIPPET_CHARS = 40  # characters of context each side of the match
 MARK_START, MARK_END = "«", "»"  # around the match in a snippet
-_LANGUAGE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+LANGUAGE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # a text search configuration's name
 _WORD = re.compile(r"\w+", re.UNICODE)
 LANGUAGE_TAG = "callvault search language "  # the full-text index's comment: this, then the language
 
@@ -74,7 +74,7 @@ class Match:
                 "phrase that identifies the calls"
             )
         lang = language or DEFAULT_LANGUAGE
-        if not _LANGUAGE.match(lang):
+        if not LANGUAGE_NAME.match(lang):
             raise InvalidSetting(
                 f"search language {lang!r} is not a text search configuration name (e.g. simple, english, german)"
             )

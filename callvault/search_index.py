@@ -3,7 +3,6 @@ says what they serve) on every partition, built without blocking writes (:mod:`c
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -14,6 +13,7 @@ from callvault.db import Conn
 from callvault.errors import InvalidSetting, NotInitialised
 from callvault.search import (
     DEFAULT_LANGUAGE,
+    LANGUAGE_NAME,
     LANGUAGE_SQL,
     LANGUAGE_TAG,
     PHRASE,
@@ -23,8 +23,6 @@ from callvault.search import (
     language_from,
     language_param,
 )
-
-_LANGUAGE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def language_of(conn: Conn, settings: Settings) -> str | None:
@@ -46,7 +44,7 @@ class IndexReport:
 
 
 def _check_language(conn: Conn, language: str) -> None:
-    if not _LANGUAGE.match(language):
+    if not LANGUAGE_NAME.match(language):
         raise InvalidSetting(f"--language {language!r} is not a text search configuration name (e.g. simple, english)")
     row = conn.execute("SELECT EXISTS (SELECT FROM pg_ts_config WHERE cfgname = %s)", (language,)).fetchone()
     if not (row and row[0]):
