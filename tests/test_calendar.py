@@ -29,18 +29,21 @@ def every(start: datetime, end: datetime, step: timedelta) -> list[datetime]:
     return out
 
 
-# Three weeks around the 2026/27 year end (2026 has an ISO week 53), every 6 hours, plus the edges
-# of pg_partman's rounding (Thursday 12:00 for weekly, 12:00 for daily) and of the week.
+# Three weeks around the 2026/27 year end (2026 has an ISO week 53), every 12 hours (00:00 and 12:00,
+# pg_partman's rounding edge for daily), plus the edges of its rounding either side (Thursday 12:00 for
+# weekly) and of the week. (Every 6 hours found nothing more and took twice the time.)
 YEAR_END = sorted(
     {
-        *every(utc(2026, 12, 21), utc(2027, 1, 11), timedelta(hours=6)),
+        *every(utc(2026, 12, 21), utc(2027, 1, 11), timedelta(hours=12)),
+        utc(2026, 12, 22, 11, 59), utc(2026, 12, 22, 12, 1),  # a weekday's noon, either side
         utc(2026, 12, 24, 11, 59), utc(2026, 12, 24, 12, 1),  # Thursday
         utc(2026, 12, 31, 11, 59), utc(2026, 12, 31, 12, 1),  # Thursday, last day of ISO-53 week's year
         utc(2027, 1, 3, 23, 59), utc(2027, 1, 3, 23, 50),  # Sunday, end of ISO week 53
         utc(2027, 1, 4, 0, 0, 30),  # Monday 00:00:30
     }
 )  # fmt: skip
-LEAP_DAY = [*every(utc(2028, 2, 25), utc(2028, 3, 3), timedelta(hours=6)), utc(2028, 2, 29, 12)]
+LEAP_DAY = [*every(utc(2028, 2, 25), utc(2028, 3, 3), timedelta(hours=12)), utc(2028, 2, 29, 11, 59),
+            utc(2028, 2, 29, 12, 1)]  # fmt: skip
 # DST: New York springs forward 2027-03-14, Berlin 2027-03-28; both fall back in autumn 2027.
 DST_SPRING = every(utc(2027, 3, 12, 5), utc(2027, 3, 30), timedelta(hours=12))
 DST_AUTUMN = every(utc(2027, 10, 29, 5), utc(2027, 11, 9), timedelta(hours=12))

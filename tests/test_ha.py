@@ -226,8 +226,12 @@ def test_after_a_failover_an_archive_resumes_and_pg_cron_maintains_on_the_new_pr
     old = ha.wait_healthy(180)  # a synchronous standby to promote: without one Patroni never fails over
     ha.kill_node(old)
     new = ha.wait_primary(120, other_than=old)
-    with psycopg.connect(ha.node_dsn(new)) as c:  # the new primary's clock (under libfaketime each process
-        promoted = c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]  # has its own fake start)
+    # runs after the promotion are the rows the new primary adds to job_history: counted by id, not by time
+    # (under an outer libfaketime a Postgres started by Patroni mixes clocks: its postmaster and the
+    # processes it forks late, pg_cron's among them, turn to the real time while client backends keep the
+    # faked one, so no timestamp of one can be compared with the other's)
+    with psycopg.connect(ha.node_dsn(new)) as c:
+        last = c.execute("SELECT coalesce(max(id), 0) FROM callvault.job_history").fetchone()[0]  # type: ignore[index]
     report = archive(s, store_url=store, at=at)
     mine = [p for p in report.partitions if p.partition == oldest.name]
     assert mine and mine[0].error is None and mine[0].step_before == "exported", report.to_dict()
@@ -245,7 +249,7 @@ def test_after_a_failover_an_archive_resumes_and_pg_cron_maintains_on_the_new_pr
             while True:
                 ran = conn.execute(
                     "SELECT count(*) FROM callvault.job_history WHERE job = 'maintain' AND outcome = 'ok' "
-                    "AND started_at > %s", (promoted,),
+                    "AND id > %s", (last,),
                 ).fetchone()  # fmt: skip
                 if ran and ran[0] > 0:
                     break

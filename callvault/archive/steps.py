@@ -365,6 +365,8 @@ def step_drop(ctx: _Ctx, job: Job) -> None:
                 job.step = "dropped"
                 journal.save(ctx.conn, ctx.settings, job)
                 return
+            # no writer may add a row between the count and the DROP (the count's snapshot would not see it)
+            ctx.conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ctx.child(job)))
             row = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ctx.child(job))).fetchone()
             if row is None or int(row[0]) != expected:
                 raise ArchiveVerifyFailed(
