@@ -338,3 +338,39 @@ def test_pg_cron_procedure_premakes_despite_a_pending_detach(realtime_dsn: str) 
         conn.execute("CALL callvault.run_maintenance('public.call_logs')")
         assert conn.execute("SELECT count(*) FROM pg_inherits WHERE inhdetachpending").fetchone() == (0,)
         assert exists(conn, oldest), "finished as a detach: the table is kept for the archive"
+
+
+# ---------------------------------------------------------------- drop
+
+
+def test_a_row_written_into_the_detached_table_after_verify_keeps_it_and_is_archived_next_run(
+    filled: Settings, conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Killed after verify, the detached table gets one more row (someone wrote into it by name): the drop
+    refuses (the table is kept, the run exits non-zero naming it), and the next run archives it again,
+    the extra row with it. Nothing is dropped that the archive does not hold."""
+    dsn, store = filled.dsn or "", new_dir(tmp_path / "store").as_uri()
+    expected = expected_archive(conn, filled)
+    killed = cli("archive", "--dsn", dsn, "--to", store, "--at", AT, env={"CALLVAULT_FAULT_AFTER": "verify"})
+    assert killed.returncode < 0, killed.stderr
+    first = min(expected)
+    assert exists(conn, first), "verified, not yet dropped"
+    tenant = next(iter(expected[first]))
+    want = side_counts(conn, first)
+    want[tenant] += 1
+    conn.execute(
+        f"INSERT INTO {first} (tenant_id, call_id, started_at, ended_at, duration_sec, transcript) "
+        f"SELECT tenant_id, gen_random_uuid(), started_at, ended_at, 1, 'late' FROM {first} "
+        "WHERE tenant_id = %s LIMIT 1",
+        (tenant,),
+    )
+    conn.commit()
+    refused = cli("archive", "--dsn", dsn, "--to", store, "--at", AT)
+    assert refused.returncode != 0 and first in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert exists(conn, first), "kept: it holds a row the archive does not"
+    again = cli("archive", "--dsn", dsn, "--to", store, "--at", AT)
+    assert again.returncode == 0, again.stderr
+    assert not exists(conn, first)
+    doc = store_manifests(tmp_path / "store")[first]
+    rows = {t: int(e["rows"]) for t, e in doc["tenants"].items()}
+    assert rows == want, "the archive holds the late row too"

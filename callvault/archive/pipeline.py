@@ -174,7 +174,14 @@ def _run_verify(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
 
 
 def _run_drop(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
-    step_drop(ctx, job)  # records "dropped" in the journal in the DROP's own transaction
+    t0 = time.perf_counter()
+    try:
+        step_drop(ctx, job)  # records "dropped" in the journal in the DROP's own transaction
+    except ArchiveVerifyFailed as exc:  # rows written into the detached table after the export: kept
+        job.step = "detached"  # exported, uploaded and verified again next run, the new rows with it
+        journal.save(ctx.conn, ctx.settings, job, error=f"drop: {exc}", bump=True)
+        journal.log(ctx.conn, ctx.settings, job, "drop-refused", time.perf_counter() - t0, None, None, str(exc))
+        raise
     return None, None
 
 
