@@ -90,12 +90,15 @@ CHECK_NAMES = (
     "transcript_bytes", "transcript_n", "metadata_bytes", "metadata_n",
 )  # fmt: skip
 _PG_US = "(extract(epoch FROM {c}) * 1000000)::bigint"
-# The sum of a column's µs since the epoch, exactly, without a numeric per row (extract() is numeric:
-# 1.52 -> 1.02 s for the check of a 1M-row partition): whole UTC days and the time of day summed apart
-# (integers; the time sum is an interval of < 24 h per row: int64 µs holds 10^8 rows), joined per group.
+# The sum of a column's µs since the epoch, exactly, without a numeric per row (extract() is numeric: 1.52 s
+# for the check of a 1M-row partition; UTC days + time of day summed apart: 1.02 s; this: ~0.75 s):
+# date_part() is float8 of (µs since 1970) / 10^6, correctly rounded; times 10^6 and rounded it is the
+# exact µs while they fit float8's 53 bits (1684-2255; checked against extract() over 2M random instants:
+# no difference). Instants outside 1700-2250 take extract()'s exact numeric (tests: year 900, 2099, ...).
+# Summed as bigint (int128 inside).
 _PG_US_SUM = (
-    "(sum(({c} AT TIME ZONE 'UTC')::date - date '1970-01-01')::numeric * 86400000000 + "
-    "round(extract(epoch FROM sum(({c} AT TIME ZONE 'UTC')::time - time '00:00')) * 1000000))"
+    "sum(CASE WHEN {c} >= '1700-01-01 00:00+00' AND {c} < '2250-01-01 00:00+00' "
+    "THEN round(date_part('epoch', {c}) * 1000000)::bigint ELSE (extract(epoch FROM {c}) * 1000000)::bigint END)"
 )
 _PG_CHECK = (
     "coalesce(sum(id), 0)::text",
