@@ -40,6 +40,14 @@ PORT_ATTEMPTS = 5
 INSTALL_HINT = "install it with scripts/install-system-deps.sh (Debian package `pgbouncer`, 1.18 on bookworm)"
 
 
+def _child_env() -> dict[str, str]:
+    """This environment without ``FAKETIME_SHARED``: under an outer ``faketime`` (root's semaphore, mode
+    0600) libfaketime in a process of another OS user cannot open it and pgbouncer died at start ("sem_open
+    failed ... Permission denied", seen at a faked Sunday). ``FAKETIME`` is an offset (``+N``), so the
+    clock is the same without the shared start."""
+    return {k: v for k, v in os.environ.items() if k != "FAKETIME_SHARED"}
+
+
 class PgBouncerError(RuntimeError):
     pass
 
@@ -136,8 +144,9 @@ log_disconnections = 0
             config = self._write_config()
             with (self.dir / "stderr.log").open("ab") as err:
                 self.proc = subprocess.Popen(
-                    [binary, str(config)], cwd=self.dir, stdin=subprocess.DEVNULL, stdout=err, stderr=err, **kwargs
-                )
+                    [binary, str(config)], cwd=self.dir, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                    env=_child_env(), **kwargs,
+                )  # fmt: skip
             if self._wait_listening():
                 return self
             if "Address already in use" not in self.logs():
