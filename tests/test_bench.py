@@ -5,6 +5,8 @@ No timing is asserted here: the figures come from running the commands (see docs
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from tests.clock import FakeClock, real_now
@@ -132,7 +134,7 @@ BENCH_INSTANTS = ("2026-12-06T20:00:00+00:00", "2026-12-03T13:00:00+00:00")
 
 @pytest.mark.parametrize("instant", BENCH_INSTANTS, ids=["sunday-evening", "thursday-afternoon"])
 def test_benches_run_at_any_instant_of_the_server_clock(
-    clocked: tuple[object, FakeClock], clocked_dsn: str, instant: str
+    clocked: tuple[object, FakeClock], clocked_dsn: str, instant: str, tmp_path: pathlib.Path
 ) -> None:
     from datetime import datetime
 
@@ -141,7 +143,7 @@ def test_benches_run_at_any_instant_of_the_server_clock(
         archived = run_json("bench", "archive", "--dsn", clocked_dsn, "--rows", "4000")
         assert archived["rows"] == 4000 and archived["archive_vs_raw_copy"] > 0
         assert archived["writer_commits_during_archive"] >= 0 and archived["archiver_peak_rss_mb"] > 0
-        query = run_json("bench", "query", "--dsn", clocked_dsn, "--sizes", "3000")
+        query = run_json("bench", "query", "--dsn", clocked_dsn, "--sizes", "3000", "--plot", str(tmp_path / "q.png"))
         assert query["rows"] == 3000 and query["partitions"] >= 13 and query["window_p95_ms"] > 0
         metrics = run_json("bench", "metrics", "--dsn", clocked_dsn, "--partitions", "20", "--samples", "5",
                            "--seconds", "0.3")  # fmt: skip
