@@ -373,8 +373,7 @@ def _export_partition_parquet(
         # the buffer's sums+hash per tenant, over the rows as they came: one DuckDB query per buffer (per
         # 16 MB batch, the queries' own cost was half the digest's), on a thread of its own while this one
         # orders and spills (DuckDB and Arrow both work without the GIL). One digest runs at a time.
-        if pending_digest:
-            pending_digest.pop().result()
+        wait_digest()
         pending_digest.append(digester.submit(digest, duck, rows))
         codes = pc.dictionary_encode(rows.column("tenant_id").combine_chunks())
         keys = pa.table({"t": codes.indices, "s": rows.column("started_at")})
@@ -420,6 +419,10 @@ def _export_partition_parquet(
         while spilling:
             spilling.pop().result()
 
+    def wait_digest() -> None:
+        while pending_digest:
+            pending_digest.pop().result()
+
     _raise_file_limit(MAX_OPEN_FILES + 64)
     stop = threading.Event()
     batches: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_BATCHES)
@@ -451,8 +454,7 @@ def _export_partition_parquet(
                     on_batch(batch.num_rows, batch.nbytes)
             write_buffer(duck)
             wait_spills()
-            if pending_digest:
-                pending_digest.pop().result()
+            wait_digest()
             for files in tenants.values():  # free the descriptors before the Parquet phase opens more
                 files.close_file()
             list(writers.map(lambda f: f.finish(), tenants.values()))

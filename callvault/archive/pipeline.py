@@ -156,6 +156,14 @@ def _spooled_bytes(job: Job) -> int:
     return sum(int(f["size"]) for entries in job.state.get("files", {}).values() for f in entries)
 
 
+def _export_again(ctx: _Ctx, job: Job, what: str, logged: str, t0: float, exc: ArchiveVerifyFailed) -> None:
+    """After a failed ``what`` (verify, drop) the table is kept and the journal goes back to ``detached``:
+    the next run exports, uploads and verifies again (with any rows written into the table since)."""
+    job.step = "detached"
+    journal.save(ctx.conn, ctx.settings, job, error=f"{what}: {exc}", bump=True)
+    journal.log(ctx.conn, ctx.settings, job, logged, time.perf_counter() - t0, None, None, str(exc))
+
+
 def _run_verify(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
     t0 = time.perf_counter()
     if ctx.progress:
@@ -166,9 +174,7 @@ def _run_verify(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
             ctx.progress.advance(0, _spooled_bytes(job))
             ctx.progress.finish()
     except ArchiveVerifyFailed as exc:
-        job.step = "detached"  # export and upload again next run; the table is kept
-        journal.save(ctx.conn, ctx.settings, job, error=f"verify: {exc}", bump=True)
-        journal.log(ctx.conn, ctx.settings, job, "verify-failed", time.perf_counter() - t0, None, None, str(exc))
+        _export_again(ctx, job, "verify", "verify-failed", t0, exc)
         raise
     return None, None
 
@@ -177,10 +183,8 @@ def _run_drop(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
     t0 = time.perf_counter()
     try:
         step_drop(ctx, job)  # records "dropped" in the journal in the DROP's own transaction
-    except ArchiveVerifyFailed as exc:  # rows written into the detached table after the export: kept
-        job.step = "detached"  # exported, uploaded and verified again next run, the new rows with it
-        journal.save(ctx.conn, ctx.settings, job, error=f"drop: {exc}", bump=True)
-        journal.log(ctx.conn, ctx.settings, job, "drop-refused", time.perf_counter() - t0, None, None, str(exc))
+    except ArchiveVerifyFailed as exc:  # rows written into the detached table after the export
+        _export_again(ctx, job, "drop", "drop-refused", t0, exc)
         raise
     return None, None
 
