@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import threading
 import time
@@ -205,8 +206,11 @@ def scratch_cluster() -> Iterator[Cluster]:
     home.chmod(0o755)
     cluster = Cluster(home, settings={"fsync": "off"})
     cluster.up()
-    yield cluster
-    cluster.down()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+        shutil.rmtree(home, ignore_errors=True)  # its data directory: 50 MB per test left in /tmp otherwise
 
 
 def test_database_gone_for_good_keeps_every_row(scratch_cluster: Cluster) -> None:
