@@ -19,6 +19,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
+from callvault.archive.location import SPOOL_ENV
 from callvault.citus_cluster import CitusCluster
 from callvault.config import Settings
 from callvault.embedded import Cluster
@@ -44,6 +45,22 @@ PARTMAN_5 = partman_latest(5)
 # Durability is not under test here and fsync dominates DDL-heavy tests; benchmarks use real settings.
 TEST_SERVER_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 _counter = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_spool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This run's archive spool (``$CALLVAULT_ARCHIVE_SPOOL``, inherited by every CLI the tests start). The
+    default, /tmp/callvault-spool-<uid>, is shared by every run of the user: a second suite's live work
+    directories, or a killed run's whose pid was taken again (pid_max can be 32768), were not leftovers to
+    remove, and a test that counts leftovers failed."""
+    spool = tmp_path_factory.mktemp("spool")
+    old = os.environ.get(SPOOL_ENV)
+    os.environ[SPOOL_ENV] = str(spool)
+    yield spool
+    if old is None:
+        os.environ.pop(SPOOL_ENV, None)
+    else:
+        os.environ[SPOOL_ENV] = old
 
 
 @pytest.fixture(scope="session")

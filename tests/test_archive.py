@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from callvault.archive.faults import FAULT_ENV, FAULT_POINTS
-from callvault.archive.location import default_spool
+from callvault.archive.location import SPOOL_ENV
 from callvault.archive.reader import read_calls
 from callvault.config import Settings
 from callvault.locks import LOCK_NAMESPACE
@@ -189,7 +189,8 @@ def test_killed_after_each_step_resumes_to_the_same_state(
     resumed = cli("archive", "--dsn", dsn, "--to", bucket, "--at", AT, "--json")
     assert resumed.returncode == 0, resumed.stderr
     assert_archived(conn, bucket, expected)
-    leftovers = [p.name for p in default_spool().glob("*-*-*") if p.name.split("-")[0] in ("verify", "merge")]
+    spool = Path(os.environ[SPOOL_ENV])  # this run's own (tests/conftest.py)
+    leftovers = [p.name for p in spool.glob("*-*-*") if p.name.split("-")[0] in ("verify", "merge")]
     assert leftovers == [], f"the killed run's work directories were not removed: {leftovers}"
 
 
