@@ -31,7 +31,7 @@ import psycopg
 
 from callvault import catalog, history, locks, naming, partman, private
 from callvault._compat import renamed
-from callvault.archive import journal, layout
+from callvault.archive import export, journal, layout
 from callvault.archive.faults import fault_point
 from callvault.archive.journal import Job, ensure_tables
 from callvault.archive.location import (
@@ -361,6 +361,8 @@ def _archive(
             ctx = _Ctx(conn, settings, store, work, config.interval)
             ctx.sink = progress
             _sweep_spool(ctx, jobs)
+            if fmt == "parquet":
+                export.load_engines()  # once, before the first partition's clock starts
             for job in jobs:  # before anything moves: a refused run archives nothing (and is not a run)
                 half_way = job.step not in ("pending", "detached") and "merged" not in job.state
                 if (job.store_url != store.url or job.fmt != fmt) and half_way:
