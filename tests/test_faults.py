@@ -20,8 +20,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from callvault.archive.pipeline import archive
+from callvault.archive.steps import DropGuard
 from callvault.config import Settings
 from callvault.errors import Blocked
 from callvault.maintain import maintain
@@ -343,18 +345,20 @@ def test_pg_cron_procedure_premakes_despite_a_pending_detach(realtime_dsn: str) 
 # ---------------------------------------------------------------- drop
 
 
-def test_a_row_written_into_the_detached_table_after_verify_keeps_it_and_is_archived_next_run(
-    filled: Settings, conn: psycopg.Connection, tmp_path: Path
+@pytest.mark.parametrize("point", ["export", "verify"])
+def test_a_row_written_into_the_detached_table_after_export_keeps_it_and_is_archived_next_run(
+    filled: Settings, conn: psycopg.Connection, tmp_path: Path, point: str
 ) -> None:
-    """Killed after verify, the detached table gets one more row (someone wrote into it by name): the drop
+    """Killed after export (the resumed run uploads, so its drop guard counts) or after verify (the drop
+    counts itself), the detached table gets one more row (someone wrote into it by name): the drop
     refuses (the table is kept, the run exits non-zero naming it), and the next run archives it again,
     the extra row with it. Nothing is dropped that the archive does not hold."""
     dsn, store = filled.dsn or "", new_dir(tmp_path / "store").as_uri()
     expected = expected_archive(conn, filled)
-    killed = cli("archive", "--dsn", dsn, "--to", store, "--at", AT, env={"CALLVAULT_FAULT_AFTER": "verify"})
+    killed = cli("archive", "--dsn", dsn, "--to", store, "--at", AT, env={"CALLVAULT_FAULT_AFTER": point})
     assert killed.returncode < 0, killed.stderr
     first = min(expected)
-    assert exists(conn, first), "verified, not yet dropped"
+    assert exists(conn, first), f"{point}: not yet dropped"
     tenant = next(iter(expected[first]))
     want = side_counts(conn, first)
     want[tenant] += 1
@@ -374,3 +378,36 @@ def test_a_row_written_into_the_detached_table_after_verify_keeps_it_and_is_arch
     doc = store_manifests(tmp_path / "store")[first]
     rows = {t: int(e["rows"]) for t, e in doc["tenants"].items()}
     assert rows == want, "the archive holds the late row too"
+
+
+def test_the_drop_guard_counts_under_a_lock_no_writer_passes(settings: Settings, conn: psycopg.Connection) -> None:
+    """The drop's guard (taken while upload and verify run) holds the table in SHARE mode: its count is
+    what the drop will drop, a writer waits (here: gives up at its lock_timeout), readers go on; closing
+    it lets the writer in."""
+    conn.execute("CREATE TABLE guarded (n int)")
+    conn.execute("INSERT INTO guarded SELECT generate_series(1, 7)")
+    conn.commit()
+    table = sql.Identifier(settings.schema, "guarded")
+    guard = DropGuard(settings, table, "guarded")
+    try:
+        assert guard.counted() == 7
+        with psycopg.connect(settings.dsn or "", autocommit=True) as other:
+            other.execute("SET lock_timeout = '200ms'")
+            assert other.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (7,)
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                other.execute(sql.SQL("INSERT INTO {} VALUES (8)").format(table))
+    finally:
+        guard.close()
+    with psycopg.connect(settings.dsn or "", autocommit=True) as other:
+        other.execute("SET lock_timeout = '200ms'")
+        other.execute(sql.SQL("INSERT INTO {} VALUES (8)").format(table))
+    assert conn.execute("SELECT count(*) FROM guarded").fetchone() == (8,)
+
+
+def test_a_drop_guard_that_cannot_lock_leaves_the_count_to_the_drop(settings: Settings) -> None:
+    """No table (or no lock within lock_timeout): no count, no error; the drop counts itself."""
+    guard = DropGuard(settings, sql.Identifier(settings.schema, "no_such_table"), "no_such_table")
+    try:
+        assert guard.counted() is None
+    finally:
+        guard.close()

@@ -46,6 +46,8 @@ from callvault.archive.report import ArchiveReport, PartitionResult
 from callvault.archive.steps import (
     _Ctx,
     _spool_intact,
+    close_drop_guard,
+    start_drop_guard,
     step_detach,
     step_drop,
     step_export,
@@ -146,6 +148,7 @@ def _run_upload(ctx: _Ctx, job: Job) -> tuple[int | None, int | None]:
         raise _Redo("detached")
     if ctx.progress:
         ctx.progress.start("upload", rows_total=0, bytes_total=_spooled_bytes(job))
+    start_drop_guard(ctx, job)  # the drop's count, on a core upload and verify leave idle
     sent = step_upload(ctx, job)
     if ctx.progress:
         ctx.progress.finish()
@@ -227,6 +230,18 @@ def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
                                    bytes_total=table_bytes)  # fmt: skip
     if job.step != "pending":
         event(log, logging.INFO, "archive resuming", partition=job.partition, step=job.step)
+    try:
+        _walk(ctx, job, result)
+    finally:
+        close_drop_guard(ctx)  # a failed step's guard lets go of its lock
+    result.seconds = time.perf_counter() - t_all
+    event(log, logging.INFO, "archived", partition=job.partition, rows=result.rows, bytes=result.bytes,
+          seconds=result.seconds)  # fmt: skip
+    return result
+
+
+def _walk(ctx: _Ctx, job: Job, result: PartitionResult) -> None:
+    """Run the job's steps until it is dropped (the journal records each)."""
     while job.step != "dropped":
         step = STEP_TABLE.get(job.step)
         if step is None:
@@ -255,10 +270,6 @@ def _advance(ctx: _Ctx, job: Job) -> PartitionResult:
             result.bytes = size or 0
         result.step_after = job.step
         fault_point(step.fault)
-    result.seconds = time.perf_counter() - t_all
-    event(log, logging.INFO, "archived", partition=job.partition, rows=result.rows, bytes=result.bytes,
-          seconds=result.seconds)  # fmt: skip
-    return result
 
 
 def archive(

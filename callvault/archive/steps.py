@@ -4,6 +4,7 @@ Every step first looks at the real state (catalog, spool files, store) and skips
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -69,6 +70,7 @@ class _Ctx:
         self.dsn = resolve_dsn(settings)  # the exporter's own (ADBC) connection
         self.table_spool = table_spool(conn, settings, spool)
         self.progress: Tracker | None = None  # the partition being archived, when someone watches
+        self.guard: DropGuard | None = None  # the drop's count, taken while upload and verify run
         self.sink: Sink | None = None
         # Citus refuses DETACH ... CONCURRENTLY on distributed tables: a plain DETACH in a transaction
         # whose SET LOCAL lock_timeout Citus sends to the workers too (a session setting is not sent)
@@ -370,6 +372,98 @@ def _subject_filters(ctx: _Ctx, job: Job) -> None:
               partition=job.partition, reason=type(exc).__name__)  # fmt: skip
 
 
+class DropGuard:
+    """The drop's row count taken ahead, while upload and verify run: a connection of its own locks the
+    detached table in SHARE mode (reads go on; no row can be written into it until the drop) and counts
+    its rows. The drop then upgrades that lock and drops in the guard's transaction, with no count of
+    its own on the critical path (0.2-0.33 s of a 1M-row partition's archive). A guard that could not
+    lock or count (or a run resumed after upload, which has none) leaves the drop to lock and count.
+    A writer that writes into the detached table by name meanwhile waits, and gets an error once the table
+    is dropped (before, its rows were found by the drop's count and the table archived again)."""
+
+    def __init__(self, settings: Settings, table: sql.Identifier, name: str) -> None:
+        self.table, self.name = table, name
+        self.conn: Conn | None = None
+        self.rows: int | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="callvault-drop-guard")
+        self._counted = self._pool.submit(self._count, settings)
+
+    def _count(self, settings: Settings) -> None:
+        try:
+            self.conn = connect(settings)
+            self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{settings.lock_timeout_ms}ms",))
+            self.conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")  # see step_drop
+            self.conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(self.table))
+            row = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.table)).fetchone()
+            self.rows = int(row[0]) if row else None
+        except (psycopg.Error, CallvaultError) as exc:  # the drop counts itself
+            event(log, logging.DEBUG, "drop guard not taken", partition=self.name,
+                  reason=type(exc).__name__)  # fmt: skip
+            self.rows = None
+
+    def counted(self) -> int | None:
+        """The rows counted under the lock (waiting for the count), or None without a lock."""
+        self._counted.result()
+        return self.rows
+
+    def close(self) -> None:
+        """Release the lock (a rollback, unless the drop committed) and the connection."""
+        self._counted.result()
+        self._pool.shutdown()
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.close()  # an open transaction is rolled back
+            self.conn = None
+
+
+def start_drop_guard(ctx: _Ctx, job: Job) -> None:
+    """Start the drop's :class:`DropGuard` for ``job`` (closing any earlier one)."""
+    close_drop_guard(ctx)
+    ctx.guard = DropGuard(ctx.settings, ctx.child(job), job.partition)
+
+
+def close_drop_guard(ctx: _Ctx) -> None:
+    if ctx.guard is not None:
+        ctx.guard.close()
+        ctx.guard = None
+
+
+def _refuse_drop(job: Job, rows: object, expected: int) -> ArchiveVerifyFailed:
+    return ArchiveVerifyFailed(
+        f"{job.partition} now has {rows} rows, {expected} were archived: rows were written into the detached "
+        "table after export. Not dropped; the next run archives it again"
+    )
+
+
+def _drop_guarded(ctx: _Ctx, job: Job, expected: int) -> bool:
+    """The drop in the guard's transaction (its SHARE lock held since before upload); False when there is
+    no guard, or its lock could not be upgraded in time (the caller drops the usual way)."""
+    guard, ctx.guard = ctx.guard, None
+    if guard is None:
+        return False
+    try:
+        rows = guard.counted()
+        if rows is None or guard.conn is None:
+            return False
+        if rows != expected:
+            raise _refuse_drop(job, rows, expected)
+        try:
+            guard.conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(ctx.child(job)))
+            guard.conn.execute(sql.SQL("DROP TABLE {}").format(ctx.child(job)))
+            # same transaction as the DROP: both or neither
+            journal.save(guard.conn, ctx.settings, replace(job, step="dropped"))
+            guard.conn.commit()
+        except psycopg.Error:
+            # readers held the table past lock_timeout, the server ended the idle session
+            # (idle_in_transaction_session_timeout), the DROP itself failed: the usual way retries (and
+            # says why, if it fails too)
+            return False
+        job.step = "dropped"
+        return True
+    finally:
+        guard.close()
+
+
 def step_drop(ctx: _Ctx, job: Job) -> None:
     """Drop the detached table under the table lock, if it still holds exactly the rows archived
     (:class:`ArchiveVerifyFailed` if not: it is kept and archived again)."""
@@ -389,14 +483,13 @@ def step_drop(ctx: _Ctx, job: Job) -> None:
             ctx.conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
             row = ctx.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(ctx.child(job))).fetchone()
             if row is None or int(row[0]) != expected:
-                raise ArchiveVerifyFailed(
-                    f"{job.partition} now has {row[0] if row else '?'} rows, {expected} were archived: rows were "
-                    "written into the detached table after export. Not dropped; the next run archives it again"
-                )
+                raise _refuse_drop(job, row[0] if row else "?", expected)
             ctx.conn.execute(sql.SQL("DROP TABLE {}").format(ctx.child(job)))
             job.step = "dropped"
             journal.save(ctx.conn, ctx.settings, job)  # same transaction as the DROP: both or neither
 
     with table_lock(ctx.conn, ctx.settings, f"dropping {job.partition}", logger=log):
-        retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)), logger=log)
+        if not _drop_guarded(ctx, job, expected):
+            retry_locks(attempt, f"dropping {job.partition}", lambda: lock_holders(ctx.conn, ctx.child(job)),
+                        logger=log)  # fmt: skip
     shutil.rmtree(ctx.job_spool(job), ignore_errors=True)
