@@ -417,9 +417,11 @@ class DropGuard:
 
 
 def start_drop_guard(ctx: _Ctx, job: Job) -> None:
-    """Start the drop's :class:`DropGuard` for ``job`` (closing any earlier one)."""
+    """Start the drop's :class:`DropGuard` for ``job`` (closing any earlier one). Not on Citus, whose
+    lock on a distributed table is one on every shard, held across the upload: the drop counts there."""
     close_drop_guard(ctx)
-    ctx.guard = DropGuard(ctx.settings, ctx.child(job), job.partition)
+    if not ctx.distributed:
+        ctx.guard = DropGuard(ctx.settings, ctx.child(job), job.partition)
 
 
 def close_drop_guard(ctx: _Ctx) -> None:
