@@ -313,6 +313,49 @@ def test_more_tenants_than_open_files_roll_parts_and_lose_nothing(
     assert pg_fingerprints(conn, "back") == expected[name]
 
 
+def test_a_heavy_tenants_rows_go_straight_to_parquet_and_the_rest_spill(
+    filled: Settings, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With buffers of a few KB, one tenant may write its big slices of a buffer as row groups of their
+    own during the scan (DIRECT_TENANTS=1, DIRECT_ROWS=10) while its small slices and every other tenant
+    spill: the archive verifies, every tenant's rows are there once, and a restore gives the same table."""
+    import pyarrow.parquet as pq
+
+    from callvault.archive import export
+
+    direct: list[int] = []
+    write_group = export._TenantFiles.write_group
+
+    def counted(self: export._TenantFiles, table: object) -> None:
+        direct.append(getattr(table, "num_rows", 0))
+        write_group(self, table)
+
+    monkeypatch.setattr(export._TenantFiles, "write_group", counted)
+    monkeypatch.setattr(export, "BUFFER_BYTES", 8 * 1024)
+    monkeypatch.setattr(export, "ADBC_BATCH_BYTES", 4 * 1024)
+    monkeypatch.setattr(export, "DIRECT_ROWS", 10)
+    monkeypatch.setattr(export, "DIRECT_TENANTS", 1)
+    # tenants interleaved in the heap, so that a buffer holds a few rows of each
+    conn.execute("CREATE TEMP TABLE shuffled AS SELECT * FROM call_logs ORDER BY started_at, tenant_id")
+    conn.execute("DELETE FROM call_logs")
+    conn.execute("INSERT INTO call_logs SELECT * FROM shuffled ORDER BY started_at, tenant_id")
+    expected = expected_archive(conn, filled)
+    report = archive(filled, store_url=tmp_path.as_uri(), at=datetime.fromisoformat(AT))
+    assert {p.partition for p in report.partitions if p.step_after == "dropped"} == set(expected)
+    assert len(direct) > 1 and min(direct) >= 10, "big slices went straight to Parquet"
+    found = [Manifest.from_json(p.read_bytes()) for p in (tmp_path / "call_logs" / "_manifests").iterdir()]
+    groups = []
+    for m in found:
+        for tenant, entry in m.tenants.items():
+            assert sum(o.rows for o in entry.objects) == expected[m.partition][tenant]["md5"][0]
+            groups += [pq.ParquetFile(tmp_path / o.key).metadata.num_row_groups for o in entry.objects]
+    assert max(groups) > 1, "a direct tenant's file holds its direct row groups and then its spilled rows"
+    name = min(expected)
+    week = next(m for m in found if m.partition == name).start.date()
+    restore(filled, week, into="back", store_url=tmp_path.as_uri())
+    assert pg_fingerprints(conn, "back") == expected[name]
+
+
 # ---------------------------------------------------------------- check sums: Postgres vs the export
 
 

@@ -85,6 +85,13 @@ WRITE_THREADS = 2  # tenants' row groups encoded and compressed at once
 MAX_OPEN_FILES = 512  # Parquet files open at once (the fd limit is raised for them); past it the least
 # recently written is closed and its tenant rolls to the next part
 ADBC_BATCH_BYTES = 16 * 1024 * 1024  # the size of a record batch the driver hands over (a hint)
+# A tenant's slice of one buffer of at least DIRECT_ROWS rows (a tenant with ~16% of the rows and more) is
+# a row group of its own, written to the tenant's Parquet file during the scan: a heavy tenant's rows are
+# never spilled and read back (a 1M-row partition with one tenant of 30%: export 4.18 -> 3.73 s, mean
+# of three; 3% more bytes, its row groups being one buffer's run, ~7.5k rows; uniform tenants: no change).
+# At most DIRECT_TENANTS tenants keep a Parquet file open during the scan; the others spill.
+DIRECT_ROWS = 4_096
+DIRECT_TENANTS = 8
 # Added to the export thread's nice value (Linux, per thread; the threads it starts inherit it): the
 # export yields the CPU to an application's writers on the same machine (measured at 1M rows: a writer's
 # p99 commit during the archive 14.0 ms without, 7.9 ms with). pyarrow's global thread pool is started
@@ -147,6 +154,13 @@ class _TenantFiles:
         self._sink: Any = None
         self._parquet: Any = None
         self.part, self.rows = 0, 0
+        self.direct = False  # rows of it go straight to Parquet during the scan (write_group)
+
+    def write_group(self, table: Any) -> None:
+        """``table`` (one buffer's sorted run of the tenant's rows) as a row group of its own, straight into
+        the tenant's Parquet file: no spill."""
+        private_dir(self.dest, "archive spool directory")
+        self._row_group(table.to_batches())
 
     def write(self, table: Any) -> None:
         """Append ``table`` to the open spill segment (opening one if needed)."""
@@ -401,15 +415,22 @@ def _export_partition_parquet(
             cuts += [int(i) + 1 for i in pc.indices_nonzero(changed).to_pylist()]
         cuts.append(len(order))
         work = []
+        direct_tenants = sum(1 for f in tenants.values() if f.direct)
         for lo, hi in itertools.pairwise(cuts):
             tenant = str(codes.dictionary[ordered_codes[lo].as_py()].as_py())
             files = tenants.get(tenant)
             if files is None:
                 files = tenants[tenant] = _TenantFiles(dest_dir(tenant), schema, part_rows)
-            work.append((tenant, files, rows.slice(lo, hi - lo)))
+            direct = hi - lo >= DIRECT_ROWS and (files.direct or direct_tenants < DIRECT_TENANTS)
+            if direct and not files.direct:
+                files.direct, direct_tenants = True, direct_tenants + 1
+            work.append((tenant, files, rows.slice(lo, hi - lo), direct))
 
-        def write(item: tuple[str, _TenantFiles, Any]) -> None:
-            item[1].write(item[2])
+        def write(item: tuple[str, _TenantFiles, Any, bool]) -> None:
+            if item[3]:
+                item[1].write_group(item[2])
+            else:
+                item[1].write(item[2])
 
         # pyarrow writes without the GIL: tenants' slices are spilled side by side, at most MAX_OPEN_FILES
         # tenants at a time, closing the least recently written files first. The last chunk's writes are
@@ -418,15 +439,15 @@ def _export_partition_parquet(
         for i in range(0, len(work), MAX_OPEN_FILES):
             chunk = work[i : i + MAX_OPEN_FILES]
             wait_spills()
-            names = {t for t, _, _ in chunk}
-            opening = sum(1 for _, f, _ in chunk if f.writer is None)
+            names = {t for t, _, _, _ in chunk}
+            opening = sum(1 for _, f, _, direct in chunk if f.writer is None and not direct)
             for t in [t for t in open_files if t not in names]:
                 if len(open_files) + opening <= MAX_OPEN_FILES:
                     break
                 del open_files[t]
                 tenants[t].close_file()
             spilling.extend(writers.submit(write, item) for item in chunk)
-            for t, _, _ in chunk:
+            for t, _, _, _ in chunk:
                 open_files[t] = None
                 open_files.move_to_end(t)
 
