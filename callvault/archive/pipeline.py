@@ -255,6 +255,7 @@ def _walk(ctx: _Ctx, job: Job, result: PartitionResult) -> None:
             event(log, logging.WARNING, "archive step input gone, going back", partition=job.partition,
                   step=job.step, back_to=redo.step)  # fmt: skip
             job.step = redo.step
+            close_drop_guard(ctx)  # an export again may write into the table (a merge): no lock of ours on it
             continue
         job.step = step.next
         if job.step != "dropped":
