@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -270,6 +271,18 @@ def test_schema1_and_schema2_objects_restore_and_query_alike(
 # ---------------------------------------------------------------- many tenants, few file descriptors
 
 
+def _archive_interleaved(filled: Settings, conn: psycopg.Connection, store: Path) -> dict[str, Any]:
+    """The filled table's rows rewritten with tenants interleaved in the heap (as real traffic is; the
+    fixture inserts tenant after tenant), then archived into ``store``: what each partition held."""
+    conn.execute("CREATE TEMP TABLE shuffled AS SELECT * FROM call_logs ORDER BY started_at, tenant_id")
+    conn.execute("DELETE FROM call_logs")
+    conn.execute("INSERT INTO call_logs SELECT * FROM shuffled ORDER BY started_at, tenant_id")
+    expected = expected_archive(conn, filled)
+    report = archive(filled, store_url=store.as_uri(), at=datetime.fromisoformat(AT))
+    assert {p.partition for p in report.partitions if p.step_after == "dropped"} == set(expected)
+    return expected
+
+
 def test_more_tenants_than_open_files_roll_parts_and_lose_nothing(
     filled: Settings, conn: psycopg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -289,13 +302,7 @@ def test_more_tenants_than_open_files_roll_parts_and_lose_nothing(
     monkeypatch.setattr(export, "MAX_OPEN_FILES", 2)
     monkeypatch.setattr(export, "BUFFER_BYTES", 8 * 1024)
     monkeypatch.setattr(export, "ADBC_BATCH_BYTES", 4 * 1024)
-    # tenants interleaved in the heap, as real traffic is (the fixture inserts tenant after tenant)
-    conn.execute("CREATE TEMP TABLE shuffled AS SELECT * FROM call_logs ORDER BY started_at, tenant_id")
-    conn.execute("DELETE FROM call_logs")
-    conn.execute("INSERT INTO call_logs SELECT * FROM shuffled ORDER BY started_at, tenant_id")
-    expected = expected_archive(conn, filled)
-    report = archive(filled, store_url=tmp_path.as_uri(), at=datetime.fromisoformat(AT))
-    assert {p.partition for p in report.partitions if p.step_after == "dropped"} == set(expected)
+    expected = _archive_interleaved(filled, conn, tmp_path)
     found = [Manifest.from_json(p.read_bytes()) for p in (tmp_path / "call_logs" / "_manifests").iterdir()]
     tenant_weeks = sum(len(m.tenants) for m in found)
     assert sum(closes) > 2 * tenant_weeks, "segments were closed to free descriptors and reopened"
@@ -335,13 +342,7 @@ def test_a_heavy_tenants_rows_go_straight_to_parquet_and_the_rest_spill(
     monkeypatch.setattr(export, "ADBC_BATCH_BYTES", 4 * 1024)
     monkeypatch.setattr(export, "DIRECT_ROWS", 10)
     monkeypatch.setattr(export, "DIRECT_TENANTS", 1)
-    # tenants interleaved in the heap, so that a buffer holds a few rows of each
-    conn.execute("CREATE TEMP TABLE shuffled AS SELECT * FROM call_logs ORDER BY started_at, tenant_id")
-    conn.execute("DELETE FROM call_logs")
-    conn.execute("INSERT INTO call_logs SELECT * FROM shuffled ORDER BY started_at, tenant_id")
-    expected = expected_archive(conn, filled)
-    report = archive(filled, store_url=tmp_path.as_uri(), at=datetime.fromisoformat(AT))
-    assert {p.partition for p in report.partitions if p.step_after == "dropped"} == set(expected)
+    expected = _archive_interleaved(filled, conn, tmp_path)
     assert len(direct) > 1 and min(direct) >= 10, "big slices went straight to Parquet"
     found = [Manifest.from_json(p.read_bytes()) for p in (tmp_path / "call_logs" / "_manifests").iterdir()]
     groups = []
