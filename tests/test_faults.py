@@ -382,8 +382,9 @@ def test_a_row_written_into_the_detached_table_after_export_keeps_it_and_is_arch
 
 def test_the_drop_guard_counts_under_a_lock_no_writer_passes(settings: Settings, conn: psycopg.Connection) -> None:
     """The drop's guard (taken while upload and verify run) holds the table in SHARE mode: its count is
-    what the drop will drop, a writer waits (here: gives up at its lock_timeout), readers go on; closing
-    it lets the writer in."""
+    what the drop will drop, a writer cannot have its lock (asked with NOWAIT: under an outer libfaketime at
+    Sunday 2027-01-03 an INSERT's lock_timeout of 200 ms was seen never to fire), readers go on; closing it
+    lets the writer in."""
     conn.execute("CREATE TABLE guarded (n int)")
     conn.execute("INSERT INTO guarded SELECT generate_series(1, 7)")
     conn.commit()
@@ -391,15 +392,14 @@ def test_the_drop_guard_counts_under_a_lock_no_writer_passes(settings: Settings,
     guard = DropGuard(settings, table, "guarded")
     try:
         assert guard.counted() == 7
-        with psycopg.connect(settings.dsn or "", autocommit=True) as other:
-            other.execute("SET lock_timeout = '200ms'")
+        with psycopg.connect(settings.dsn or "") as other:
             assert other.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (7,)
             with pytest.raises(psycopg.errors.LockNotAvailable):
-                other.execute(sql.SQL("INSERT INTO {} VALUES (8)").format(table))
+                other.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE NOWAIT").format(table))
     finally:
         guard.close()
-    with psycopg.connect(settings.dsn or "", autocommit=True) as other:
-        other.execute("SET lock_timeout = '200ms'")
+    with psycopg.connect(settings.dsn or "") as other:
+        other.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE NOWAIT").format(table))
         other.execute(sql.SQL("INSERT INTO {} VALUES (8)").format(table))
     assert conn.execute("SELECT count(*) FROM guarded").fetchone() == (8,)
 
