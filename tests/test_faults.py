@@ -382,9 +382,9 @@ def test_a_row_written_into_the_detached_table_after_export_keeps_it_and_is_arch
 
 def test_the_drop_guard_counts_under_a_lock_no_writer_passes(settings: Settings, conn: psycopg.Connection) -> None:
     """The drop's guard (taken while upload and verify run) holds the table in SHARE mode: its count is
-    what the drop will drop, a writer cannot have its lock (asked with NOWAIT: under an outer libfaketime at
-    Sunday 2027-01-03 an INSERT's lock_timeout of 200 ms was seen never to fire), readers go on; closing it
-    lets the writer in."""
+    what the drop will drop, a writer cannot have its lock (asked with NOWAIT: a server's lock_timeout never
+    fires under a faked clock ahead of the real one, docs/design.md), readers go on; closing it lets the
+    writer in."""
     conn.execute("CREATE TABLE guarded (n int)")
     conn.execute("INSERT INTO guarded SELECT generate_series(1, 7)")
     conn.commit()
