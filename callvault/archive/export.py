@@ -406,7 +406,7 @@ def _export_partition_parquet(
         # buffer (per 16 MB batch, the queries' own cost was half the digest's), on a thread of its own while
         # this one spills (DuckDB and Arrow both work without the GIL). One digest runs at a time. Over the
         # ordered copy, which the spills hold anyway: the arrival-order buffer is not kept for it (~40 MB
-        # less at the peak; 519 -> see docs/archive.md at 4M rows)
+        # less at the peak: a 4M-row export 519 -> 485 MB)
         wait_digest()
         pending_digest.append(digester.submit(digest, duck, rows))
         cuts = [0]
